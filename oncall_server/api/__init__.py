@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC code for the ``oncall.v1`` API (see protos/generate.py)."""

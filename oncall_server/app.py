@@ -1,0 +1,115 @@
+"""Builds every core piece from settings, once per process.
+
+The gRPC servicers, the HTTP gateway and the CLI all work through an
+:class:`App`; none of them builds storage or Redis clients of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from oncall_server.changes import Change, ChangeFeed
+from oncall_server.clock import Clock, SystemClock
+from oncall_server.config import Settings
+from oncall_server.incidents import Incidents
+from oncall_server.ingest.coordination import Coordinator
+from oncall_server.ingest.drops import DropLog
+from oncall_server.ingest.pipeline import IngestPipeline
+from oncall_server.ingest.writer import CommittedIncident, GroupCommitWriter
+from oncall_server.integrations import Integrations
+from oncall_server.plugins import Plugins
+from oncall_server.redis_embedded import EmbeddedRedis
+from oncall_server.storage import migrate
+from oncall_server.storage.engine import create_engine, session_factory
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class App:
+    settings: Settings
+    clock: Clock
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    redis: Redis
+    plugins: Plugins
+    coordinator: Coordinator
+    changes: ChangeFeed
+    writer: GroupCommitWriter
+    integrations: Integrations
+    incidents: Incidents
+    pipeline: IngestPipeline
+    embedded_redis: EmbeddedRedis | None = None
+    _closed: bool = field(default=False, repr=False)
+
+    @classmethod
+    async def open(
+        cls,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        plugins: Plugins | None = None,
+        run_migrations: bool = True,
+    ) -> App:
+        clock = clock or SystemClock()
+        embedded: EmbeddedRedis | None = None
+        redis_url = settings.redis_url
+        if not redis_url:
+            embedded = EmbeddedRedis(settings.data_dir)
+            redis_url = await embedded.start()
+        engine = create_engine(settings.resolved_database_url)
+        try:
+            if run_migrations:
+                await migrate.upgrade(engine)
+            redis = Redis.from_url(redis_url)
+            await redis.ping()
+        except BaseException:
+            await engine.dispose()
+            if embedded:
+                await embedded.stop()
+            raise
+        sessions = session_factory(engine)
+        plugins = plugins or Plugins().load()
+        coordinator = Coordinator(redis)
+        changes = ChangeFeed(redis)
+
+        async def publish(committed: list[CommittedIncident]) -> None:
+            await changes.publish([Change(c.tenant_id, c.service_id, c.incident_id, c.entry_id) for c in committed])
+
+        writer = GroupCommitWriter(engine, coordinator, clock, batch_size=settings.write_batch_size, on_commit=publish)
+        integrations = Integrations(sessions, clock)
+        pipeline = IngestPipeline(
+            integrations, plugins, writer, DropLog(redis), clock, max_batch_alerts=settings.max_batch_alerts
+        )
+        app = cls(
+            settings=settings,
+            clock=clock,
+            engine=engine,
+            sessions=sessions,
+            redis=redis,
+            plugins=plugins,
+            coordinator=coordinator,
+            changes=changes,
+            writer=writer,
+            integrations=integrations,
+            incidents=Incidents(sessions, clock, coordinator, changes),
+            pipeline=pipeline,
+            embedded_redis=embedded,
+        )
+        await writer.start()
+        return app
+
+    async def close(self) -> None:
+        """Flush the writer, then close Redis and the database, then the embedded Redis."""
+        if self._closed:
+            return
+        self._closed = True
+        await self.writer.stop()
+        await self.redis.aclose()
+        await self.engine.dispose()
+        if self.embedded_redis:
+            await self.embedded_redis.stop()

@@ -1,0 +1,182 @@
+"""Services (the paging targets) and their maintenance windows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from oncall_server.clock import Clock
+from oncall_server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from oncall_server.ids import is_valid_id, uuid7
+from oncall_server.storage.models import Incident, Integration, MaintenanceWindow, Service
+
+CRITICALITIES = ("critical", "high", "medium", "low")
+GROUPINGS = ("none", "time")
+MAX_GROUPING_MINUTES = 24 * 60
+
+
+@dataclass(slots=True)
+class ServiceFields:
+    """The writable fields of a service, as both APIs give them."""
+
+    name: str = ""
+    description: str = ""
+    criticality: str = "high"
+    escalation_policy_id: str | None = None
+    alert_grouping: str = "none"
+    alert_grouping_timeout_minutes: int = 0
+    auto_resolve_seconds: int | None = None
+    acknowledgement_timeout_seconds: int | None = None
+
+    def validate(self) -> None:
+        self.name = self.name.strip()
+        if not self.name or len(self.name) > 200:
+            raise InvalidArgument.field("service.name", "must be 1 to 200 characters")
+        if self.criticality not in CRITICALITIES:
+            raise InvalidArgument.field("service.criticality", f"must be one of {', '.join(CRITICALITIES)}")
+        if self.alert_grouping not in GROUPINGS:
+            raise InvalidArgument.field("service.alert_grouping", 'must be "none" or "time"')
+        if self.alert_grouping == "time" and not 1 <= self.alert_grouping_timeout_minutes <= MAX_GROUPING_MINUTES:
+            raise InvalidArgument.field(
+                "service.alert_grouping_timeout_minutes",
+                f'must be 1 to {MAX_GROUPING_MINUTES} when alert_grouping is "time"',
+            )
+        if self.alert_grouping == "none":
+            self.alert_grouping_timeout_minutes = 0
+        for name in ("auto_resolve_seconds", "acknowledgement_timeout_seconds"):
+            value = getattr(self, name)
+            if value is not None and value < 60:
+                raise InvalidArgument.field(f"service.{name.removesuffix('_seconds')}", "must be at least 1 minute")
+
+
+def grouping_window_ms(service: Service) -> int:
+    """The sliding grouping window in milliseconds; 0 when the service does not group."""
+    if service.alert_grouping != "time":
+        return 0
+    return service.alert_grouping_timeout_minutes * 60_000
+
+
+async def create_service(
+    sessions: async_sessionmaker[AsyncSession], clock: Clock, tenant_id: str, spec: ServiceFields
+) -> Service:
+    spec.validate()
+    now = clock.now()
+    service = Service(id=uuid7(), tenant_id=tenant_id, created_at=now, updated_at=now, **_values(spec))
+    try:
+        async with sessions.begin() as session:
+            session.add(service)
+    except IntegrityError:
+        raise AlreadyExists(f"a service named {spec.name!r} already exists") from None
+    return service
+
+
+async def get_service(session: AsyncSession, tenant_id: str, service_id: str) -> Service:
+    """The tenant's service; another tenant's answers NOT_FOUND, as does a malformed id."""
+    service = await session.get(Service, service_id) if is_valid_id(service_id) else None
+    if service is None or service.tenant_id != tenant_id:
+        raise NotFound(f"service {service_id!r} not found")
+    return service
+
+
+async def list_services(
+    sessions: async_sessionmaker[AsyncSession], tenant_id: str, page_size: int, after: str | None
+) -> list[Service]:
+    query = select(Service).where(Service.tenant_id == tenant_id).order_by(Service.id).limit(page_size)
+    if after:
+        query = query.where(Service.id > after)
+    async with sessions() as session:
+        return list((await session.scalars(query)).all())
+
+
+async def update_service(
+    sessions: async_sessionmaker[AsyncSession], clock: Clock, tenant_id: str, service_id: str, changes: dict[str, Any]
+) -> Service:
+    async with sessions.begin() as session:
+        service = await get_service(session, tenant_id, service_id)
+        spec = ServiceFields(**{f.name: getattr(service, f.name) for f in fields(ServiceFields)})
+        for name, value in changes.items():
+            setattr(spec, name, value)
+        spec.validate()
+        for name, value in _values(spec).items():
+            setattr(service, name, value)
+        service.updated_at = clock.now()
+        try:
+            await session.flush()
+        except IntegrityError:
+            raise AlreadyExists(f"a service named {spec.name!r} already exists") from None
+    return service
+
+
+async def delete_service(sessions: async_sessionmaker[AsyncSession], tenant_id: str, service_id: str) -> None:
+    async with sessions.begin() as session:
+        service = await get_service(session, tenant_id, service_id)
+        integrations = await session.scalar(
+            select(func.count()).where(Integration.service_id == service_id, Integration.deleted_at.is_(None))
+        )
+        if integrations:
+            raise FailedPrecondition(f"service {service_id!r} still has {integrations} integration(s)")
+        has_incidents = await session.scalar(select(func.count()).where(Incident.service_id == service_id))
+        if has_incidents:
+            raise FailedPrecondition(f"service {service_id!r} has incidents; its history would be lost")
+        windows = await session.scalars(select(MaintenanceWindow).where(MaintenanceWindow.service_id == service_id))
+        for window in windows:
+            await session.delete(window)
+        await session.delete(service)
+
+
+async def create_maintenance_window(
+    sessions: async_sessionmaker[AsyncSession],
+    clock: Clock,
+    tenant_id: str,
+    service_id: str,
+    start: datetime | None,
+    end: datetime | None,
+    reason: str,
+) -> MaintenanceWindow:
+    if start is None:
+        raise InvalidArgument.field("maintenance_window.start_time", "is required")
+    if end is None:
+        raise InvalidArgument.field("maintenance_window.end_time", "is required")
+    if end <= start:
+        raise InvalidArgument.field("maintenance_window.end_time", "must be after start_time")
+    async with sessions.begin() as session:
+        await get_service(session, tenant_id, service_id)
+        window = MaintenanceWindow(
+            id=uuid7(),
+            tenant_id=tenant_id,
+            service_id=service_id,
+            start_at=start,
+            end_at=end,
+            reason=reason,
+            created_at=clock.now(),
+        )
+        session.add(window)
+    return window
+
+
+async def list_maintenance_windows(
+    sessions: async_sessionmaker[AsyncSession], clock: Clock, tenant_id: str, service_id: str, include_past: bool
+) -> list[MaintenanceWindow]:
+    async with sessions() as session:
+        await get_service(session, tenant_id, service_id)
+        query = select(MaintenanceWindow).where(MaintenanceWindow.service_id == service_id)
+        if not include_past:
+            query = query.where(MaintenanceWindow.end_at > clock.now())
+        return list((await session.scalars(query.order_by(MaintenanceWindow.start_at))).all())
+
+
+async def delete_maintenance_window(sessions: async_sessionmaker[AsyncSession], tenant_id: str, window_id: str) -> None:
+    async with sessions.begin() as session:
+        window = await session.get(MaintenanceWindow, window_id) if is_valid_id(window_id) else None
+        if window is None or window.tenant_id != tenant_id:
+            raise NotFound(f"maintenance window {window_id!r} not found")
+        await session.delete(window)
+
+
+def _values(spec: ServiceFields) -> dict[str, Any]:
+    return {f.name: getattr(spec, f.name) for f in fields(ServiceFields)}

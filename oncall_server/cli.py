@@ -1,0 +1,271 @@
+"""``oncall-server``: run the server, migrate, and bootstrap tenants, services and keys."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from oncall_server import __version__, catalog, tenancy
+from oncall_server.clock import SystemClock
+from oncall_server.config import Settings
+from oncall_server.errors import OncallError
+from oncall_server.integrations import Integrations
+from oncall_server.storage import migrate
+from oncall_server.storage.engine import create_engine, session_factory
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    for name in ("data_dir", "database_url", "redis_url", "grpc_listen", "http_listen", "roles", "log_level"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    return Settings(**overrides)
+
+
+def _run(coro: Awaitable[int]) -> int:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)  # type: ignore[arg-type]
+    except ImportError:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+async def _cmd_serve(args: argparse.Namespace) -> int:
+    from oncall_server.server import serve
+
+    settings = _settings(args)
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    await serve(settings)
+    return 0
+
+
+async def _with_db(args: argparse.Namespace, work: Callable[..., Awaitable[int]]) -> int:
+    """Admin commands touch SQL only, so they also work while the server runs."""
+    settings = _settings(args)
+    engine = create_engine(settings.resolved_database_url)
+    try:
+        await migrate.upgrade(engine)
+        return await work(session_factory(engine), SystemClock())
+    finally:
+        await engine.dispose()
+
+
+async def _cmd_migrate(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    engine = create_engine(settings.resolved_database_url)
+    try:
+        await migrate.upgrade(engine)
+        print(f"schema at revision {await migrate.current_revision(engine)}")
+    finally:
+        await engine.dispose()
+    return 0
+
+
+def _emit(args: argparse.Namespace, data: dict[str, Any]) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2))
+    else:
+        for key, value in data.items():
+            print(f"{key}: {value}")
+
+
+async def _cmd_tenant_create(args: argparse.Namespace) -> int:
+    async def work(sessions: Any, clock: Any) -> int:
+        tenant = await tenancy.create_tenant(sessions, clock, args.name)
+        _emit(args, {"tenant_id": tenant.id, "name": tenant.name})
+        return 0
+
+    return await _with_db(args, work)
+
+
+async def _cmd_token_create(args: argparse.Namespace) -> int:
+    async def work(sessions: Any, clock: Any) -> int:
+        tenant = await tenancy.find_tenant(sessions, args.tenant)
+        secret, token = await tenancy.create_api_token(sessions, clock, tenant.id, args.name)
+        _emit(args, {"token_id": token.id, "tenant_id": tenant.id, "api_token": secret})
+        return 0
+
+    return await _with_db(args, work)
+
+
+async def _cmd_service_create(args: argparse.Namespace) -> int:
+    async def work(sessions: Any, clock: Any) -> int:
+        tenant = await tenancy.find_tenant(sessions, args.tenant)
+        spec = catalog.ServiceFields(
+            name=args.name,
+            criticality=args.criticality,
+            alert_grouping=args.alert_grouping,
+            alert_grouping_timeout_minutes=args.alert_grouping_timeout_minutes,
+        )
+        service = await catalog.create_service(sessions, clock, tenant.id, spec)
+        _emit(args, {"service_id": service.id, "name": service.name})
+        return 0
+
+    return await _with_db(args, work)
+
+
+async def _cmd_integration_create(args: argparse.Namespace) -> int:
+    async def work(sessions: Any, clock: Any) -> int:
+        tenant = await tenancy.find_tenant(sessions, args.tenant)
+        integration, key = await Integrations(sessions, clock).create(
+            tenant.id, args.service, args.name, args.type, []
+        )
+        _emit(args, {"integration_id": integration.id, "integration_key": key})
+        return 0
+
+    return await _with_db(args, work)
+
+
+async def _cmd_bootstrap(args: argparse.Namespace) -> int:
+    """Tenant, service, webhook integration and API token in one go, reusing names that exist."""
+
+    async def work(sessions: Any, clock: Any) -> int:
+        try:
+            tenant = await tenancy.find_tenant(sessions, args.tenant)
+        except OncallError:
+            tenant = await tenancy.create_tenant(sessions, clock, args.tenant)
+        services = await catalog.list_services(sessions, tenant.id, 1000, None)
+        service = next((s for s in services if s.name == args.service), None)
+        if service is None:
+            service = await catalog.create_service(sessions, clock, tenant.id, catalog.ServiceFields(name=args.service))
+        integration, key = await Integrations(sessions, clock).create(tenant.id, service.id, args.integration, "webhook", [])
+        secret, _ = await tenancy.create_api_token(sessions, clock, tenant.id, "bootstrap")
+        _emit(
+            args,
+            {
+                "tenant_id": tenant.id,
+                "service_id": service.id,
+                "integration_id": integration.id,
+                "integration_key": key,
+                "api_token": secret,
+            },
+        )
+        return 0
+
+    return await _with_db(args, work)
+
+
+async def _cmd_incidents_list(args: argparse.Namespace) -> int:
+    """Lists incidents through the generated gRPC stub, as any client would."""
+    import grpc
+
+    from oncall_server.api.v1 import incident_pb2, incident_service_pb2, incident_service_pb2_grpc
+
+    async with grpc.aio.insecure_channel(args.target) as channel:
+        stub = incident_service_pb2_grpc.IncidentServiceStub(channel)
+        status = {"": 0, "triggered": 1, "acknowledged": 2, "resolved": 3}[args.status]
+        response = await stub.ListIncidents(
+            incident_service_pb2.ListIncidentsRequest(status=status, page_size=args.limit),  # type: ignore[arg-type]
+            metadata=[("authorization", f"Bearer {args.token}")],
+        )
+    if args.json:
+        from google.protobuf import json_format
+
+        print(json_format.MessageToJson(response, preserving_proto_field_name=True))
+        return 0
+    print(f"{'ID':36}  {'STATUS':12}  {'SEVERITY':8}  {'ALERTS':>6}  TITLE")
+    for inc in response.incidents:
+        severity = incident_pb2.Severity.Name(inc.severity).removeprefix("SEVERITY_").lower()  # type: ignore[attr-defined]
+        state = incident_pb2.IncidentStatus.Name(inc.status).removeprefix("INCIDENT_STATUS_").lower()
+        print(f"{inc.id:36}  {state:12}  {severity:8}  {inc.alert_count:>6}  {inc.title}")
+    return 0
+
+
+async def _cmd_plugins(args: argparse.Namespace) -> int:
+    from oncall_server.plugins import Plugins
+
+    plugins = Plugins().load()
+    for info in plugins.loaded:
+        print(f"{info.name:24} {info.distribution} {info.version}")
+    print("adapters: " + ", ".join(sorted(plugins.adapters)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="oncall-server", description=__doc__)
+    parser.add_argument("--version", action="version", version=__version__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", help="data directory (env ONCALL_DATA_DIR; default ./oncall-data)")
+    common.add_argument("--database-url", help="SQLAlchemy URL (env ONCALL_DATABASE_URL; default SQLite in data dir)")
+    common.add_argument("--json", action="store_true", help="print JSON")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", parents=[common], help="run the server")
+    serve.add_argument("--redis-url", help="Redis URL (env ONCALL_REDIS_URL; default: embedded redis-server)")
+    serve.add_argument("--grpc-listen", help="host:port (env ONCALL_GRPC_LISTEN; default 127.0.0.1:50051)")
+    serve.add_argument("--http-listen", help="host:port (env ONCALL_HTTP_LISTEN; default 127.0.0.1:8080)")
+    serve.add_argument("--roles", help="comma-separated roles to run (env ONCALL_ROLES; default all)")
+    serve.add_argument("--log-level", help="DEBUG, INFO, WARNING (env ONCALL_LOG_LEVEL)")
+    serve.set_defaults(handler=_cmd_serve)
+
+    sub.add_parser("migrate", parents=[common], help="create or upgrade the schema").set_defaults(handler=_cmd_migrate)
+
+    boot = sub.add_parser("bootstrap", parents=[common], help="tenant + service + webhook integration + API token")
+    boot.add_argument("--tenant", default="demo")
+    boot.add_argument("--service", default="Default Service")
+    boot.add_argument("--integration", default="Generic Webhook")
+    boot.set_defaults(handler=_cmd_bootstrap)
+
+    tenant = sub.add_parser("tenant", help="tenants").add_subparsers(dest="action", required=True)
+    tenant_create = tenant.add_parser("create", parents=[common])
+    tenant_create.add_argument("name")
+    tenant_create.set_defaults(handler=_cmd_tenant_create)
+
+    token = sub.add_parser("token", help="admin API tokens").add_subparsers(dest="action", required=True)
+    token_create = token.add_parser("create", parents=[common])
+    token_create.add_argument("--tenant", required=True, help="tenant id or name")
+    token_create.add_argument("--name", default="admin")
+    token_create.set_defaults(handler=_cmd_token_create)
+
+    service = sub.add_parser("service", help="services").add_subparsers(dest="action", required=True)
+    service_create = service.add_parser("create", parents=[common])
+    service_create.add_argument("name")
+    service_create.add_argument("--tenant", required=True, help="tenant id or name")
+    service_create.add_argument("--criticality", default="high", choices=catalog.CRITICALITIES)
+    service_create.add_argument("--alert-grouping", default="none", choices=catalog.GROUPINGS)
+    service_create.add_argument("--alert-grouping-timeout-minutes", type=int, default=0)
+    service_create.set_defaults(handler=_cmd_service_create)
+
+    integration = sub.add_parser("integration", help="integrations").add_subparsers(dest="action", required=True)
+    integration_create = integration.add_parser("create", parents=[common])
+    integration_create.add_argument("name")
+    integration_create.add_argument("--tenant", required=True, help="tenant id or name")
+    integration_create.add_argument("--service", required=True, help="service id")
+    integration_create.add_argument("--type", default="webhook", help="adapter name (default webhook)")
+    integration_create.set_defaults(handler=_cmd_integration_create)
+
+    incidents = sub.add_parser("incidents", help="incidents, via the gRPC API").add_subparsers(
+        dest="action", required=True
+    )
+    incidents_list = incidents.add_parser("list")
+    incidents_list.add_argument("--token", required=True, help="API token (from bootstrap)")
+    incidents_list.add_argument("--target", default="127.0.0.1:50051", help="gRPC address")
+    incidents_list.add_argument("--status", default="", choices=["", "triggered", "acknowledged", "resolved"])
+    incidents_list.add_argument("--limit", type=int, default=20)
+    incidents_list.add_argument("--json", action="store_true")
+    incidents_list.set_defaults(handler=_cmd_incidents_list)
+
+    sub.add_parser("plugins", help="list loaded plugins").set_defaults(handler=_cmd_plugins)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args.handler(args))
+    except OncallError as error:
+        print(f"error: {error.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

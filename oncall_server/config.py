@@ -1,0 +1,70 @@
+"""Settings, from ``ONCALL_*`` environment variables or CLI flags.
+
+With nothing set the server runs on embedded defaults: a SQLite file and a
+private Redis under the data directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ALL_ROLES = ("grpc", "gateway")
+
+
+class Settings(BaseSettings):
+    """Every knob an operator can turn. Documented in docs/configuration.md."""
+
+    model_config = SettingsConfigDict(env_prefix="ONCALL_", extra="ignore")
+
+    data_dir: Path = Field(default=Path("oncall-data"), description="SQLite file and embedded Redis live here.")
+    database_url: str = Field(default="", description="SQLAlchemy URL; empty means SQLite in data_dir.")
+    redis_url: str = Field(default="", description="Redis URL; empty means an embedded redis-server.")
+    grpc_listen: str = Field(default="127.0.0.1:50051", description="host:port of the gRPC server.")
+    http_listen: str = Field(default="127.0.0.1:8080", description="host:port of the HTTP gateway.")
+    public_url: str = Field(default="http://127.0.0.1:8080", description="Base of incident links.")
+    max_body_bytes: int = Field(default=512 * 1024, description="Largest accepted webhook body (413 above).")
+    max_batch_alerts: int = Field(default=1000, description="Most alerts in one ingest request.")
+    write_batch_size: int = Field(default=500, description="Most alerts committed in one transaction.")
+    drain_seconds: float = Field(default=10.0, description="Grace period for in-flight requests on SIGTERM.")
+    log_level: str = Field(default="INFO")
+    access_log: bool = Field(default=True, description="Log one line per HTTP request (keys scrubbed).")
+    roles: tuple[str, ...] = Field(default=ALL_ROLES, description="Roles this process runs.")
+
+    @field_validator("roles", mode="before")
+    @classmethod
+    def _split_roles(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = tuple(part.strip() for part in value.split(",") if part.strip())
+        if isinstance(value, (list, tuple)):
+            unknown = sorted(set(value) - set(ALL_ROLES))
+            if unknown:
+                raise ValueError(f"unknown roles {unknown}; choose from {list(ALL_ROLES)}")
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The async SQLAlchemy URL to use."""
+        if not self.database_url:
+            return f"sqlite+aiosqlite:///{(self.data_dir / 'oncall.db').resolve()}"
+        return normalize_database_url(self.database_url)
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept the URLs operators paste (``postgresql://``, ``sqlite:///``) and pick the async driver."""
+    for prefix, driver in (
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("postgres://", "postgresql+asyncpg://"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+    ):
+        if url.startswith(prefix):
+            return driver + url[len(prefix) :]
+    return url
+
+
+def split_host_port(listen: str) -> tuple[str, int]:
+    """Parse ``host:port`` (``[::1]:80`` too)."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)

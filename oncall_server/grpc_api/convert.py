@@ -1,0 +1,243 @@
+"""Between storage rows and ``oncall.v1`` messages."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from oncall_server import catalog
+from oncall_server.api.v1 import alert_pb2, incident_pb2, integration_pb2, service_pb2
+from oncall_server.errors import InvalidArgument
+from oncall_server.ingest.drops import DroppedAlert
+from oncall_server.ingest.model import IngestResult
+from oncall_server.routing_rules import RoutingRule, rules_to_json
+from oncall_server.storage import models
+
+INCIDENT_STATUS = {
+    "triggered": incident_pb2.INCIDENT_STATUS_TRIGGERED,
+    "acknowledged": incident_pb2.INCIDENT_STATUS_ACKNOWLEDGED,
+    "resolved": incident_pb2.INCIDENT_STATUS_RESOLVED,
+}
+INCIDENT_STATUS_NAME = {v: k for k, v in INCIDENT_STATUS.items()}
+ALERT_STATE = {
+    "triggered": alert_pb2.ALERT_STATE_TRIGGERED,
+    "acknowledged": alert_pb2.ALERT_STATE_ACKNOWLEDGED,
+    "grouped": alert_pb2.ALERT_STATE_GROUPED,
+    "resolved": alert_pb2.ALERT_STATE_RESOLVED,
+    "suppressed": alert_pb2.ALERT_STATE_SUPPRESSED,
+}
+TIMELINE_KIND = {
+    name.removeprefix("TIMELINE_ENTRY_KIND_").lower(): value
+    for name, value in incident_pb2.TimelineEntryKind.items()
+    if value
+}
+CRITICALITY = {
+    "critical": service_pb2.CRITICALITY_CRITICAL,
+    "high": service_pb2.CRITICALITY_HIGH,
+    "medium": service_pb2.CRITICALITY_MEDIUM,
+    "low": service_pb2.CRITICALITY_LOW,
+}
+CRITICALITY_NAME = {v: k for k, v in CRITICALITY.items()}
+GROUPING = {"none": service_pb2.ALERT_GROUPING_NONE, "time": service_pb2.ALERT_GROUPING_TIME}
+GROUPING_NAME = {v: k for k, v in GROUPING.items()}
+
+
+def timestamp(when: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if when is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(when)
+    return ts
+
+
+def from_timestamp(ts: timestamp_pb2.Timestamp) -> datetime:
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def duration_seconds(message: service_pb2.Service, field: str) -> int | None:
+    if not message.HasField(field):  # type: ignore[arg-type]
+        return None
+    value: duration_pb2.Duration = getattr(message, field)
+    return int(value.ToTimedelta().total_seconds())
+
+
+def duration(seconds: int | None) -> duration_pb2.Duration | None:
+    if seconds is None:
+        return None
+    return duration_pb2.Duration(seconds=seconds)
+
+
+def incident(row: models.Incident, public_url: str) -> incident_pb2.Incident:
+    return incident_pb2.Incident(
+        id=row.id,
+        service_id=row.service_id,
+        title=row.title,
+        severity=row.severity,  # type: ignore[arg-type]
+        status=INCIDENT_STATUS[row.status],
+        source=row.source,
+        source_ref=row.source_ref,
+        dedup_key=row.dedup_key or "",
+        description=row.description,
+        details=row.details,
+        alert_count=row.alert_count,
+        assigned_to=row.assigned_to,
+        create_time=timestamp(row.created_at),
+        update_time=timestamp(row.updated_at),
+        acknowledge_time=timestamp(row.acknowledged_at),
+        acknowledged_by=row.acknowledged_by,
+        resolve_time=timestamp(row.resolved_at),
+        resolved_by=row.resolved_by,
+        resolution_summary=row.resolution_summary,
+        incident_url=incident_url(public_url, row.id),
+    )
+
+
+def incident_url(public_url: str, incident_id: str) -> str:
+    return f"{public_url.rstrip('/')}/incidents/{incident_id}"
+
+
+def alert(row: models.Alert) -> alert_pb2.Alert:
+    return alert_pb2.Alert(
+        id=row.id,
+        incident_id=row.incident_id or "",
+        service_id=row.service_id,
+        integration_id=row.integration_id,
+        title=row.title,
+        severity=row.severity,  # type: ignore[arg-type]
+        state=ALERT_STATE[row.state],
+        dedup_key=row.dedup_key or "",
+        source=row.source,
+        source_ref=row.source_ref,
+        description=row.description,
+        details=row.details,
+        occurrence_count=row.occurrence_count,
+        first_seen_time=timestamp(row.first_seen_at),
+        last_seen_time=timestamp(row.last_seen_at),
+        raw_payload=row.latest_raw_payload or row.raw_payload,
+        resolve_time=timestamp(row.resolved_at),
+    )
+
+
+def timeline_entry(row: models.TimelineEntry) -> incident_pb2.TimelineEntry:
+    return incident_pb2.TimelineEntry(
+        id=row.id,
+        incident_id=row.incident_id,
+        kind=TIMELINE_KIND.get(row.kind, incident_pb2.TIMELINE_ENTRY_KIND_UNSPECIFIED),
+        actor=row.actor,
+        message=row.message,
+        create_time=timestamp(row.created_at),
+        details=row.details,
+    )
+
+
+def routing_rule(rule: RoutingRule) -> integration_pb2.RoutingRule:
+    from google.protobuf import json_format
+
+    message = integration_pb2.RoutingRule()
+    data = rules_to_json([rule])[0]
+    condition = next(k for k in data if k != "name")
+    body = dict(data[condition])
+    if "minimum_severity" in body:
+        body["minimum_severity"] = "SEVERITY_" + str(body["minimum_severity"]).upper()
+    if "operator" in body:
+        body["operator"] = "FIELD_MATCH_OPERATOR_" + str(body["operator"]).upper()
+    json_format.ParseDict({"name": data.get("name", ""), condition: body}, message, ignore_unknown_fields=False)
+    return message
+
+
+def routing_rules_from(messages: list[integration_pb2.RoutingRule]) -> list[dict[str, object]]:
+    """Proto rules to the JSON form routing_rules.parse_rules validates (with field names)."""
+    from google.protobuf import json_format
+
+    return [json_format.MessageToDict(m, preserving_proto_field_name=True) for m in messages]
+
+
+def integration(row: models.Integration) -> integration_pb2.Integration:
+    from oncall_server.routing_rules import parse_rules
+
+    return integration_pb2.Integration(
+        id=row.id,
+        service_id=row.service_id,
+        name=row.name,
+        type=row.type,
+        routing_rules=[routing_rule(r) for r in parse_rules(row.routing_rules)],
+        key_prefix=row.key_prefix,
+        create_time=timestamp(row.created_at),
+        update_time=timestamp(row.updated_at),
+    )
+
+
+def dropped_alert(drop: DroppedAlert) -> integration_pb2.DroppedAlert:
+    return integration_pb2.DroppedAlert(
+        integration_id=drop.integration_id,
+        rule_index=drop.rule_index,
+        rule=drop.rule,
+        reason=drop.reason,
+        title=drop.title,
+        drop_time=timestamp(drop.dropped_at),
+    )
+
+
+def service(row: models.Service) -> service_pb2.Service:
+    return service_pb2.Service(
+        id=row.id,
+        name=row.name,
+        description=row.description,
+        criticality=CRITICALITY[row.criticality],
+        escalation_policy_id=row.escalation_policy_id or "",
+        alert_grouping=GROUPING[row.alert_grouping],
+        alert_grouping_timeout_minutes=row.alert_grouping_timeout_minutes,
+        auto_resolve_timeout=duration(row.auto_resolve_seconds),
+        acknowledgement_timeout=duration(row.acknowledgement_timeout_seconds),
+        create_time=timestamp(row.created_at),
+        update_time=timestamp(row.updated_at),
+    )
+
+
+SERVICE_FIELDS = (
+    "name",
+    "description",
+    "criticality",
+    "escalation_policy_id",
+    "alert_grouping",
+    "alert_grouping_timeout_minutes",
+    "auto_resolve_timeout",
+    "acknowledgement_timeout",
+)
+
+
+def service_changes(message: service_pb2.Service, paths: list[str] | None) -> dict[str, object]:
+    """The writable fields of a Service message as ServiceFields values, limited to ``paths``."""
+    paths = paths or list(SERVICE_FIELDS)
+    unknown = sorted(set(paths) - set(SERVICE_FIELDS))
+    if unknown:
+        raise InvalidArgument.field("update_mask", f"cannot update {unknown[0]!r}")
+    out: dict[str, object] = {}
+    for path in paths:
+        if path == "criticality":
+            out[path] = CRITICALITY_NAME.get(message.criticality, "high")
+        elif path == "alert_grouping":
+            out[path] = GROUPING_NAME.get(message.alert_grouping, "none")
+        elif path == "escalation_policy_id":
+            out[path] = message.escalation_policy_id or None
+        elif path in ("auto_resolve_timeout", "acknowledgement_timeout"):
+            out[f"{path}_seconds"] = duration_seconds(message, path)
+        else:
+            out[path] = getattr(message, path)
+    return out
+
+
+def service_fields(message: service_pb2.Service) -> catalog.ServiceFields:
+    return catalog.ServiceFields(**service_changes(message, None))  # type: ignore[arg-type]
+
+
+def ingest_result(result: IngestResult) -> object:
+    from oncall_server.api.v1 import ingest_service_pb2
+
+    return ingest_service_pb2.IngestResult(
+        outcome=int(result.outcome),  # type: ignore[arg-type]
+        alert_id=result.alert_id,
+        incident_id=result.incident_id,
+        dedup_key=result.dedup_key,
+    )

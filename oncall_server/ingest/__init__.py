@@ -1,0 +1,1 @@
+"""The ingest path: authenticate, normalize, route, then group-commit."""

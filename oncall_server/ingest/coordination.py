@@ -1,0 +1,182 @@
+"""Redis side of ingest: atomic dedup and grouping decisions.
+
+Every key of one decision lives under the service's ``{hash tag}`` so the
+scripts run on Redis Cluster. The decisions are fast hints that SQL checks:
+the writer's upserts are the last word, and :func:`Coordinator.repair`
+points Redis back at what SQL committed. A service whose ``ready`` marker is
+missing (a FLUSHALL, a Redis restart without persistence) is reloaded from
+SQL before any decision is made for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+_DECIDE = """
+-- KEYS: dedup hash, group key, ready marker
+-- ARGV: dedup key ('' = none), fallback incident id, grouping window ms (0 = none)
+if redis.call('EXISTS', KEYS[3]) == 0 then return {'reload', ''} end
+if ARGV[1] ~= '' then
+  local existing = redis.call('HGET', KEYS[1], ARGV[1])
+  if existing then return {'dedup', existing} end
+end
+local incident = ARGV[2]
+local outcome = 'new'
+local window = tonumber(ARGV[3])
+if window > 0 then
+  local current = redis.call('GET', KEYS[2])
+  if current then incident = current; outcome = 'grouped' end
+  redis.call('SET', KEYS[2], incident, 'PX', window)
+end
+if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], ARGV[1], incident) end
+return {outcome, incident}
+"""
+
+_REPAIR = """
+-- KEYS: dedup hash, group key
+-- ARGV: dedup key ('' = none), incident Redis believes, incident SQL committed
+if ARGV[1] ~= '' then
+  local current = redis.call('HGET', KEYS[1], ARGV[1])
+  if (not current) or current == ARGV[2] then redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
+end
+if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('SET', KEYS[2], ARGV[3], 'KEEPTTL') end
+return 1
+"""
+
+_RELEASE = """
+-- KEYS: dedup hash, group keys...
+-- ARGV: incident id, dedup keys...
+for i = 2, #ARGV do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[1] then redis.call('HDEL', KEYS[1], ARGV[i]) end
+end
+for i = 2, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[1] then redis.call('DEL', KEYS[i]) end
+end
+return 1
+"""
+
+_LOAD = """
+-- KEYS: ready marker, group keys...
+-- ARGV: for each group key, incident id then remaining ms
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+for i = 2, #KEYS do
+  local ttl = tonumber(ARGV[(i - 2) * 2 + 2])
+  if ttl > 0 then redis.call('SET', KEYS[i], ARGV[(i - 2) * 2 + 1], 'PX', ttl, 'NX') end
+end
+redis.call('SET', KEYS[1], '1')
+return 1
+"""
+
+SEVERITY_LEVELS = range(1, 6)
+
+
+def dedup_hash(service_id: str) -> str:
+    return f"oncall:{{{service_id}}}:dedup"
+
+
+def group_key(service_id: str, severity: int) -> str:
+    return f"oncall:{{{service_id}}}:group:{severity}"
+
+
+def ready_key(service_id: str) -> str:
+    return f"oncall:{{{service_id}}}:ready"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """``new``, ``grouped``, ``dedup`` or ``reload``, and the incident it names."""
+
+    outcome: str
+    incident_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRequest:
+    service_id: str
+    severity: int
+    dedup_key: str | None
+    fallback_incident_id: str
+    grouping_window_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Repair:
+    service_id: str
+    severity: int
+    dedup_key: str | None
+    believed_incident_id: str
+    committed_incident_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class GroupWindow:
+    """An open grouping window found in SQL, for reloading Redis."""
+
+    severity: int
+    incident_id: str
+    remaining_ms: int
+
+
+class Coordinator:
+    """Runs the scripts, pipelined: one round trip per batch."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._decide = redis.register_script(_DECIDE)
+        self._repair = redis.register_script(_REPAIR)
+        self._release = redis.register_script(_RELEASE)
+        self._load = redis.register_script(_LOAD)
+
+    async def decide(self, requests: Sequence[DecisionRequest]) -> list[Decision]:
+        """Decide every alert of a batch in order, so later alerts see earlier ones."""
+        if not requests:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for req in requests:
+                await self._decide(
+                    keys=[dedup_hash(req.service_id), group_key(req.service_id, req.severity), ready_key(req.service_id)],
+                    args=[req.dedup_key or "", req.fallback_incident_id, req.grouping_window_ms],
+                    client=pipe,
+                )
+            replies: list[Any] = await pipe.execute()
+        return [Decision(_text(r[0]), _text(r[1])) for r in replies]
+
+    async def repair(self, repairs: Iterable[Repair]) -> None:
+        """Point Redis at the incidents SQL committed where they differ from its decision."""
+        repairs = list(repairs)
+        if not repairs:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for fix in repairs:
+                await self._repair(
+                    keys=[dedup_hash(fix.service_id), group_key(fix.service_id, fix.severity)],
+                    args=[fix.dedup_key or "", fix.believed_incident_id, fix.committed_incident_id],
+                    client=pipe,
+                )
+            await pipe.execute()
+
+    async def release(self, service_id: str, incident_id: str, dedup_keys: Iterable[str]) -> None:
+        """Forget a resolved incident's dedup keys and grouping windows (only entries still naming it)."""
+        keys = [dedup_hash(service_id), *(group_key(service_id, s) for s in SEVERITY_LEVELS)]
+        await self._release(keys=keys, args=[incident_id, *dedup_keys])
+
+    async def load(self, service_id: str, windows: Sequence[GroupWindow]) -> None:
+        """Restore a service's grouping windows from SQL and mark it ready (first loader wins)."""
+        keys = [ready_key(service_id), *(group_key(service_id, w.severity) for w in windows)]
+        args: list[str | int] = []
+        for window in windows:
+            args += [window.incident_id, window.remaining_ms]
+        await self._load(keys=keys, args=args)
+
+    async def forget_service(self, service_id: str) -> None:
+        """Drop every key of a service (tests and service deletion)."""
+        keys = [dedup_hash(service_id), ready_key(service_id), *(group_key(service_id, s) for s in SEVERITY_LEVELS)]
+        await self.redis.delete(*keys)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,77 @@
+"""Values that flow through the ingest path."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from oncall_server.severity import Severity
+
+
+class Outcome(enum.IntEnum):
+    """What the pipeline did with one alert; values match ``oncall.v1.IngestOutcome``."""
+
+    CREATED = 1
+    DEDUPLICATED = 2
+    GROUPED = 3
+    SUPPRESSED = 4
+    DROPPED = 5
+    RECORDED = 6
+
+
+class AlertState(enum.StrEnum):
+    """Spec "Alert States"; stored as these strings."""
+
+    TRIGGERED = "triggered"
+    ACKNOWLEDGED = "acknowledged"
+    GROUPED = "grouped"
+    RESOLVED = "resolved"
+    SUPPRESSED = "suppressed"
+
+
+class IncidentStatus(enum.StrEnum):
+    """Stored as these strings."""
+
+    TRIGGERED = "triggered"
+    ACKNOWLEDGED = "acknowledged"
+    RESOLVED = "resolved"
+
+
+@dataclass(slots=True)
+class NormalizedEvent:
+    """One alert as an adapter produced it, before routing."""
+
+    title: str
+    severity: Severity
+    dedup_key: str | None = None
+    source: str = ""
+    source_ref: str = ""
+    description: str = ""
+    details: dict[str, str] = field(default_factory=dict)
+    raw_payload: str = ""
+    # Stored without an incident or page (e.g. a Defend detection below the paging threshold).
+    record_only: bool = False
+
+
+@dataclass(slots=True)
+class PreparedAlert:
+    """An alert that passed routing, bound to its tenant, service and integration."""
+
+    tenant_id: str
+    service_id: str
+    integration_id: str
+    grouping_window_ms: int
+    event: NormalizedEvent
+    received_at: datetime
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """The answer to one alert, sent only after its batch committed."""
+
+    outcome: Outcome
+    alert_id: str = ""
+    incident_id: str = ""
+    dedup_key: str = ""

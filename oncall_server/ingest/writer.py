@@ -1,0 +1,608 @@
+"""The group-commit writer: many requests' alerts, one transaction.
+
+Requests hand their alerts to :meth:`GroupCommitWriter.submit` and wait. One
+task per process takes everything queued (up to ``batch_size`` alerts), asks
+Redis for every dedup/grouping decision in one pipelined round trip, writes
+the whole batch with a handful of Core statements in one transaction, and
+only then answers each caller. While a batch commits the next one queues, so
+batches grow with load and latency stays one commit at low load.
+
+SQL is the arbiter. Alerts are upserted on ``(service_id, open_dedup_key)``
+and incidents on their primary key, so when Redis is stale or empty the
+database still keeps one open alert per key and never loses an alert; the
+writer then points Redis back at what SQL committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from oncall_server.clock import Clock
+from oncall_server.errors import Unavailable
+from oncall_server.ids import uuid7
+from oncall_server.ingest.coordination import Coordinator, Decision, DecisionRequest, GroupWindow, Repair
+from oncall_server.ingest.model import AlertState, IncidentStatus, IngestResult, Outcome, PreparedAlert
+from oncall_server.storage.models import Alert, AlertDelivery, Incident, MaintenanceWindow, TimelineEntry
+
+log = logging.getLogger(__name__)
+
+MAX_DELIVERIES_PER_ALERT = 20
+_MAX_ATTEMPTS = 4
+
+
+@dataclass(slots=True)
+class CommittedIncident:
+    """An incident a batch opened or touched, for post-commit listeners (watchers, escalation)."""
+
+    tenant_id: str
+    service_id: str
+    incident_id: str
+    entry_id: str
+    created: bool
+
+
+@dataclass(slots=True)
+class _Request:
+    alerts: Sequence[PreparedAlert]
+    future: asyncio.Future[list[IngestResult]]
+
+
+@dataclass(slots=True)
+class _Slot:
+    """One alert of the batch and what becomes of it.
+
+    ``alert_id`` is the id this alert gets if it is inserted; it never changes,
+    so a retried transaction tells "inserted" from "merged" the same way.
+    """
+
+    alert: PreparedAlert
+    alert_id: str = field(default_factory=uuid7)
+    fallback_incident_id: str = field(default_factory=uuid7)
+    decision: Decision | None = None
+    suppressed: bool = False
+    result: IngestResult | None = None
+
+
+CommitListener = Callable[[list[CommittedIncident]], Awaitable[None]]
+
+
+class GroupCommitWriter:
+    """Owns the ingest transaction of one process."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        coordinator: Coordinator,
+        clock: Clock,
+        *,
+        batch_size: int = 500,
+        on_commit: CommitListener | None = None,
+    ) -> None:
+        self.engine = engine
+        self.coordinator = coordinator
+        self.clock = clock
+        self.batch_size = batch_size
+        self.on_commit = on_commit
+        self._queue: asyncio.Queue[_Request | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._dialect = engine.dialect.name
+        self.batches_committed = 0
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="group-commit-writer")
+
+    async def stop(self) -> None:
+        """Finish everything already submitted, then stop."""
+        if self._task is None:
+            return
+        await self._queue.put(None)
+        await self._task
+        self._task = None
+
+    async def submit(self, alerts: Sequence[PreparedAlert]) -> list[IngestResult]:
+        """Store alerts; returns after they are committed, one result per alert in order."""
+        if not alerts:
+            return []
+        if self._task is None:
+            raise Unavailable("the ingest writer is not running")
+        future: asyncio.Future[list[IngestResult]] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Request(alerts, future))
+        return await future
+
+    async def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = await self._queue.get()
+            if first is None:
+                break
+            requests = [first]
+            count = len(first.alerts)
+            while count < self.batch_size and not self._queue.empty():
+                nxt = self._queue.get_nowait()
+                if nxt is None:
+                    stopping = True
+                    break
+                requests.append(nxt)
+                count += len(nxt.alerts)
+            await self._process(requests)
+
+    async def _process(self, requests: list[_Request]) -> None:
+        slots = [_Slot(alert) for req in requests for alert in req.alerts]
+        try:
+            committed = await self._write(slots)
+        except Exception as exc:  # every caller must hear back, whatever failed
+            log.exception("ingest batch of %d alerts failed", len(slots))
+            error = exc if isinstance(exc, Unavailable) else Unavailable("alert storage is unavailable; retry")
+            for req in requests:
+                if not req.future.done():
+                    req.future.set_exception(error)
+            return
+        self.batches_committed += 1
+        position = 0
+        for req in requests:
+            results = [slot.result for slot in slots[position : position + len(req.alerts)]]
+            position += len(req.alerts)
+            if not req.future.done():
+                req.future.set_result([r for r in results if r is not None])
+        if self.on_commit and committed:
+            try:
+                await self.on_commit(committed)
+            except Exception:
+                log.exception("post-commit listener failed")
+
+    async def _write(self, slots: list[_Slot]) -> list[CommittedIncident]:
+        await self._mark_suppressed(slots)
+        await self._decide(slots)
+        for attempt in range(1, _MAX_ATTEMPTS + 1):
+            try:
+                async with self.engine.begin() as conn:
+                    batch = _Batch(conn, self._dialect, self.clock.now())
+                    repairs, committed = await batch.write(slots)
+                break
+            except DBAPIError as exc:
+                if attempt == _MAX_ATTEMPTS or not _is_retryable(exc):
+                    raise
+                log.warning("ingest batch conflict (attempt %d), retrying: %s", attempt, exc.orig)
+                await asyncio.sleep(0.01 * attempt)
+        try:
+            await self.coordinator.repair(repairs)
+        except Exception:  # SQL is committed; the next batch's upserts correct Redis again
+            log.exception("could not repair Redis after a batch")
+        return committed
+
+    async def _mark_suppressed(self, slots: list[_Slot]) -> None:
+        services = {s.alert.service_id for s in slots}
+        earliest = min(s.alert.received_at for s in slots)
+        latest = max(s.alert.received_at for s in slots)
+        mw = MaintenanceWindow
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(mw.service_id, mw.start_at, mw.end_at).where(
+                        mw.service_id.in_(services), mw.end_at > earliest, mw.start_at <= latest
+                    )
+                )
+            ).all()
+        if not rows:
+            return
+        windows: dict[str, list[tuple[datetime, datetime]]] = defaultdict(list)
+        for service_id, start, end in rows:
+            windows[service_id].append((start, end))
+        for slot in slots:
+            at = slot.alert.received_at
+            if any(start <= at < end for start, end in windows.get(slot.alert.service_id, ())):
+                slot.suppressed = True
+
+    async def _decide(self, slots: list[_Slot]) -> None:
+        pending = [s for s in slots if not s.suppressed and not s.alert.event.record_only]
+        for _ in range(3):
+            if not pending:
+                return
+            decisions = await self.coordinator.decide(
+                [
+                    DecisionRequest(
+                        s.alert.service_id,
+                        int(s.alert.event.severity),
+                        s.alert.event.dedup_key,
+                        s.fallback_incident_id,
+                        s.alert.grouping_window_ms,
+                    )
+                    for s in pending
+                ]
+            )
+            reload: set[str] = set()
+            for slot, decision in zip(pending, decisions, strict=True):
+                if decision.outcome == "reload":
+                    reload.add(slot.alert.service_id)
+                else:
+                    slot.decision = decision
+            for service_id in reload:
+                await self._reload_service(service_id, pending)
+            pending = [s for s in pending if s.decision is None]
+        raise Unavailable("Redis keeps losing its state; retry")
+
+    async def _reload_service(self, service_id: str, pending: list[_Slot]) -> None:
+        """Rebuild a service's grouping windows from SQL after Redis lost them."""
+        window_ms = max((s.alert.grouping_window_ms for s in pending if s.alert.service_id == service_id), default=0)
+        windows: list[GroupWindow] = []
+        if window_ms > 0:
+            now = self.clock.now()
+            cutoff = now - timedelta(milliseconds=window_ms)
+            async with self.engine.connect() as conn:
+                rows = (
+                    await conn.execute(
+                        select(Incident.severity, Incident.id, Incident.last_alert_at)
+                        .where(
+                            Incident.service_id == service_id,
+                            Incident.status != IncidentStatus.RESOLVED,
+                            Incident.last_alert_at >= cutoff,
+                        )
+                        .order_by(Incident.last_alert_at.desc())
+                    )
+                ).all()
+            seen: set[int] = set()
+            for severity, incident_id, last_alert_at in rows:
+                if severity in seen:
+                    continue
+                seen.add(severity)
+                remaining = int((last_alert_at + timedelta(milliseconds=window_ms) - now).total_seconds() * 1000)
+                windows.append(GroupWindow(severity, incident_id, remaining))
+        log.warning("Redis had no state for service %s; reloaded %d grouping windows from SQL", service_id, len(windows))
+        await self.coordinator.load(service_id, windows)
+
+
+def _result_alert_id(slot: _Slot) -> str:
+    return slot.result.alert_id if slot.result else slot.alert_id
+
+
+def _is_retryable(exc: DBAPIError) -> bool:
+    """Deadlocks, serialization failures and SQLite lock timeouts are safe to retry."""
+    text = str(exc.orig).lower()
+    code = getattr(exc.orig, "sqlstate", None) or getattr(getattr(exc.orig, "__cause__", None), "sqlstate", None)
+    return code in {"40P01", "40001"} or "deadlock" in text or "database is locked" in text
+
+
+@dataclass(slots=True)
+class _AlertGroup:
+    """Slots that share a dedup key within one batch: one upsert row."""
+
+    slots: list[_Slot]
+
+    @property
+    def head(self) -> _Slot:
+        return self.slots[0]
+
+
+class _Batch:
+    """The SQL statements of one batch, inside one transaction."""
+
+    def __init__(self, conn: AsyncConnection, dialect: str, now: datetime) -> None:
+        self.conn = conn
+        self.dialect = dialect
+        self.now = now
+        self.timeline: list[dict[str, Any]] = []
+        self.repairs: list[Repair] = []
+        self.touched: dict[str, CommittedIncident] = {}
+
+    def _insert(self, table: Any) -> Any:
+        if self.dialect == "postgresql":
+            return postgresql.insert(table)
+        if self.dialect == "sqlite":
+            return sqlite.insert(table)
+        raise Unavailable(f"unsupported database dialect {self.dialect}")
+
+    async def write(self, slots: list[_Slot]) -> tuple[list[Repair], list[CommittedIncident]]:
+        for slot in slots:
+            slot.result = None
+        await self._write_unpaged(slots)
+        keyed: dict[tuple[str, str], _AlertGroup] = {}
+        keyless: list[_Slot] = []
+        for slot in slots:
+            if slot.suppressed or slot.alert.event.record_only:
+                continue
+            key = slot.alert.event.dedup_key
+            if key is None:
+                keyless.append(slot)
+            elif (slot.alert.service_id, key) in keyed:
+                keyed[(slot.alert.service_id, key)].slots.append(slot)
+            else:
+                keyed[(slot.alert.service_id, key)] = _AlertGroup([slot])
+        inserted = await self._upsert_keyed(keyed)
+        inserted += await self._insert_keyless(keyless)
+        await self._open_incidents(inserted)
+        if self.timeline:
+            await self.conn.execute(insert(TimelineEntry), self.timeline)
+        return self.repairs, list(self.touched.values())
+
+    def _alert_row(self, slot: _Slot, incident_id: str | None, state: AlertState) -> dict[str, Any]:
+        a, e = slot.alert, slot.alert.event
+        open_key = e.dedup_key if state in (AlertState.TRIGGERED, AlertState.GROUPED) else None
+        return {
+            "id": slot.alert_id,
+            "tenant_id": a.tenant_id,
+            "service_id": a.service_id,
+            "integration_id": a.integration_id,
+            "incident_id": incident_id,
+            "dedup_key": e.dedup_key,
+            "open_dedup_key": open_key,
+            "idempotency_key": a.idempotency_key,
+            "title": e.title,
+            "severity": int(e.severity),
+            "state": state.value,
+            "source": e.source,
+            "source_ref": e.source_ref,
+            "description": e.description,
+            "details": e.details,
+            "occurrence_count": 1,
+            "first_seen_at": a.received_at,
+            "last_seen_at": a.received_at,
+            "raw_payload": e.raw_payload,
+            "latest_raw_payload": None,
+            "resolved_at": None,
+        }
+
+    async def _write_unpaged(self, slots: list[_Slot]) -> None:
+        """Suppressed (maintenance) and record-only alerts: stored, no incident, no page."""
+        rows = []
+        for slot in slots:
+            if slot.suppressed or slot.alert.event.record_only:
+                rows.append(self._alert_row(slot, None, AlertState.SUPPRESSED))
+                outcome = Outcome.SUPPRESSED if slot.suppressed else Outcome.RECORDED
+                slot.result = IngestResult(outcome, slot.alert_id, "", slot.alert.event.dedup_key or "")
+        if rows:
+            await self.conn.execute(insert(Alert), rows)
+
+    def _target_incident(self, slot: _Slot) -> tuple[str, AlertState]:
+        """The incident a newly inserted alert joins, per the Redis decision."""
+        assert slot.decision is not None
+        if slot.decision.outcome == "grouped":
+            return slot.decision.incident_id, AlertState.GROUPED
+        if slot.decision.outcome == "new":
+            return slot.decision.incident_id, AlertState.TRIGGERED
+        # Redis said "duplicate" but SQL has no open alert for the key: Redis was stale.
+        return slot.fallback_incident_id, AlertState.TRIGGERED
+
+    async def _upsert_keyed(self, groups: dict[tuple[str, str], _AlertGroup]) -> list[_Slot]:
+        """Insert-or-merge one row per (service, dedup key); returns the slots that inserted."""
+        if not groups:
+            return []
+        ordered = sorted(groups.values(), key=lambda g: (g.head.alert.service_id, g.head.alert.event.dedup_key or ""))
+        rows = []
+        for group in ordered:
+            incident_id, state = self._target_incident(group.head)
+            row = self._alert_row(group.head, incident_id, state)
+            if len(group.slots) > 1:
+                last = group.slots[-1].alert
+                row["occurrence_count"] = len(group.slots)
+                row["last_seen_at"] = max(s.alert.received_at for s in group.slots)
+                row["latest_raw_payload"] = last.event.raw_payload
+            rows.append(row)
+        stmt = self._insert(Alert).values(rows)
+        excluded = stmt.excluded
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[Alert.service_id, Alert.open_dedup_key],
+            set_={
+                "occurrence_count": Alert.occurrence_count + excluded.occurrence_count,
+                "last_seen_at": excluded.last_seen_at,
+                "latest_raw_payload": func.coalesce(excluded.latest_raw_payload, excluded.raw_payload),
+            },
+        ).returning(Alert.id, Alert.service_id, Alert.open_dedup_key, Alert.incident_id, Alert.occurrence_count)
+        returned = {(r.service_id, r.open_dedup_key): r for r in (await self.conn.execute(stmt)).all()}
+        inserted: list[_Slot] = []
+        deliveries: list[dict[str, Any]] = []
+        prune: list[str] = []
+        merged_per_incident: dict[str, list[_Slot]] = defaultdict(list)
+        for group in ordered:
+            head = group.head
+            row = returned[(head.alert.service_id, head.alert.event.dedup_key)]
+            merges = group.slots
+            if row.id == head.alert_id:
+                inserted.append(head)
+                merges = group.slots[1:]
+            else:
+                self._repair_if_stale(head, row.incident_id)
+            for slot in merges:
+                key = slot.alert.event.dedup_key or ""
+                slot.result = IngestResult(Outcome.DEDUPLICATED, row.id, row.incident_id, key)
+                merged_per_incident[row.incident_id].append(slot)
+            for slot in merges[-MAX_DELIVERIES_PER_ALERT:]:
+                deliveries.append(
+                    {"alert_id": row.id, "received_at": slot.alert.received_at, "raw_payload": slot.alert.event.raw_payload}
+                )
+            if merges and row.occurrence_count > MAX_DELIVERIES_PER_ALERT:
+                prune.append(row.id)
+        if deliveries:
+            await self.conn.execute(insert(AlertDelivery), deliveries)
+        for alert_id in prune:
+            await self._prune_deliveries(alert_id)
+        for incident_id, merged in merged_per_incident.items():
+            self._record(merged[0], incident_id, "alert_merged", f"{len(merged)} duplicate alert(s) merged",
+                         {"count": str(len(merged)), "alert_id": _result_alert_id(merged[0])}, created=False)
+        return inserted
+
+    def _repair_if_stale(self, slot: _Slot, committed_incident_id: str) -> None:
+        assert slot.decision is not None
+        believed = slot.decision.incident_id
+        if believed != committed_incident_id:
+            a = slot.alert
+            self.repairs.append(Repair(a.service_id, int(a.event.severity), a.event.dedup_key, believed, committed_incident_id))
+
+    async def _prune_deliveries(self, alert_id: str) -> None:
+        keep_from = (
+            select(AlertDelivery.id)
+            .where(AlertDelivery.alert_id == alert_id)
+            .order_by(AlertDelivery.id.desc())
+            .offset(MAX_DELIVERIES_PER_ALERT - 1)
+            .limit(1)
+            .scalar_subquery()
+        )
+        await self.conn.execute(
+            delete(AlertDelivery).where(and_(AlertDelivery.alert_id == alert_id, AlertDelivery.id < keep_from))
+        )
+
+    async def _insert_keyless(self, slots: list[_Slot]) -> list[_Slot]:
+        """Alerts without a dedup key: always new, unless a retry repeats an idempotency key."""
+        if not slots:
+            return []
+        rows = [self._alert_row(s, *self._target_incident(s)) for s in slots]
+        with_key = [r for r in rows if r["idempotency_key"]]
+        if not with_key:
+            await self.conn.execute(insert(Alert), rows)
+            return slots
+        stmt = (
+            self._insert(Alert)
+            .values(rows)
+            .on_conflict_do_nothing(index_elements=[Alert.integration_id, Alert.idempotency_key])
+            .returning(Alert.id)
+        )
+        fresh = set((await self.conn.execute(stmt)).scalars().all())
+        inserted = [s for s in slots if s.alert_id in fresh]
+        repeats = [s for s in slots if s.alert_id not in fresh]
+        if repeats:
+            existing = {
+                (r.integration_id, r.idempotency_key): r
+                for r in (
+                    await self.conn.execute(
+                        select(Alert.id, Alert.integration_id, Alert.idempotency_key, Alert.incident_id).where(
+                            Alert.idempotency_key.in_({s.alert.idempotency_key for s in repeats})
+                        )
+                    )
+                ).all()
+            }
+            for slot in repeats:
+                row = existing[(slot.alert.integration_id, slot.alert.idempotency_key)]
+                slot.result = IngestResult(Outcome.DEDUPLICATED, row.id, row.incident_id or "", "")
+        return inserted
+
+    async def _open_incidents(self, inserted: list[_Slot]) -> None:
+        """Create or extend the incidents that newly inserted alerts belong to."""
+        if not inserted:
+            return
+        by_incident: dict[str, list[_Slot]] = defaultdict(list)
+        for slot in inserted:
+            by_incident[self._target_incident(slot)[0]].append(slot)
+        rows = []
+        for incident_id in sorted(by_incident):
+            members = by_incident[incident_id]
+            first = members[0].alert
+            rows.append(
+                {
+                    "id": incident_id,
+                    "tenant_id": first.tenant_id,
+                    "service_id": first.service_id,
+                    "title": first.event.title,
+                    "severity": int(first.event.severity),
+                    "status": IncidentStatus.TRIGGERED.value,
+                    "source": first.event.source,
+                    "source_ref": first.event.source_ref,
+                    "dedup_key": first.event.dedup_key,
+                    "description": first.event.description,
+                    "details": first.event.details,
+                    "alert_count": len(members),
+                    "assigned_to": "",
+                    "created_at": self.now,
+                    "updated_at": self.now,
+                    "last_alert_at": max(s.alert.received_at for s in members),
+                    "acknowledged_at": None,
+                    "acknowledged_by": "",
+                    "resolved_at": None,
+                    "resolved_by": "",
+                    "resolution_summary": "",
+                }
+            )
+        stmt = self._insert(Incident).values(rows)
+        excluded = stmt.excluded
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[Incident.id],
+            set_={
+                "alert_count": Incident.alert_count + excluded.alert_count,
+                "last_alert_at": excluded.last_alert_at,
+                "updated_at": excluded.updated_at,
+            },
+            where=Incident.status != IncidentStatus.RESOLVED.value,
+        ).returning(Incident.id, Incident.alert_count)
+        counts = {r.id: r.alert_count for r in (await self.conn.execute(stmt)).all()}
+        for incident_id, members in by_incident.items():
+            if incident_id not in counts:
+                # The group's incident was resolved while Redis still pointed at it.
+                await self._reopen_elsewhere(incident_id, members)
+                continue
+            created = counts[incident_id] == len(members)
+            self._account(incident_id, members, created)
+
+    async def _reopen_elsewhere(self, stale_incident_id: str, members: list[_Slot]) -> None:
+        fresh_id = members[0].fallback_incident_id
+        ids = [s.alert_id for s in members]
+        await self.conn.execute(
+            update(Alert).where(Alert.id.in_(ids)).values(incident_id=fresh_id, state=AlertState.TRIGGERED.value)
+        )
+        first = members[0].alert
+        await self.conn.execute(
+            insert(Incident).values(
+                id=fresh_id,
+                tenant_id=first.tenant_id,
+                service_id=first.service_id,
+                title=first.event.title,
+                severity=int(first.event.severity),
+                status=IncidentStatus.TRIGGERED.value,
+                source=first.event.source,
+                source_ref=first.event.source_ref,
+                dedup_key=first.event.dedup_key,
+                description=first.event.description,
+                details=first.event.details,
+                alert_count=len(members),
+                created_at=self.now,
+                updated_at=self.now,
+                last_alert_at=max(s.alert.received_at for s in members),
+            )
+        )
+        for slot in members:
+            a = slot.alert
+            self.repairs.append(Repair(a.service_id, int(a.event.severity), a.event.dedup_key, stale_incident_id, fresh_id))
+        self._account(fresh_id, members, created=True)
+
+    def _account(self, incident_id: str, members: list[_Slot], created: bool) -> None:
+        grouped = members
+        if created:
+            opener = members[0]
+            opener.result = IngestResult(Outcome.CREATED, opener.alert_id, incident_id, opener.alert.event.dedup_key or "")
+            self._record(opener, incident_id, "triggered", opener.alert.event.title,
+                         {"alert_id": opener.alert_id}, created=True)
+            grouped = members[1:]
+        for slot in grouped:
+            slot.result = IngestResult(Outcome.GROUPED, slot.alert_id, incident_id, slot.alert.event.dedup_key or "")
+        if grouped:
+            self._record(grouped[0], incident_id, "alert_grouped", f"{len(grouped)} alert(s) grouped",
+                         {"count": str(len(grouped)), "alert_id": grouped[0].alert_id}, created=False)
+
+    def _record(self, slot: _Slot, incident_id: str, kind: str, message: str, details: dict[str, str],
+                *, created: bool) -> None:
+        entry_id = uuid7()
+        self.timeline.append(
+            {
+                "id": entry_id,
+                "tenant_id": slot.alert.tenant_id,
+                "incident_id": incident_id,
+                "kind": kind,
+                "actor": "system",
+                "message": message,
+                "details": details,
+                "created_at": self.now,
+            }
+        )
+        previous = self.touched.get(incident_id)
+        self.touched[incident_id] = CommittedIncident(
+            slot.alert.tenant_id, slot.alert.service_id, incident_id, entry_id,
+            created or (previous.created if previous else False),
+        )

@@ -1,0 +1,179 @@
+"""Integrations: alert sources, their keys and routing rules.
+
+The ingest path resolves a key on every request, so resolved keys are cached
+in process for a few seconds. Changes made through this process invalidate
+its cache at once; other replicas see them within ``CACHE_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from oncall_server import security
+from oncall_server.catalog import get_service, grouping_window_ms
+from oncall_server.clock import Clock
+from oncall_server.errors import InvalidArgument, NotFound, Unauthenticated
+from oncall_server.ids import is_valid_id, uuid7
+from oncall_server.routing_rules import RoutingRule, parse_rules, rules_to_json
+from oncall_server.storage.models import Integration, Service
+
+KEY_PREFIX = "oci_"
+CACHE_SECONDS = 5.0
+_CACHE_LIMIT = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class IntegrationContext:
+    """Everything the ingest path needs to know about the key it was given."""
+
+    integration_id: str
+    tenant_id: str
+    service_id: str
+    name: str
+    type: str
+    routing_rules: tuple[RoutingRule, ...]
+    grouping_window_ms: int
+
+
+class Integrations:
+    """Integration CRUD and key resolution for one process."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], clock: Clock) -> None:
+        self.sessions = sessions
+        self.clock = clock
+        self._cache: dict[str, tuple[float, IntegrationContext]] = {}
+
+    async def resolve_key(self, key: str | None) -> IntegrationContext:
+        """The integration a key belongs to; UNAUTHENTICATED for a missing or unknown key."""
+        if not key:
+            raise Unauthenticated("an integration key is required (?key=... or the X-Integration-Key header)")
+        wanted = security.digest(key)
+        cached = self._cache.get(wanted)
+        if cached and cached[0] > time.monotonic():
+            return cached[1]
+        async with self.sessions() as session:
+            row = (
+                await session.execute(
+                    select(Integration, Service)
+                    .join(Service, Service.id == Integration.service_id)
+                    .where(Integration.key_digest == wanted, Integration.deleted_at.is_(None))
+                )
+            ).first()
+        if row is None or not security.matches(key, row[0].key_digest or ""):
+            raise Unauthenticated("unknown integration key")
+        integration, service = row
+        context = IntegrationContext(
+            integration.id,
+            integration.tenant_id,
+            integration.service_id,
+            integration.name,
+            integration.type,
+            tuple(parse_rules(integration.routing_rules)),
+            grouping_window_ms(service),
+        )
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[wanted] = (time.monotonic() + CACHE_SECONDS, context)
+        return context
+
+    def forget_cached(self) -> None:
+        """Drop every cached key (after a change made through this process)."""
+        self._cache.clear()
+
+    async def create(
+        self, tenant_id: str, service_id: str, name: str, type_: str, routing_rules: Any
+    ) -> tuple[Integration, str]:
+        """A new integration and its key, shown only now."""
+        name = name.strip()
+        if not name or len(name) > 200:
+            raise InvalidArgument.field("integration.name", "must be 1 to 200 characters")
+        rules = rules_to_json(parse_rules(routing_rules or []))
+        key = security.new_secret(KEY_PREFIX)
+        now = self.clock.now()
+        async with self.sessions.begin() as session:
+            await get_service(session, tenant_id, service_id)
+            integration = Integration(
+                id=uuid7(),
+                tenant_id=tenant_id,
+                service_id=service_id,
+                name=name,
+                type=type_ or "webhook",
+                key_digest=security.digest(key),
+                key_prefix=security.display_prefix(key),
+                routing_rules=rules,
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(integration)
+        return integration, key
+
+    async def get(self, tenant_id: str, integration_id: str) -> Integration:
+        async with self.sessions() as session:
+            return await self._get(session, tenant_id, integration_id)
+
+    async def _get(self, session: AsyncSession, tenant_id: str, integration_id: str) -> Integration:
+        integration = await session.get(Integration, integration_id) if is_valid_id(integration_id) else None
+        if integration is None or integration.tenant_id != tenant_id or integration.deleted_at is not None:
+            raise NotFound(f"integration {integration_id!r} not found")
+        return integration
+
+    async def list(
+        self, tenant_id: str, service_id: str | None, page_size: int, after: str | None
+    ) -> list[Integration]:
+        query = (
+            select(Integration)
+            .where(Integration.tenant_id == tenant_id, Integration.deleted_at.is_(None))
+            .order_by(Integration.id)
+            .limit(page_size)
+        )
+        if service_id:
+            query = query.where(Integration.service_id == service_id)
+        if after:
+            query = query.where(Integration.id > after)
+        async with self.sessions() as session:
+            return list((await session.scalars(query)).all())
+
+    async def update(self, tenant_id: str, integration_id: str, changes: dict[str, Any]) -> Integration:
+        """Apply ``name``, ``service_id`` and ``routing_rules`` changes; invalid input changes nothing."""
+        unknown = sorted(set(changes) - {"name", "service_id", "routing_rules"})
+        if unknown:
+            raise InvalidArgument.field(unknown[0], "cannot be changed (writable: name, service_id, routing_rules)")
+        rules = rules_to_json(parse_rules(changes["routing_rules"])) if "routing_rules" in changes else None
+        async with self.sessions.begin() as session:
+            integration = await self._get(session, tenant_id, integration_id)
+            if "name" in changes:
+                name = str(changes["name"]).strip()
+                if not name or len(name) > 200:
+                    raise InvalidArgument.field("integration.name", "must be 1 to 200 characters")
+                integration.name = name
+            if "service_id" in changes:
+                await get_service(session, tenant_id, str(changes["service_id"]))
+                integration.service_id = str(changes["service_id"])
+            if rules is not None:
+                integration.routing_rules = rules
+            integration.updated_at = self.clock.now()
+        self.forget_cached()
+        return integration
+
+    async def delete(self, tenant_id: str, integration_id: str) -> None:
+        """Soft delete: the key stops working, past alerts keep their integration."""
+        async with self.sessions.begin() as session:
+            integration = await self._get(session, tenant_id, integration_id)
+            integration.deleted_at = self.clock.now()
+            integration.key_digest = None
+        self.forget_cached()
+
+    async def rotate_key(self, tenant_id: str, integration_id: str) -> tuple[Integration, str]:
+        key = security.new_secret(KEY_PREFIX)
+        async with self.sessions.begin() as session:
+            integration = await self._get(session, tenant_id, integration_id)
+            integration.key_digest = security.digest(key)
+            integration.key_prefix = security.display_prefix(key)
+            integration.updated_at = self.clock.now()
+        self.forget_cached()
+        return integration, key

@@ -1,0 +1,82 @@
+"""Loads plugins from the ``oncall`` entry-point group and collects what they register."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+from dataclasses import dataclass
+
+import pluggy
+
+from oncall_server import hookspecs
+from oncall_server.errors import InvalidArgument
+from oncall_server.hookspecs import Adapter
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "oncall"
+#: Comma-separated plugin (entry point) names that must not be loaded.
+BLOCK_ENV = "ONCALL_BLOCK_PLUGINS"
+
+
+@dataclass(frozen=True, slots=True)
+class PluginInfo:
+    name: str
+    distribution: str
+    version: str
+
+
+class Plugins:
+    """The plugin manager and the registries filled through its hooks."""
+
+    def __init__(self, blocked: set[str] | None = None) -> None:
+        self.manager = pluggy.PluginManager(ENTRY_POINT_GROUP)
+        self.manager.add_hookspecs(hookspecs)
+        if blocked is None:
+            blocked = {name.strip() for name in os.environ.get(BLOCK_ENV, "").split(",") if name.strip()}
+        self.blocked = blocked
+        self.adapters: dict[str, Adapter] = {}
+        self.loaded: list[PluginInfo] = []
+
+    def load(self) -> Plugins:
+        for name in self.blocked:
+            self.manager.set_blocked(name)
+        for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if entry_point.name in self.blocked or self.manager.is_blocked(entry_point.name):
+                log.info("plugin %s is blocked by %s", entry_point.name, BLOCK_ENV)
+                continue
+            if self.manager.get_plugin(entry_point.name) is not None:
+                continue
+            self.manager.register(entry_point.load(), name=entry_point.name)
+            dist = entry_point.dist
+            self.loaded.append(
+                PluginInfo(entry_point.name, dist.name if dist else "?", dist.version if dist else "?")
+            )
+        self.manager.check_pending()
+        self._collect()
+        return self
+
+    def register(self, plugin: object, name: str) -> None:
+        """Register an in-process plugin object (tests, embedding)."""
+        self.manager.register(plugin, name=name)
+        self.manager.check_pending()
+        self._collect()
+
+    def _collect(self) -> None:
+        self.adapters = {}
+
+        def register(adapter: Adapter) -> None:
+            if adapter.name in self.adapters and self.adapters[adapter.name] is not adapter:
+                raise RuntimeError(f"two plugins register an adapter named {adapter.name!r}")
+            self.adapters[adapter.name] = adapter
+
+        self.manager.hook.oncall_register_adapters(register=register)
+
+    def adapter(self, integration_type: str) -> Adapter:
+        try:
+            return self.adapters[integration_type]
+        except KeyError:
+            raise InvalidArgument.field(
+                "integration.type", f"no adapter named {integration_type!r} is installed"
+            ) from None

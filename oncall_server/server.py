@@ -1,0 +1,176 @@
+"""Runs the enabled roles in one asyncio process and stops them in reverse order.
+
+SIGTERM/SIGINT: report NOT_SERVING, stop accepting, let in-flight requests
+finish (up to ``drain_seconds``), flush the ingest writer, close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Protocol
+
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from oncall_server.api.v1 import (
+    catalog_service_pb2,
+    catalog_service_pb2_grpc,
+    incident_service_pb2,
+    incident_service_pb2_grpc,
+    ingest_service_pb2,
+    ingest_service_pb2_grpc,
+    integration_service_pb2,
+    integration_service_pb2_grpc,
+)
+from oncall_server.app import App
+from oncall_server.clock import Clock
+from oncall_server.config import Settings, split_host_port
+from oncall_server.gateway import ScrubbingAccessLogger, build_gateway
+from oncall_server.grpc_api.interceptor import ErrorInterceptor
+from oncall_server.grpc_api.servicers import CatalogServicer, IncidentServicer, IngestServicer, IntegrationServicer
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = [
+    ingest_service_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
+    incident_service_pb2.DESCRIPTOR.services_by_name["IncidentService"].full_name,
+    integration_service_pb2.DESCRIPTOR.services_by_name["IntegrationService"].full_name,
+    catalog_service_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name,
+]
+
+
+class Role(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+class GrpcRole:
+    name = "grpc"
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.health = health.aio.HealthServicer()
+        self.server = grpc.aio.server(
+            interceptors=[ErrorInterceptor()],
+            options=[
+                ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(app), self.server)
+        incident_service_pb2_grpc.add_IncidentServiceServicer_to_server(IncidentServicer(app), self.server)
+        integration_service_pb2_grpc.add_IntegrationServiceServicer_to_server(IntegrationServicer(app), self.server)
+        catalog_service_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(app), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection([*SERVICE_NAMES, reflection.SERVICE_NAME, health.SERVICE_NAME], self.server)
+        host, port = split_host_port(app.settings.grpc_listen)
+        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        if self.port == 0:
+            raise RuntimeError(f"cannot listen for gRPC on {app.settings.grpc_listen}")
+
+    async def start(self) -> None:
+        await self.server.start()
+        for name in ["", *SERVICE_NAMES]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("gRPC listening on port %d", self.port)
+
+    async def stop(self) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace=self.app.settings.drain_seconds)
+
+
+class GatewayRole:
+    name = "gateway"
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.runner = web.AppRunner(
+            build_gateway(app),
+            access_log_class=ScrubbingAccessLogger,
+            access_log=logging.getLogger("oncall.access") if app.settings.access_log else None,
+            shutdown_timeout=app.settings.drain_seconds,
+        )
+        self.port = 0
+
+    async def start(self) -> None:
+        await self.runner.setup()
+        host, port = split_host_port(self.app.settings.http_listen)
+        site = web.TCPSite(self.runner, host, port, backlog=1024)
+        await site.start()
+        sockets = self.runner.addresses
+        self.port = sockets[0][1] if sockets else port
+        log.info("HTTP gateway listening on port %d", self.port)
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+class Server:
+    """The process: the App plus its roles."""
+
+    def __init__(self, app: App, roles: list[Role]) -> None:
+        self.app = app
+        self.roles = roles
+        self._stopping = asyncio.Event()
+
+    @classmethod
+    async def create(cls, settings: Settings, *, clock: Clock | None = None) -> Server:
+        app = await App.open(settings, clock=clock)
+        roles: list[Role] = []
+        try:
+            if "grpc" in settings.roles:
+                roles.append(GrpcRole(app))
+            if "gateway" in settings.roles:
+                roles.append(GatewayRole(app))
+        except BaseException:
+            await app.close()
+            raise
+        return cls(app, roles)
+
+    def role(self, name: str) -> Role:
+        return next(r for r in self.roles if r.name == name)
+
+    async def start(self) -> None:
+        started: list[Role] = []
+        try:
+            for role in self.roles:
+                await role.start()
+                started.append(role)
+        except BaseException:
+            for role in reversed(started):
+                await role.stop()
+            await self.app.close()
+            raise
+
+    async def stop(self) -> None:
+        for role in reversed(self.roles):
+            try:
+                await role.stop()
+            except Exception:
+                log.exception("stopping %s failed", role.name)
+        await self.app.close()
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def run_until_signalled(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        await self.start()
+        log.info("on-call server ready")
+        await self._stopping.wait()
+        log.info("shutting down: draining in-flight requests")
+        await self.stop()
+        log.info("stopped cleanly")
+
+
+async def serve(settings: Settings) -> None:
+    server = await Server.create(settings)
+    await server.run_until_signalled()

@@ -1,0 +1,1 @@
+"""SQL storage: the durable source of truth."""

@@ -1,0 +1,244 @@
+"""SQLAlchemy 2 models.
+
+SQL is the source of truth; Redis holds only what can be rebuilt from these
+tables. Two constraints carry the correctness of ingest on their own, even if
+Redis is wrong or empty:
+
+* ``uq_alerts_service_id_open_dedup_key``: ``open_dedup_key`` equals
+  ``dedup_key`` while an alert is open and is NULL once it is resolved, so a
+  plain unique constraint (NULLs are distinct on both databases) allows
+  exactly one open alert per dedup key and service — the approach Grafana
+  OnCall takes.
+* the incidents primary key: the writer upserts incident rows, so whichever
+  process commits first creates the incident and the others only count.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+ID = String(36)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on both databases (SQLite has no time zones)."""
+
+    impl = DateTime(timezone=False)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON(), list[Any]: JSON()}
+
+
+class Tenant(Base):
+    """A customer organisation (an MSP); every other row belongs to one."""
+
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime]
+
+
+class ApiToken(Base):
+    """An admin API token, scoped to one tenant. Only its digest is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ID, ForeignKey("tenants.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    token_digest: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+
+class Service(Base):
+    """A paging target; its settings decide grouping and escalation."""
+
+    __tablename__ = "services"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ID, ForeignKey("tenants.id"))
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    criticality: Mapped[str] = mapped_column(String(16), default="high")
+    escalation_policy_id: Mapped[str | None] = mapped_column(ID)
+    alert_grouping: Mapped[str] = mapped_column(String(16), default="none")
+    alert_grouping_timeout_minutes: Mapped[int] = mapped_column(Integer, default=0)
+    auto_resolve_seconds: Mapped[int | None] = mapped_column(Integer)
+    acknowledgement_timeout_seconds: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class Integration(Base):
+    """An alert source: a key bound to a service, an adapter type and routing rules."""
+
+    __tablename__ = "integrations"
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ID, ForeignKey("tenants.id"), index=True)
+    service_id: Mapped[str] = mapped_column(ID, ForeignKey("services.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    type: Mapped[str] = mapped_column(String(64), default="webhook")
+    key_digest: Mapped[str | None] = mapped_column(String(64), unique=True)
+    key_prefix: Mapped[str] = mapped_column(String(16), default="")
+    routing_rules: Mapped[list[Any]] = mapped_column(default=list)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    deleted_at: Mapped[datetime | None]
+
+
+class MaintenanceWindow(Base):
+    """While one is active, a service's alerts are stored suppressed and page nobody."""
+
+    __tablename__ = "maintenance_windows"
+    __table_args__ = (Index(None, "service_id", "end_at"),)
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ID, ForeignKey("tenants.id"))
+    service_id: Mapped[str] = mapped_column(ID, ForeignKey("services.id"))
+    start_at: Mapped[datetime]
+    end_at: Mapped[datetime]
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime]
+
+
+class Incident(Base):
+    """The unit that is paged, acknowledged and resolved."""
+
+    __tablename__ = "incidents"
+    __table_args__ = (
+        Index(None, "tenant_id", "status", "id"),
+        Index(None, "tenant_id", "id"),
+        Index(None, "service_id", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ID, ForeignKey("tenants.id"))
+    service_id: Mapped[str] = mapped_column(ID, ForeignKey("services.id"))
+    title: Mapped[str] = mapped_column(Text)
+    severity: Mapped[int] = mapped_column(SmallInteger)
+    status: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(64), default="")
+    source_ref: Mapped[str] = mapped_column(String(255), default="")
+    dedup_key: Mapped[str | None] = mapped_column(String(255))
+    description: Mapped[str] = mapped_column(Text, default="")
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    alert_count: Mapped[int] = mapped_column(Integer, default=1)
+    assigned_to: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    last_alert_at: Mapped[datetime]
+    acknowledged_at: Mapped[datetime | None]
+    acknowledged_by: Mapped[str] = mapped_column(String(200), default="")
+    resolved_at: Mapped[datetime | None]
+    resolved_by: Mapped[str] = mapped_column(String(200), default="")
+    resolution_summary: Mapped[str] = mapped_column(Text, default="")
+
+
+class Alert(Base):
+    """One alert; repeated deliveries with its dedup key are merged into it."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (
+        UniqueConstraint("service_id", "open_dedup_key"),
+        UniqueConstraint("integration_id", "idempotency_key"),
+        Index(None, "incident_id", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ID, ForeignKey("tenants.id"))
+    service_id: Mapped[str] = mapped_column(ID, ForeignKey("services.id"))
+    integration_id: Mapped[str] = mapped_column(ID)
+    # Deferred: a batch inserts alerts before the incidents they open.
+    incident_id: Mapped[str | None] = mapped_column(
+        ID, ForeignKey("incidents.id", deferrable=True, initially="DEFERRED")
+    )
+    dedup_key: Mapped[str | None] = mapped_column(String(255))
+    open_dedup_key: Mapped[str | None] = mapped_column(String(255))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    title: Mapped[str] = mapped_column(Text)
+    severity: Mapped[int] = mapped_column(SmallInteger)
+    state: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(64), default="")
+    source_ref: Mapped[str] = mapped_column(String(255), default="")
+    description: Mapped[str] = mapped_column(Text, default="")
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    occurrence_count: Mapped[int] = mapped_column(Integer, default=1)
+    first_seen_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+    # The first delivery, byte for byte; merged deliveries go to alert_deliveries.
+    raw_payload: Mapped[str] = mapped_column(Text, default="")
+    latest_raw_payload: Mapped[str | None] = mapped_column(Text)
+    resolved_at: Mapped[datetime | None]
+
+
+class AlertDelivery(Base):
+    """Raw deliveries merged into an alert; only the newest MAX_DELIVERIES_PER_ALERT are kept."""
+
+    __tablename__ = "alert_deliveries"
+    __table_args__ = (Index(None, "alert_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    alert_id: Mapped[str] = mapped_column(ID, ForeignKey("alerts.id"))
+    received_at: Mapped[datetime]
+    raw_payload: Mapped[str] = mapped_column(Text)
+
+
+class TimelineEntry(Base):
+    """Who did what to an incident, and when."""
+
+    __tablename__ = "timeline_entries"
+    __table_args__ = (Index(None, "incident_id", "id"),)
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ID)
+    incident_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("incidents.id", deferrable=True, initially="DEFERRED")
+    )
+    kind: Mapped[str] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(200), default="system")
+    message: Mapped[str] = mapped_column(Text, default="")
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime]

@@ -1,0 +1,155 @@
+"""Helpers for testing On-Call and plugins against a real server.
+
+Plugin authors can use these from their own test suites: start a real server
+on loopback ports (real SQL, real Redis), bootstrap a tenant with a service,
+an integration and an API token, and talk to it over HTTP and gRPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from oncall_server import catalog, tenancy
+from oncall_server.app import App
+from oncall_server.clock import Clock
+from oncall_server.config import Settings
+from oncall_server.server import GatewayRole, GrpcRole, Server
+from oncall_server.storage.engine import create_engine
+from oncall_server.storage.models import Base
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """What :func:`bootstrap` created; the secrets are the only copies."""
+
+    tenant_id: str
+    service_id: str
+    integration_id: str
+    integration_key: str
+    api_token: str
+
+    @property
+    def auth(self) -> list[tuple[str, str]]:
+        """gRPC metadata for admin calls."""
+        return [("authorization", f"Bearer {self.api_token}")]
+
+
+async def bootstrap(
+    app: App,
+    *,
+    tenant: str | None = None,
+    service: str = "Default Service",
+    integration_type: str = "webhook",
+    alert_grouping: str = "none",
+    alert_grouping_timeout_minutes: int = 0,
+    routing_rules: list[dict[str, Any]] | None = None,
+) -> Tenant:
+    name = tenant or f"tenant-{uuid.uuid4().hex[:8]}"
+    row = await tenancy.create_tenant(app.sessions, app.clock, name)
+    svc = await catalog.create_service(
+        app.sessions,
+        app.clock,
+        row.id,
+        catalog.ServiceFields(
+            name=service, alert_grouping=alert_grouping, alert_grouping_timeout_minutes=alert_grouping_timeout_minutes
+        ),
+    )
+    integration, key = await app.integrations.create(row.id, svc.id, "Test Integration", integration_type, routing_rules)
+    token, _ = await tenancy.create_api_token(app.sessions, app.clock, row.id, "tester")
+    return Tenant(row.id, svc.id, integration.id, key, token)
+
+
+@dataclass
+class RunningServer:
+    server: Server
+    grpc_target: str
+    http_url: str
+
+    @property
+    def app(self) -> App:
+        return self.server.app
+
+
+@asynccontextmanager
+async def running_server(settings: Settings, *, clock: Clock | None = None) -> AsyncIterator[RunningServer]:
+    """A started server on the settings' addresses (use port 0 for free ports)."""
+    server = await Server.create(settings, clock=clock)
+    await server.start()
+    grpc_port = next((r.port for r in server.roles if isinstance(r, GrpcRole)), 0)
+    http_port = next((r.port for r in server.roles if isinstance(r, GatewayRole)), 0)
+    try:
+        yield RunningServer(server, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}")
+    finally:
+        await server.stop()
+
+
+def test_settings(data_dir: Path, database_url: str, redis_url: str, **overrides: Any) -> Settings:
+    """Settings for a server on free loopback ports."""
+    return Settings(
+        data_dir=data_dir,
+        database_url=database_url,
+        redis_url=redis_url,
+        grpc_listen="127.0.0.1:0",
+        http_listen="127.0.0.1:0",
+        access_log=False,
+        drain_seconds=2.0,
+        **overrides,
+    )
+
+
+async def create_scratch_postgres(admin_url: str) -> str:
+    """A fresh, empty database next to ``admin_url``; returns its URL."""
+    url = make_url(admin_url).set(drivername="postgresql+asyncpg")
+    name = f"oncall_test_{uuid.uuid4().hex[:12]}"
+    engine = create_engine(url.render_as_string(hide_password=False))
+    async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    await engine.dispose()
+    return url.set(database=name).render_as_string(hide_password=False)
+
+
+async def drop_scratch_postgres(admin_url: str, scratch_url: str) -> None:
+    url = make_url(admin_url).set(drivername="postgresql+asyncpg")
+    name = make_url(scratch_url).database
+    engine = create_engine(url.render_as_string(hide_password=False))
+    async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    await engine.dispose()
+
+
+async def empty_all_tables(database_url: str) -> None:
+    """Delete every row (children first), keeping the schema: fast isolation between tests."""
+    engine = create_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                names = ", ".join(t.name for t in Base.metadata.sorted_tables)
+                await conn.execute(text(f"TRUNCATE {names} CASCADE"))
+            else:
+                for table in reversed(Base.metadata.sorted_tables):
+                    await conn.execute(table.delete())
+    finally:
+        await engine.dispose()
+
+
+async def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.02) -> Any:
+    """Poll an async predicate until it returns something truthy (for cross-process effects only)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError("condition not met in time")
+        await asyncio.sleep(interval)
