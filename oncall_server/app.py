@@ -78,9 +78,13 @@ class App:
         changes = ChangeFeed(redis)
 
         async def publish(committed: list[CommittedIncident]) -> None:
-            await changes.publish([Change(c.tenant_id, c.service_id, c.incident_id, c.entry_id) for c in committed])
+            await changes.publish(
+                [Change(c.tenant_id, c.service_id, c.incident_id, c.entry_id) for c in committed]
+            )
 
-        writer = GroupCommitWriter(engine, coordinator, clock, batch_size=settings.write_batch_size, on_commit=publish)
+        writer = GroupCommitWriter(
+            engine, coordinator, clock, batch_size=settings.write_batch_size, on_commit=publish
+        )
         integrations = Integrations(sessions, clock)
         pipeline = IngestPipeline(
             integrations, plugins, writer, DropLog(redis), clock, max_batch_alerts=settings.max_batch_alerts

@@ -41,7 +41,10 @@ class ServiceFields:
             raise InvalidArgument.field("service.criticality", f"must be one of {', '.join(CRITICALITIES)}")
         if self.alert_grouping not in GROUPINGS:
             raise InvalidArgument.field("service.alert_grouping", 'must be "none" or "time"')
-        if self.alert_grouping == "time" and not 1 <= self.alert_grouping_timeout_minutes <= MAX_GROUPING_MINUTES:
+        if (
+            self.alert_grouping == "time"
+            and not 1 <= self.alert_grouping_timeout_minutes <= MAX_GROUPING_MINUTES
+        ):
             raise InvalidArgument.field(
                 "service.alert_grouping_timeout_minutes",
                 f'must be 1 to {MAX_GROUPING_MINUTES} when alert_grouping is "time"',
@@ -51,7 +54,9 @@ class ServiceFields:
         for name in ("auto_resolve_seconds", "acknowledgement_timeout_seconds"):
             value = getattr(self, name)
             if value is not None and value < 60:
-                raise InvalidArgument.field(f"service.{name.removesuffix('_seconds')}", "must be at least 1 minute")
+                raise InvalidArgument.field(
+                    f"service.{name.removesuffix('_seconds')}", "must be at least 1 minute"
+                )
 
 
 def grouping_window_ms(service: Service) -> int:
@@ -94,7 +99,11 @@ async def list_services(
 
 
 async def update_service(
-    sessions: async_sessionmaker[AsyncSession], clock: Clock, tenant_id: str, service_id: str, changes: dict[str, Any]
+    sessions: async_sessionmaker[AsyncSession],
+    clock: Clock,
+    tenant_id: str,
+    service_id: str,
+    changes: dict[str, Any],
 ) -> Service:
     async with sessions.begin() as session:
         service = await get_service(session, tenant_id, service_id)
@@ -123,7 +132,9 @@ async def delete_service(sessions: async_sessionmaker[AsyncSession], tenant_id: 
         has_incidents = await session.scalar(select(func.count()).where(Incident.service_id == service_id))
         if has_incidents:
             raise FailedPrecondition(f"service {service_id!r} has incidents; its history would be lost")
-        windows = await session.scalars(select(MaintenanceWindow).where(MaintenanceWindow.service_id == service_id))
+        windows = await session.scalars(
+            select(MaintenanceWindow).where(MaintenanceWindow.service_id == service_id)
+        )
         for window in windows:
             await session.delete(window)
         await session.delete(service)
@@ -160,7 +171,11 @@ async def create_maintenance_window(
 
 
 async def list_maintenance_windows(
-    sessions: async_sessionmaker[AsyncSession], clock: Clock, tenant_id: str, service_id: str, include_past: bool
+    sessions: async_sessionmaker[AsyncSession],
+    clock: Clock,
+    tenant_id: str,
+    service_id: str,
+    include_past: bool,
 ) -> list[MaintenanceWindow]:
     async with sessions() as session:
         await get_service(session, tenant_id, service_id)
@@ -170,7 +185,9 @@ async def list_maintenance_windows(
         return list((await session.scalars(query.order_by(MaintenanceWindow.start_at))).all())
 
 
-async def delete_maintenance_window(sessions: async_sessionmaker[AsyncSession], tenant_id: str, window_id: str) -> None:
+async def delete_maintenance_window(
+    sessions: async_sessionmaker[AsyncSession], tenant_id: str, window_id: str
+) -> None:
     async with sessions.begin() as session:
         window = await session.get(MaintenanceWindow, window_id) if is_valid_id(window_id) else None
         if window is None or window.tenant_id != tenant_id:

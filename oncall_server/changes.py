@@ -53,4 +53,4 @@ class ChangeFeed:
                 yield Change(tenant_id, data["s"], data["i"], data["e"])
         finally:
             await pubsub.unsubscribe()
-            await pubsub.aclose()
+            await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -134,8 +134,12 @@ async def _cmd_bootstrap(args: argparse.Namespace) -> int:
         services = await catalog.list_services(sessions, tenant.id, 1000, None)
         service = next((s for s in services if s.name == args.service), None)
         if service is None:
-            service = await catalog.create_service(sessions, clock, tenant.id, catalog.ServiceFields(name=args.service))
-        integration, key = await Integrations(sessions, clock).create(tenant.id, service.id, args.integration, "webhook", [])
+            service = await catalog.create_service(
+                sessions, clock, tenant.id, catalog.ServiceFields(name=args.service)
+            )
+        integration, key = await Integrations(sessions, clock).create(
+            tenant.id, service.id, args.integration, "webhook", []
+        )
         secret, _ = await tenancy.create_api_token(sessions, clock, tenant.id, "bootstrap")
         _emit(
             args,
@@ -193,7 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=__version__)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", help="data directory (env ONCALL_DATA_DIR; default ./oncall-data)")
-    common.add_argument("--database-url", help="SQLAlchemy URL (env ONCALL_DATABASE_URL; default SQLite in data dir)")
+    common.add_argument(
+        "--database-url", help="SQLAlchemy URL (env ONCALL_DATABASE_URL; default SQLite in data dir)"
+    )
     common.add_argument("--json", action="store_true", help="print JSON")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -205,9 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING (env ONCALL_LOG_LEVEL)")
     serve.set_defaults(handler=_cmd_serve)
 
-    sub.add_parser("migrate", parents=[common], help="create or upgrade the schema").set_defaults(handler=_cmd_migrate)
+    sub.add_parser("migrate", parents=[common], help="create or upgrade the schema").set_defaults(
+        handler=_cmd_migrate
+    )
 
-    boot = sub.add_parser("bootstrap", parents=[common], help="tenant + service + webhook integration + API token")
+    boot = sub.add_parser(
+        "bootstrap", parents=[common], help="tenant + service + webhook integration + API token"
+    )
     boot.add_argument("--tenant", default="demo")
     boot.add_argument("--service", default="Default Service")
     boot.add_argument("--integration", default="Generic Webhook")
@@ -233,7 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     service_create.add_argument("--alert-grouping-timeout-minutes", type=int, default=0)
     service_create.set_defaults(handler=_cmd_service_create)
 
-    integration = sub.add_parser("integration", help="integrations").add_subparsers(dest="action", required=True)
+    integration = sub.add_parser("integration", help="integrations").add_subparsers(
+        dest="action", required=True
+    )
     integration_create = integration.add_parser("create", parents=[common])
     integration_create.add_argument("name")
     integration_create.add_argument("--tenant", required=True, help="tenant id or name")

@@ -19,7 +19,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="ONCALL_", extra="ignore")
 
-    data_dir: Path = Field(default=Path("oncall-data"), description="SQLite file and embedded Redis live here.")
+    data_dir: Path = Field(
+        default=Path("oncall-data"), description="SQLite file and embedded Redis live here."
+    )
     database_url: str = Field(default="", description="SQLAlchemy URL; empty means SQLite in data_dir.")
     redis_url: str = Field(default="", description="Redis URL; empty means an embedded redis-server.")
     grpc_listen: str = Field(default="127.0.0.1:50051", description="host:port of the gRPC server.")

@@ -42,13 +42,17 @@ async def errors_middleware(
         return web.json_response(error_body(error), status=error.http_status, headers=headers)
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[APP_KEY].settings.max_body_bytes
-        error = PayloadTooLarge.field("body", f"is larger than the {limit}-byte limit (ONCALL_MAX_BODY_BYTES)")
-        return web.json_response(error_body(error), status=413)
+        too_large = PayloadTooLarge.field(
+            "body", f"is larger than the {limit}-byte limit (ONCALL_MAX_BODY_BYTES)"
+        )
+        return web.json_response(error_body(too_large), status=413)
     except web.HTTPException:
         raise
     except Exception:
         log.exception("unexpected error handling %s %s", request.method, scrub(request.path_qs))
-        return web.json_response({"status": "error", "error": "Internal", "message": "internal error"}, status=500)
+        return web.json_response(
+            {"status": "error", "error": "Internal", "message": "internal error"}, status=500
+        )
 
 
 class ScrubbingAccessLogger(AbstractAccessLogger):
@@ -56,7 +60,12 @@ class ScrubbingAccessLogger(AbstractAccessLogger):
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         self.logger.info(
-            '%s "%s %s" %s %.1fms', request.remote, request.method, scrub(request.path_qs), response.status, time * 1000
+            '%s "%s %s" %s %.1fms',
+            request.remote,
+            request.method,
+            scrub(request.path_qs),
+            response.status,
+            time * 1000,
         )
 
 
@@ -91,7 +100,9 @@ async def update_integration(request: web.Request) -> web.Response:
     app = request.app[APP_KEY]
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
-    who = await tenancy.authenticate_token(app.sessions, token.strip() if scheme.lower() == "bearer" else None)
+    who = await tenancy.authenticate_token(
+        app.sessions, token.strip() if scheme.lower() == "bearer" else None
+    )
     try:
         changes = json.loads(await request.read())
     except ValueError as exc:

@@ -59,14 +59,20 @@ def clamp_page_size(requested: int, default: int, maximum: int) -> int:
 
 class Incidents:
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], clock: Clock, coordinator: Coordinator, changes: ChangeFeed
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        clock: Clock,
+        coordinator: Coordinator,
+        changes: ChangeFeed,
     ) -> None:
         self.sessions = sessions
         self.clock = clock
         self.coordinator = coordinator
         self.changes = changes
 
-    async def _incident(self, session: AsyncSession, tenant_id: str, incident_id: str, *, lock: bool = False) -> Incident:
+    async def _incident(
+        self, session: AsyncSession, tenant_id: str, incident_id: str, *, lock: bool = False
+    ) -> Incident:
         if not is_valid_id(incident_id):
             raise NotFound(f"incident {incident_id!r} not found")
         query = select(Incident).where(Incident.id == incident_id)
@@ -81,7 +87,7 @@ class Incidents:
         async with self.sessions() as session:
             return await self._incident(session, tenant_id, incident_id)
 
-    async def list(
+    async def list_incidents(
         self, tenant_id: str, where: IncidentFilter, page_size: int, page_token: str
     ) -> tuple[list[Incident], str]:
         """Newest first; the token is the last id of the page."""
@@ -129,7 +135,9 @@ class Incidents:
         async with self.sessions() as session:
             keys = (
                 await session.scalars(
-                    select(Alert.dedup_key).where(Alert.incident_id == incident.id, Alert.dedup_key.is_not(None))
+                    select(Alert.dedup_key).where(
+                        Alert.incident_id == incident.id, Alert.dedup_key.is_not(None)
+                    )
                 )
             ).all()
         await self.coordinator.release(incident.service_id, incident.id, [k for k in keys if k])
@@ -151,7 +159,9 @@ class Incidents:
             if incident.status == target.value:
                 return incident
             if incident.status not in {s.value for s in allowed}:
-                raise FailedPrecondition(f"incident {incident_id!r} is {incident.status}; it cannot become {target.value}")
+                raise FailedPrecondition(
+                    f"incident {incident_id!r} is {incident.status}; it cannot become {target.value}"
+                )
             incident.status = target.value
             incident.updated_at = now
             alert_values: dict[str, Any] = {"state": target.value}
@@ -188,7 +198,10 @@ class Incidents:
             incident.assigned_to = assignee
             incident.updated_at = self.clock.now()
             entry = self._entry(
-                incident, "reassigned", actor, f"Reassigned to {assignee} by {actor}",
+                incident,
+                "reassigned",
+                actor,
+                f"Reassigned to {assignee} by {actor}",
                 {"assigned_to": assignee, "previous": previous},
             )
             session.add(entry)
@@ -214,7 +227,9 @@ class Incidents:
         after = decode_page_token(page_token)
         async with self.sessions() as session:
             await self._incident(session, tenant_id, incident_id)
-            query = select(Alert).where(Alert.incident_id == incident_id).order_by(Alert.id).limit(page_size + 1)
+            query = (
+                select(Alert).where(Alert.incident_id == incident_id).order_by(Alert.id).limit(page_size + 1)
+            )
             if after:
                 query = query.where(Alert.id > after)
             rows = list((await session.scalars(query)).all())
@@ -260,7 +275,9 @@ class Incidents:
             entry = await session.get(TimelineEntry, entry_id)
         return entry if entry is not None and entry.tenant_id == tenant_id else None
 
-    def _entry(self, incident: Incident, kind: str, actor: str, message: str, details: dict[str, str]) -> TimelineEntry:
+    def _entry(
+        self, incident: Incident, kind: str, actor: str, message: str, details: dict[str, str]
+    ) -> TimelineEntry:
         return TimelineEntry(
             id=uuid7(),
             tenant_id=incident.tenant_id,

@@ -122,7 +122,7 @@ class Integrations:
             raise NotFound(f"integration {integration_id!r} not found")
         return integration
 
-    async def list(
+    async def list_integrations(
         self, tenant_id: str, service_id: str | None, page_size: int, after: str | None
     ) -> list[Integration]:
         query = (
@@ -142,7 +142,9 @@ class Integrations:
         """Apply ``name``, ``service_id`` and ``routing_rules`` changes; invalid input changes nothing."""
         unknown = sorted(set(changes) - {"name", "service_id", "routing_rules"})
         if unknown:
-            raise InvalidArgument.field(unknown[0], "cannot be changed (writable: name, service_id, routing_rules)")
+            raise InvalidArgument.field(
+                unknown[0], "cannot be changed (writable: name, service_id, routing_rules)"
+            )
         rules = rules_to_json(parse_rules(changes["routing_rules"])) if "routing_rules" in changes else None
         async with self.sessions.begin() as session:
             integration = await self._get(session, tenant_id, integration_id)

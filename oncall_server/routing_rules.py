@@ -76,13 +76,17 @@ def _parse_rule(index: int, item: object) -> RoutingRule:
         raise InvalidArgument.field(where, "must be an object")
     unknown = sorted(set(body) - _KEYS[kind])
     if unknown:
-        raise InvalidArgument.field(f"{where}.{unknown[0]}", f"unknown key; use {', '.join(sorted(_KEYS[kind]))}")
+        raise InvalidArgument.field(
+            f"{where}.{unknown[0]}", f"unknown key; use {', '.join(sorted(_KEYS[kind]))}"
+        )
     name = str(item.get("name") or "")
     if kind == "severity_filter":
         raw_severity = body.get("minimum_severity")
         severity = Severity.parse(raw_severity) if isinstance(raw_severity, str) else None
         if severity is None:
-            raise InvalidArgument.field(f"{where}.minimum_severity", "must be critical, high, medium, low or info")
+            raise InvalidArgument.field(
+                f"{where}.minimum_severity", "must be critical, high, medium, low or info"
+            )
         return RoutingRule(kind, name, minimum_severity=severity)
     if kind == "title_match":
         contains = body.get("contains")
@@ -103,12 +107,16 @@ def _parse_rule(index: int, item: object) -> RoutingRule:
         raise InvalidArgument.field(f"{where}.value", f"is required for {operator}")
     if operator == "regex":
         if len(value) > MAX_PATTERN:
-            raise InvalidArgument.field(f"{where}.value", f"regular expressions are limited to {MAX_PATTERN} characters")
+            raise InvalidArgument.field(
+                f"{where}.value", f"regular expressions are limited to {MAX_PATTERN} characters"
+            )
         try:
             pattern = re.compile(value)
         except re.error as exc:
             raise InvalidArgument.field(f"{where}.value", f"invalid regular expression: {exc}") from None
-    return RoutingRule(kind, name, path=tuple(path.split(".")), operator=operator, value=value, pattern=pattern)
+    return RoutingRule(
+        kind, name, path=tuple(path.split(".")), operator=operator, value=value, pattern=pattern
+    )
 
 
 def rules_to_json(rules: Sequence[RoutingRule]) -> list[dict[str, Any]]:
@@ -122,7 +130,11 @@ def rules_to_json(rules: Sequence[RoutingRule]) -> list[dict[str, Any]]:
         elif rule.kind == "title_match":
             item["title_match"] = {"contains": rule.contains, "ignore_case": rule.ignore_case}
         else:
-            item["field_match"] = {"path": ".".join(rule.path), "operator": rule.operator, "value": rule.value}
+            item["field_match"] = {
+                "path": ".".join(rule.path),
+                "operator": rule.operator,
+                "value": rule.value,
+            }
         out.append(item)
     return out
 
@@ -167,7 +179,9 @@ def _failure(rule: RoutingRule, severity: Severity, title: str, payload: object)
             return None
         return f"severity {severity.label} is below {rule.minimum_severity.label}"
     if rule.kind == "title_match":
-        haystack, needle = (title.lower(), rule.contains.lower()) if rule.ignore_case else (title, rule.contains)
+        haystack, needle = (
+            (title.lower(), rule.contains.lower()) if rule.ignore_case else (title, rule.contains)
+        )
         return None if needle in haystack else f"title does not contain {json.dumps(rule.contains)}"
     value = _lookup(payload, rule.path)
     dotted = ".".join(rule.path)
@@ -179,7 +193,11 @@ def _failure(rule: RoutingRule, severity: Severity, title: str, payload: object)
         return f"field {dotted} is null"
     text = _as_text(value)
     if rule.operator == "equals":
-        return None if text == rule.value else f"field {dotted} is {json.dumps(text[:100])}, not {json.dumps(rule.value)}"
+        return (
+            None
+            if text == rule.value
+            else f"field {dotted} is {json.dumps(text[:100])}, not {json.dumps(rule.value)}"
+        )
     if rule.operator == "contains":
         return None if rule.value in text else f"field {dotted} does not contain {json.dumps(rule.value)}"
     assert rule.pattern is not None

@@ -31,7 +31,12 @@ from oncall_server.clock import Clock
 from oncall_server.config import Settings, split_host_port
 from oncall_server.gateway import ScrubbingAccessLogger, build_gateway
 from oncall_server.grpc_api.interceptor import ErrorInterceptor
-from oncall_server.grpc_api.servicers import CatalogServicer, IncidentServicer, IngestServicer, IntegrationServicer
+from oncall_server.grpc_api.servicers import (
+    CatalogServicer,
+    IncidentServicer,
+    IngestServicer,
+    IntegrationServicer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +70,14 @@ class GrpcRole:
         )
         ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(app), self.server)
         incident_service_pb2_grpc.add_IncidentServiceServicer_to_server(IncidentServicer(app), self.server)
-        integration_service_pb2_grpc.add_IntegrationServiceServicer_to_server(IntegrationServicer(app), self.server)
+        integration_service_pb2_grpc.add_IntegrationServiceServicer_to_server(
+            IntegrationServicer(app), self.server
+        )
         catalog_service_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(app), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection([*SERVICE_NAMES, reflection.SERVICE_NAME, health.SERVICE_NAME], self.server)
+        reflection.enable_server_reflection(
+            [*SERVICE_NAMES, reflection.SERVICE_NAME, health.SERVICE_NAME], self.server
+        )
         host, port = split_host_port(app.settings.grpc_listen)
         self.port = self.server.add_insecure_port(f"{host}:{port}")
         if self.port == 0:

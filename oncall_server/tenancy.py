@@ -53,7 +53,11 @@ async def create_api_token(
     """A new token; the plain value is returned once and never stored."""
     secret = security.new_secret(TOKEN_PREFIX)
     token = ApiToken(
-        id=uuid7(), tenant_id=tenant_id, name=name or "admin", token_digest=security.digest(secret), created_at=clock.now()
+        id=uuid7(),
+        tenant_id=tenant_id,
+        name=name or "admin",
+        token_digest=security.digest(secret),
+        created_at=clock.now(),
     )
     async with sessions.begin() as session:
         session.add(token)

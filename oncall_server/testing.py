@@ -60,10 +60,14 @@ async def bootstrap(
         app.clock,
         row.id,
         catalog.ServiceFields(
-            name=service, alert_grouping=alert_grouping, alert_grouping_timeout_minutes=alert_grouping_timeout_minutes
+            name=service,
+            alert_grouping=alert_grouping,
+            alert_grouping_timeout_minutes=alert_grouping_timeout_minutes,
         ),
     )
-    integration, key = await app.integrations.create(row.id, svc.id, "Test Integration", integration_type, routing_rules)
+    integration, key = await app.integrations.create(
+        row.id, svc.id, "Test Integration", integration_type, routing_rules
+    )
     token, _ = await tenancy.create_api_token(app.sessions, app.clock, row.id, "tester")
     return Tenant(row.id, svc.id, integration.id, key, token)
 

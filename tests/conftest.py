@@ -77,6 +77,8 @@ async def database_url(request: pytest.FixtureRequest, backend_urls: dict[str, s
 
 
 @pytest.fixture
-async def server(tmp_path: Path, database_url: str, redis_url: str, redis: Redis) -> AsyncIterator[RunningServer]:
+async def server(
+    tmp_path: Path, database_url: str, redis_url: str, redis: Redis
+) -> AsyncIterator[RunningServer]:
     async with running_server(test_settings(tmp_path, database_url, redis_url)) as running:
         yield running

@@ -12,11 +12,14 @@ from oncall_server.app import App
 from oncall_server.storage.models import Alert, Incident
 
 
-async def post_json(url: str, body: Any = None, *, data: bytes | None = None, headers: dict[str, str] | None = None
-                    ) -> tuple[int, Any]:
+async def post_json(
+    url: str, body: Any = None, *, data: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
     async with aiohttp.ClientSession() as http:
         payload = data if data is not None else json.dumps(body).encode()
-        async with http.post(url, data=payload, headers={"Content-Type": "application/json", **(headers or {})}) as r:
+        async with http.post(
+            url, data=payload, headers={"Content-Type": "application/json", **(headers or {})}
+        ) as r:
             return r.status, await r.json(content_type=None)
 
 

@@ -20,14 +20,17 @@ from tests.helpers import count_rows, post_json
 
 SPEC_EXAMPLE = (
     b'{\n"title": "CPU usage critical on client-server-01",\n"severity": "critical",\n'
-    b'"dedup_key": "rmm-device-4821-cpu",\n"body": "CPU sustained at 98% for 5 minutes. Host: client-server-01.",\n'
+    b'"dedup_key": "rmm-device-4821-cpu",\n'
+    b'"body": "CPU sustained at 98% for 5 minutes. Host: client-server-01.",\n'
     b'"source_ref": "alert-4821"\n}'
 )
 
 
 async def test_webhook_creates_an_incident_that_list_incidents_returns(server: RunningServer) -> None:
     tenant = await bootstrap(server.app)
-    status, body = await post_json(f"{server.http_url}/api/webhooks/ingest?key={tenant.integration_key}", data=SPEC_EXAMPLE)
+    status, body = await post_json(
+        f"{server.http_url}/api/webhooks/ingest?key={tenant.integration_key}", data=SPEC_EXAMPLE
+    )
     assert status == 202, body
     assert body["outcome"] == "created"
     assert body["dedup_key"] == "rmm-device-4821-cpu"
@@ -46,7 +49,9 @@ async def test_webhook_creates_an_incident_that_list_incidents_returns(server: R
             incident_service_pb2.ListIncidentAlertsRequest(incident_id=incident.id), metadata=tenant.auth
         )
         assert len(alerts.alerts) == 1
-        got = await stub.GetAlert(incident_service_pb2.GetAlertRequest(alert_id=alerts.alerts[0].id), metadata=tenant.auth)
+        got = await stub.GetAlert(
+            incident_service_pb2.GetAlertRequest(alert_id=alerts.alerts[0].id), metadata=tenant.auth
+        )
         assert got.alert.raw_payload == SPEC_EXAMPLE.decode()  # byte for byte, as received
         assert got.alert.state == alert_pb2.ALERT_STATE_TRIGGERED
         assert got.alert.details["source_ref"] == "alert-4821"
@@ -55,12 +60,16 @@ async def test_webhook_creates_an_incident_that_list_incidents_returns(server: R
 async def test_key_in_header_works_like_key_in_query(server: RunningServer) -> None:
     tenant = await bootstrap(server.app)
     status, body = await post_json(
-        f"{server.http_url}/api/webhooks/ingest", {"title": "disk full"}, headers={"X-Integration-Key": tenant.integration_key}
+        f"{server.http_url}/api/webhooks/ingest",
+        {"title": "disk full"},
+        headers={"X-Integration-Key": tenant.integration_key},
     )
     assert status == 202 and body["outcome"] == "created"
 
 
-async def test_retried_delivery_with_same_dedup_key_never_opens_a_second_incident(server: RunningServer) -> None:
+async def test_retried_delivery_with_same_dedup_key_never_opens_a_second_incident(
+    server: RunningServer,
+) -> None:
     tenant = await bootstrap(server.app)
     url = f"{server.http_url}/api/webhooks/ingest?key={tenant.integration_key}"
     first = await post_json(url, {"title": "db down", "dedup_key": "db-1"})
@@ -90,7 +99,9 @@ async def test_grpc_ingest_alert_and_streaming_batches(server: RunningServer) ->
         one = await ingest.IngestAlert(
             ingest_service_pb2.IngestAlertRequest(
                 integration_key=tenant.integration_key,
-                alert=alert_pb2.AlertEvent(title="backup failed", severity=alert_pb2.SEVERITY_HIGH, dedup_key="bk-1"),
+                alert=alert_pb2.AlertEvent(
+                    title="backup failed", severity=alert_pb2.SEVERITY_HIGH, dedup_key="bk-1"
+                ),
             )
         )
         assert one.result.outcome == alert_pb2.INGEST_OUTCOME_CREATED
@@ -98,10 +109,15 @@ async def test_grpc_ingest_alert_and_streaming_batches(server: RunningServer) ->
         async def messages():  # type: ignore[no-untyped-def]
             for batch in range(3):
                 yield ingest_service_pb2.IngestAlertsRequest(
-                    alerts=[alert_pb2.AlertEvent(title=f"a{batch}-{i}", dedup_key=f"k{batch}-{i}") for i in range(4)]
+                    alerts=[
+                        alert_pb2.AlertEvent(title=f"a{batch}-{i}", dedup_key=f"k{batch}-{i}")
+                        for i in range(4)
+                    ]
                 )
 
-        streamed = await ingest.IngestAlerts(messages(), metadata=[("x-integration-key", tenant.integration_key)])
+        streamed = await ingest.IngestAlerts(
+            messages(), metadata=[("x-integration-key", tenant.integration_key)]
+        )
         assert [r.outcome for r in streamed.results] == [alert_pb2.INGEST_OUTCOME_CREATED] * 12
         assert len({r.incident_id for r in streamed.results}) == 12
     assert await count_rows(server.app) == (13, 13)
@@ -123,10 +139,15 @@ async def test_bad_webhook_input_is_rejected_clearly_and_stores_nothing(
     server: RunningServer, query: str, headers: dict[str, str], data: bytes, status: int, needle: str
 ) -> None:
     tenant = await bootstrap(server.app)
-    await post_json(f"{server.http_url}/api/webhooks/ingest?key={tenant.integration_key}", {"title": "kept", "dedup_key": "k"})
+    await post_json(
+        f"{server.http_url}/api/webhooks/ingest?key={tenant.integration_key}",
+        {"title": "kept", "dedup_key": "k"},
+    )
     before = await count_rows(server.app)
     got, body = await post_json(
-        f"{server.http_url}/api/webhooks/ingest{query.format(key=tenant.integration_key)}", data=data, headers=headers
+        f"{server.http_url}/api/webhooks/ingest{query.format(key=tenant.integration_key)}",
+        data=data,
+        headers=headers,
     )
     assert got == status
     assert needle in body["message"]
@@ -136,23 +157,33 @@ async def test_bad_webhook_input_is_rejected_clearly_and_stores_nothing(
 async def test_admin_rpcs_require_a_token_and_hide_other_tenants(server: RunningServer) -> None:
     ours = await bootstrap(server.app)
     theirs = await bootstrap(server.app)
-    _, created = await post_json(f"{server.http_url}/api/webhooks/ingest?key={theirs.integration_key}", {"title": "theirs"})
+    _, created = await post_json(
+        f"{server.http_url}/api/webhooks/ingest?key={theirs.integration_key}", {"title": "theirs"}
+    )
     async with grpc.aio.insecure_channel(server.grpc_target) as channel:
         stub = incident_service_pb2_grpc.IncidentServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as missing:
             await stub.ListIncidents(incident_service_pb2.ListIncidentsRequest())
         assert missing.value.code() == grpc.StatusCode.UNAUTHENTICATED
         with pytest.raises(grpc.aio.AioRpcError) as wrong:
-            await stub.ListIncidents(incident_service_pb2.ListIncidentsRequest(), metadata=[("authorization", "Bearer oct_nope")])
+            await stub.ListIncidents(
+                incident_service_pb2.ListIncidentsRequest(), metadata=[("authorization", "Bearer oct_nope")]
+            )
         assert wrong.value.code() == grpc.StatusCode.UNAUTHENTICATED
         listed = await stub.ListIncidents(incident_service_pb2.ListIncidentsRequest(), metadata=ours.auth)
         assert list(listed.incidents) == []
         for call in (
-            stub.GetIncident(incident_service_pb2.GetIncidentRequest(incident_id=created["incident_id"]), metadata=ours.auth),
-            stub.ResolveIncident(
-                incident_service_pb2.ResolveIncidentRequest(incident_id=created["incident_id"]), metadata=ours.auth
+            stub.GetIncident(
+                incident_service_pb2.GetIncidentRequest(incident_id=created["incident_id"]),
+                metadata=ours.auth,
             ),
-            stub.GetAlert(incident_service_pb2.GetAlertRequest(alert_id=created["alert_id"]), metadata=ours.auth),
+            stub.ResolveIncident(
+                incident_service_pb2.ResolveIncidentRequest(incident_id=created["incident_id"]),
+                metadata=ours.auth,
+            ),
+            stub.GetAlert(
+                incident_service_pb2.GetAlertRequest(alert_id=created["alert_id"]), metadata=ours.auth
+            ),
         ):
             with pytest.raises(grpc.aio.AioRpcError) as hidden:
                 await call
@@ -160,7 +191,9 @@ async def test_admin_rpcs_require_a_token_and_hide_other_tenants(server: Running
         theirs_view = await stub.GetIncident(
             incident_service_pb2.GetIncidentRequest(incident_id=created["incident_id"]), metadata=theirs.auth
         )
-        assert theirs_view.incident.status == incident_pb2.INCIDENT_STATUS_TRIGGERED  # untouched by the other tenant
+        assert (
+            theirs_view.incident.status == incident_pb2.INCIDENT_STATUS_TRIGGERED
+        )  # untouched by the other tenant
 
 
 async def test_acknowledge_resolve_and_notes_are_recorded_with_who_did_it(server: RunningServer) -> None:
@@ -171,20 +204,27 @@ async def test_acknowledge_resolve_and_notes_are_recorded_with_who_did_it(server
     async with grpc.aio.insecure_channel(server.grpc_target) as channel:
         stub = incident_service_pb2_grpc.IncidentServiceStub(channel)
         acked = await stub.AcknowledgeIncident(
-            incident_service_pb2.AcknowledgeIncidentRequest(incident_id=incident_id, actor="alice"), metadata=tenant.auth
+            incident_service_pb2.AcknowledgeIncidentRequest(incident_id=incident_id, actor="alice"),
+            metadata=tenant.auth,
         )
         assert acked.incident.status == incident_pb2.INCIDENT_STATUS_ACKNOWLEDGED
         assert acked.incident.acknowledged_by == "alice"
         await stub.AddIncidentNote(
-            incident_service_pb2.AddIncidentNoteRequest(incident_id=incident_id, note="isolated host", actor="alice"),
+            incident_service_pb2.AddIncidentNoteRequest(
+                incident_id=incident_id, note="isolated host", actor="alice"
+            ),
             metadata=tenant.auth,
         )
         await stub.ReassignIncident(
-            incident_service_pb2.ReassignIncidentRequest(incident_id=incident_id, assigned_to="bob", actor="alice"),
+            incident_service_pb2.ReassignIncidentRequest(
+                incident_id=incident_id, assigned_to="bob", actor="alice"
+            ),
             metadata=tenant.auth,
         )
         resolved = await stub.ResolveIncident(
-            incident_service_pb2.ResolveIncidentRequest(incident_id=incident_id, actor="bob", resolution_summary="wiped"),
+            incident_service_pb2.ResolveIncidentRequest(
+                incident_id=incident_id, actor="bob", resolution_summary="wiped"
+            ),
             metadata=tenant.auth,
         )
         assert resolved.incident.status == incident_pb2.INCIDENT_STATUS_RESOLVED
@@ -215,7 +255,9 @@ async def test_list_incidents_filters_and_pages(server: RunningServer) -> None:
     tenant = await bootstrap(server.app)
     url = f"{server.http_url}/api/webhooks/ingest?key={tenant.integration_key}"
     for i in range(5):
-        await post_json(url, {"title": f"t{i}", "severity": "critical" if i % 2 else "low", "dedup_key": f"k{i}"})
+        await post_json(
+            url, {"title": f"t{i}", "severity": "critical" if i % 2 else "low", "dedup_key": f"k{i}"}
+        )
     async with grpc.aio.insecure_channel(server.grpc_target) as channel:
         stub = incident_service_pb2_grpc.IncidentServiceStub(channel)
         seen: list[str] = []
@@ -230,11 +272,14 @@ async def test_list_incidents_filters_and_pages(server: RunningServer) -> None:
                 break
         assert seen == ["t4", "t3", "t2", "t1", "t0"]  # newest first, each once
         critical = await stub.ListIncidents(
-            incident_service_pb2.ListIncidentsRequest(severity=alert_pb2.SEVERITY_CRITICAL), metadata=tenant.auth
+            incident_service_pb2.ListIncidentsRequest(severity=alert_pb2.SEVERITY_CRITICAL),
+            metadata=tenant.auth,
         )
         assert sorted(i.title for i in critical.incidents) == ["t1", "t3"]
         with pytest.raises(grpc.aio.AioRpcError) as bad:
-            await stub.ListIncidents(incident_service_pb2.ListIncidentsRequest(page_token="garbage"), metadata=tenant.auth)
+            await stub.ListIncidents(
+                incident_service_pb2.ListIncidentsRequest(page_token="garbage"), metadata=tenant.auth
+            )
         assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -259,7 +304,8 @@ async def test_watch_incidents_streams_changes(server: RunningServer) -> None:
             f"{server.http_url}/api/webhooks/ingest?key={tenant.integration_key}", {"title": "watch me"}
         )
         await stub.AcknowledgeIncident(
-            incident_service_pb2.AcknowledgeIncidentRequest(incident_id=created["incident_id"]), metadata=tenant.auth
+            incident_service_pb2.AcknowledgeIncidentRequest(incident_id=created["incident_id"]),
+            metadata=tenant.auth,
         )
         await asyncio.wait_for(reader, 5)
         call.cancel()

@@ -28,7 +28,9 @@ class WebhookAdapter:
             events = []
             for index, item in enumerate(payload):
                 if not isinstance(item, dict):
-                    raise InvalidArgument.field(f"body[{index}]", "each alert in an array must be a JSON object")
+                    raise InvalidArgument.field(
+                        f"body[{index}]", "each alert in an array must be a JSON object"
+                    )
                 events.append(self._event(item, json.dumps(item, separators=(",", ":")), context))
             return events
         if not isinstance(payload, dict):

@@ -142,7 +142,9 @@ def routing_rule(rule: RoutingRule) -> integration_pb2.RoutingRule:
         body["minimum_severity"] = "SEVERITY_" + str(body["minimum_severity"]).upper()
     if "operator" in body:
         body["operator"] = "FIELD_MATCH_OPERATOR_" + str(body["operator"]).upper()
-    json_format.ParseDict({"name": data.get("name", ""), condition: body}, message, ignore_unknown_fields=False)
+    json_format.ParseDict(
+        {"name": data.get("name", ""), condition: body}, message, ignore_unknown_fields=False
+    )
     return message
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[import-untyped]
 from grpc_status import rpc_status
 
 from oncall_server.errors import InvalidArgument, OncallError, ResourceExhausted
@@ -40,7 +40,10 @@ def to_status(error: OncallError) -> grpc.Status:
         packed.Pack(retry)
         details.append(packed)
     code = getattr(code_pb2, error.grpc_code.name)
-    return rpc_status.to_status(status_pb2.Status(code=code, message=error.message, details=details))
+    status: grpc.Status = rpc_status.to_status(
+        status_pb2.Status(code=code, message=error.message, details=details)
+    )
+    return status
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
@@ -79,9 +82,9 @@ def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., A
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
@@ -94,5 +97,6 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(_wrap_unary(handler.stream_unary), **serial)
         if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(_wrap_stream(handler.unary_stream), **serial)
+            streaming: Any = handler.unary_stream  # an async generator under grpc.aio, whatever the stubs say
+            return grpc.unary_stream_rpc_method_handler(_wrap_stream(streaming), **serial)
         return handler

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 
@@ -42,7 +42,7 @@ from oncall_server.ingest.pipeline import fill_defaults
 from oncall_server.integrations import IntegrationContext
 from oncall_server.severity import Severity
 
-Context = grpc.aio.ServicerContext[Any, Any]
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 
 def _metadata(context: Context, name: str) -> str | None:
@@ -55,7 +55,9 @@ def _metadata(context: Context, name: str) -> str | None:
 async def _principal(app: App, context: Context) -> tenancy.Principal:
     header = _metadata(context, "authorization") or ""
     scheme, _, token = header.partition(" ")
-    return await tenancy.authenticate_token(app.sessions, token.strip() if scheme.lower() == "bearer" else None)
+    return await tenancy.authenticate_token(
+        app.sessions, token.strip() if scheme.lower() == "bearer" else None
+    )
 
 
 class IngestServicer(ing_grpc.IngestServiceServicer):
@@ -71,7 +73,9 @@ class IngestServicer(ing_grpc.IngestServiceServicer):
                 try:
                     payload = json.loads(message.raw_payload)
                 except ValueError as exc:
-                    raise InvalidArgument.field(f"alerts[{index}].raw_payload", f"is not valid JSON: {exc}") from None
+                    raise InvalidArgument.field(
+                        f"alerts[{index}].raw_payload", f"is not valid JSON: {exc}"
+                    ) from None
                 parsed = self.app.pipeline.normalize(context, payload, {})
                 for event in parsed:
                     event.raw_payload = event.raw_payload or message.raw_payload
@@ -97,7 +101,9 @@ class IngestServicer(ing_grpc.IngestServiceServicer):
     async def _key(self, request_key: str, context: Context) -> IntegrationContext:
         return await self.app.integrations.resolve_key(request_key or _metadata(context, "x-integration-key"))
 
-    async def IngestAlert(self, request: ing_pb.IngestAlertRequest, context: Context) -> ing_pb.IngestAlertResponse:
+    async def IngestAlert(
+        self, request: ing_pb.IngestAlertRequest, context: Context
+    ) -> ing_pb.IngestAlertResponse:
         integration = await self._key(request.integration_key, context)
         events = await self._events(integration, [request.alert])
         results = await self.app.pipeline.ingest_events(
@@ -134,11 +140,17 @@ class IncidentServicer(inc_grpc.IncidentServiceServicer):
     def _incident(self, row: Any) -> Any:
         return convert.incident(row, self.app.settings.public_url)
 
-    async def GetIncident(self, request: inc_pb.GetIncidentRequest, context: Context) -> inc_pb.GetIncidentResponse:
+    async def GetIncident(
+        self, request: inc_pb.GetIncidentRequest, context: Context
+    ) -> inc_pb.GetIncidentResponse:
         who = await _principal(self.app, context)
-        return inc_pb.GetIncidentResponse(incident=self._incident(await self.app.incidents.get(who.tenant_id, request.incident_id)))
+        return inc_pb.GetIncidentResponse(
+            incident=self._incident(await self.app.incidents.get(who.tenant_id, request.incident_id))
+        )
 
-    async def ListIncidents(self, request: inc_pb.ListIncidentsRequest, context: Context) -> inc_pb.ListIncidentsResponse:
+    async def ListIncidents(
+        self, request: inc_pb.ListIncidentsRequest, context: Context
+    ) -> inc_pb.ListIncidentsResponse:
         who = await _principal(self.app, context)
         where = IncidentFilter(
             status=convert.INCIDENT_STATUS_NAME.get(request.status),
@@ -146,23 +158,29 @@ class IncidentServicer(inc_grpc.IncidentServiceServicer):
             severity=int(request.severity) or None,
             source=request.source or None,
         )
-        rows, token = await self.app.incidents.list(
+        rows, token = await self.app.incidents.list_incidents(
             who.tenant_id, where, clamp_page_size(request.page_size, 50, 500), request.page_token
         )
-        return inc_pb.ListIncidentsResponse(incidents=[self._incident(r) for r in rows], next_page_token=token)
+        return inc_pb.ListIncidentsResponse(
+            incidents=[self._incident(r) for r in rows], next_page_token=token
+        )
 
     async def AcknowledgeIncident(
         self, request: inc_pb.AcknowledgeIncidentRequest, context: Context
     ) -> inc_pb.AcknowledgeIncidentResponse:
         who = await _principal(self.app, context)
-        row = await self.app.incidents.acknowledge(who.tenant_id, request.incident_id, request.actor or who.name)
+        row = await self.app.incidents.acknowledge(
+            who.tenant_id, request.incident_id, request.actor or who.name
+        )
         return inc_pb.AcknowledgeIncidentResponse(incident=self._incident(row))
 
     async def UnacknowledgeIncident(
         self, request: inc_pb.UnacknowledgeIncidentRequest, context: Context
     ) -> inc_pb.UnacknowledgeIncidentResponse:
         who = await _principal(self.app, context)
-        row = await self.app.incidents.unacknowledge(who.tenant_id, request.incident_id, request.actor or who.name)
+        row = await self.app.incidents.unacknowledge(
+            who.tenant_id, request.incident_id, request.actor or who.name
+        )
         return inc_pb.UnacknowledgeIncidentResponse(incident=self._incident(row))
 
     async def ResolveIncident(
@@ -187,7 +205,9 @@ class IncidentServicer(inc_grpc.IncidentServiceServicer):
         self, request: inc_pb.AddIncidentNoteRequest, context: Context
     ) -> inc_pb.AddIncidentNoteResponse:
         who = await _principal(self.app, context)
-        entry = await self.app.incidents.add_note(who.tenant_id, request.incident_id, request.note, request.actor or who.name)
+        entry = await self.app.incidents.add_note(
+            who.tenant_id, request.incident_id, request.note, request.actor or who.name
+        )
         return inc_pb.AddIncidentNoteResponse(entry=convert.timeline_entry(entry))
 
     async def ListIncidentAlerts(
@@ -195,22 +215,34 @@ class IncidentServicer(inc_grpc.IncidentServiceServicer):
     ) -> inc_pb.ListIncidentAlertsResponse:
         who = await _principal(self.app, context)
         rows, token = await self.app.incidents.list_alerts(
-            who.tenant_id, request.incident_id, clamp_page_size(request.page_size, 100, 1000), request.page_token
+            who.tenant_id,
+            request.incident_id,
+            clamp_page_size(request.page_size, 100, 1000),
+            request.page_token,
         )
-        return inc_pb.ListIncidentAlertsResponse(alerts=[convert.alert(r) for r in rows], next_page_token=token)
+        return inc_pb.ListIncidentAlertsResponse(
+            alerts=[convert.alert(r) for r in rows], next_page_token=token
+        )
 
     async def ListIncidentTimeline(
         self, request: inc_pb.ListIncidentTimelineRequest, context: Context
     ) -> inc_pb.ListIncidentTimelineResponse:
         who = await _principal(self.app, context)
         rows, token = await self.app.incidents.timeline(
-            who.tenant_id, request.incident_id, clamp_page_size(request.page_size, 100, 1000), request.page_token
+            who.tenant_id,
+            request.incident_id,
+            clamp_page_size(request.page_size, 100, 1000),
+            request.page_token,
         )
-        return inc_pb.ListIncidentTimelineResponse(entries=[convert.timeline_entry(r) for r in rows], next_page_token=token)
+        return inc_pb.ListIncidentTimelineResponse(
+            entries=[convert.timeline_entry(r) for r in rows], next_page_token=token
+        )
 
     async def GetAlert(self, request: inc_pb.GetAlertRequest, context: Context) -> inc_pb.GetAlertResponse:
         who = await _principal(self.app, context)
-        return inc_pb.GetAlertResponse(alert=convert.alert(await self.app.incidents.get_alert(who.tenant_id, request.alert_id)))
+        return inc_pb.GetAlertResponse(
+            alert=convert.alert(await self.app.incidents.get_alert(who.tenant_id, request.alert_id))
+        )
 
     async def WatchIncidents(
         self, request: inc_pb.WatchIncidentsRequest, context: Context
@@ -239,7 +271,11 @@ class IntegrationServicer(int_grpc.IntegrationServiceServicer):
         who = await _principal(self.app, context)
         spec = request.integration
         row, key = await self.app.integrations.create(
-            who.tenant_id, spec.service_id, spec.name, spec.type, convert.routing_rules_from(list(spec.routing_rules))
+            who.tenant_id,
+            spec.service_id,
+            spec.name,
+            spec.type,
+            convert.routing_rules_from(list(spec.routing_rules)),
         )
         return int_pb.CreateIntegrationResponse(integration=convert.integration(row), integration_key=key)
 
@@ -255,7 +291,7 @@ class IntegrationServicer(int_grpc.IntegrationServiceServicer):
     ) -> int_pb.ListIntegrationsResponse:
         who = await _principal(self.app, context)
         size = clamp_page_size(request.page_size, 100, 1000)
-        rows = await self.app.integrations.list(
+        rows = await self.app.integrations.list_integrations(
             who.tenant_id, request.service_id or None, size + 1, decode_page_token(request.page_token)
         )
         token = encode_page_token(rows[size - 1].id) if len(rows) > size else ""
@@ -299,7 +335,9 @@ class IntegrationServicer(int_grpc.IntegrationServiceServicer):
     ) -> int_pb.ListDroppedAlertsResponse:
         who = await _principal(self.app, context)
         await self.app.integrations.get(who.tenant_id, request.integration_id)
-        drops, counts = await self.app.pipeline.drops.latest(request.integration_id, clamp_page_size(request.page_size, 50, 100))
+        drops, counts = await self.app.pipeline.drops.latest(
+            request.integration_id, clamp_page_size(request.page_size, 50, 100)
+        )
         return int_pb.ListDroppedAlertsResponse(
             dropped_alerts=[convert.dropped_alert(d) for d in drops], drop_counts=counts
         )
@@ -309,34 +347,50 @@ class CatalogServicer(cat_grpc.CatalogServiceServicer):
     def __init__(self, app: App) -> None:
         self.app = app
 
-    async def CreateService(self, request: cat_pb.CreateServiceRequest, context: Context) -> cat_pb.CreateServiceResponse:
+    async def CreateService(
+        self, request: cat_pb.CreateServiceRequest, context: Context
+    ) -> cat_pb.CreateServiceResponse:
         who = await _principal(self.app, context)
         row = await catalog.create_service(
             self.app.sessions, self.app.clock, who.tenant_id, convert.service_fields(request.service)
         )
         return cat_pb.CreateServiceResponse(service=convert.service(row))
 
-    async def GetService(self, request: cat_pb.GetServiceRequest, context: Context) -> cat_pb.GetServiceResponse:
+    async def GetService(
+        self, request: cat_pb.GetServiceRequest, context: Context
+    ) -> cat_pb.GetServiceResponse:
         who = await _principal(self.app, context)
         async with self.app.sessions() as session:
             row = await catalog.get_service(session, who.tenant_id, request.service_id)
         return cat_pb.GetServiceResponse(service=convert.service(row))
 
-    async def ListServices(self, request: cat_pb.ListServicesRequest, context: Context) -> cat_pb.ListServicesResponse:
+    async def ListServices(
+        self, request: cat_pb.ListServicesRequest, context: Context
+    ) -> cat_pb.ListServicesResponse:
         who = await _principal(self.app, context)
         size = clamp_page_size(request.page_size, 100, 1000)
-        rows = await catalog.list_services(self.app.sessions, who.tenant_id, size + 1, decode_page_token(request.page_token))
+        rows = await catalog.list_services(
+            self.app.sessions, who.tenant_id, size + 1, decode_page_token(request.page_token)
+        )
         token = encode_page_token(rows[size - 1].id) if len(rows) > size else ""
-        return cat_pb.ListServicesResponse(services=[convert.service(r) for r in rows[:size]], next_page_token=token)
+        return cat_pb.ListServicesResponse(
+            services=[convert.service(r) for r in rows[:size]], next_page_token=token
+        )
 
-    async def UpdateService(self, request: cat_pb.UpdateServiceRequest, context: Context) -> cat_pb.UpdateServiceResponse:
+    async def UpdateService(
+        self, request: cat_pb.UpdateServiceRequest, context: Context
+    ) -> cat_pb.UpdateServiceResponse:
         who = await _principal(self.app, context)
         changes = convert.service_changes(request.service, list(request.update_mask.paths))
-        row = await catalog.update_service(self.app.sessions, self.app.clock, who.tenant_id, request.service.id, changes)
+        row = await catalog.update_service(
+            self.app.sessions, self.app.clock, who.tenant_id, request.service.id, changes
+        )
         self.app.integrations.forget_cached()
         return cat_pb.UpdateServiceResponse(service=convert.service(row))
 
-    async def DeleteService(self, request: cat_pb.DeleteServiceRequest, context: Context) -> cat_pb.DeleteServiceResponse:
+    async def DeleteService(
+        self, request: cat_pb.DeleteServiceRequest, context: Context
+    ) -> cat_pb.DeleteServiceResponse:
         who = await _principal(self.app, context)
         await catalog.delete_service(self.app.sessions, who.tenant_id, request.service_id)
         await self.app.coordinator.forget_service(request.service_id)
@@ -371,7 +425,9 @@ class CatalogServicer(cat_grpc.CatalogServiceServicer):
         self, request: cat_pb.DeleteMaintenanceWindowRequest, context: Context
     ) -> cat_pb.DeleteMaintenanceWindowResponse:
         who = await _principal(self.app, context)
-        await catalog.delete_maintenance_window(self.app.sessions, who.tenant_id, request.maintenance_window_id)
+        await catalog.delete_maintenance_window(
+            self.app.sessions, who.tenant_id, request.maintenance_window_id
+        )
         return cat_pb.DeleteMaintenanceWindowResponse(maintenance_window_id=request.maintenance_window_id)
 
 

@@ -138,7 +138,11 @@ class Coordinator:
         async with self.redis.pipeline(transaction=False) as pipe:
             for req in requests:
                 await self._decide(
-                    keys=[dedup_hash(req.service_id), group_key(req.service_id, req.severity), ready_key(req.service_id)],
+                    keys=[
+                        dedup_hash(req.service_id),
+                        group_key(req.service_id, req.severity),
+                        ready_key(req.service_id),
+                    ],
                     args=[req.dedup_key or "", req.fallback_incident_id, req.grouping_window_ms],
                     client=pipe,
                 )
@@ -174,7 +178,11 @@ class Coordinator:
 
     async def forget_service(self, service_id: str) -> None:
         """Drop every key of a service (tests and service deletion)."""
-        keys = [dedup_hash(service_id), ready_key(service_id), *(group_key(service_id, s) for s in SEVERITY_LEVELS)]
+        keys = [
+            dedup_hash(service_id),
+            ready_key(service_id),
+            *(group_key(service_id, s) for s in SEVERITY_LEVELS),
+        ]
         await self.redis.delete(*keys)
 
 

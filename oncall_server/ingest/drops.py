@@ -45,11 +45,18 @@ class DropLog:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
 
-    async def record(self, context: IntegrationContext, event: NormalizedEvent, drop: Drop, at: datetime) -> None:
+    async def record(
+        self, context: IntegrationContext, event: NormalizedEvent, drop: Drop, at: datetime
+    ) -> None:
         ALERTS_DROPPED.labels(context.integration_id, str(drop.rule_index)).inc()
         entry = json.dumps(
-            {"rule_index": drop.rule_index, "rule": drop.rule, "reason": drop.reason, "title": event.title,
-             "at": at.isoformat()}
+            {
+                "rule_index": drop.rule_index,
+                "rule": drop.rule,
+                "reason": drop.reason,
+                "title": event.title,
+                "at": at.isoformat(),
+            }
         )
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.lpush(_list_key(context.integration_id), entry)
@@ -66,8 +73,14 @@ class DropLog:
         for raw in entries:
             item = json.loads(raw)
             drops.append(
-                DroppedAlert(integration_id, item["rule_index"], item["rule"], item["reason"], item["title"],
-                             datetime.fromisoformat(item["at"]))
+                DroppedAlert(
+                    integration_id,
+                    item["rule_index"],
+                    item["rule"],
+                    item["reason"],
+                    item["title"],
+                    datetime.fromisoformat(item["at"]),
+                )
             )
         return drops, {_s(k): int(v) for k, v in counts.items()}
 

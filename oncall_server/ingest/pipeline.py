@@ -72,11 +72,15 @@ class IngestPipeline:
             events[0].raw_payload = text
         return await self.ingest_events(context, events, idempotency_key=idempotency_key)
 
-    def normalize(self, context: IntegrationContext, payload: object, headers: Mapping[str, str]) -> list[NormalizedEvent]:
+    def normalize(
+        self, context: IntegrationContext, payload: object, headers: Mapping[str, str]
+    ) -> list[NormalizedEvent]:
         adapter = self.plugins.adapter(context.type)
         events = adapter.parse(payload, AdapterContext(context.name, context.type, headers))
         if len(events) > self.max_batch_alerts:
-            raise InvalidArgument.field("body", f"holds {len(events)} alerts; at most {self.max_batch_alerts} per request")
+            raise InvalidArgument.field(
+                "body", f"holds {len(events)} alerts; at most {self.max_batch_alerts} per request"
+            )
         return events
 
     async def ingest_events(
@@ -88,12 +92,16 @@ class IngestPipeline:
     ) -> list[IngestResult]:
         """Route and store already-normalized events; one result per event, in order."""
         if idempotency_key is not None and len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
-            raise InvalidArgument.field("Idempotency-Key", f"must be at most {MAX_IDEMPOTENCY_KEY} characters")
+            raise InvalidArgument.field(
+                "Idempotency-Key", f"must be at most {MAX_IDEMPOTENCY_KEY} characters"
+            )
         now = self.clock.now()
         results: list[IngestResult | None] = []
         accepted: list[PreparedAlert] = []
         for index, event in enumerate(events):
-            drop = evaluate(context.routing_rules, severity=event.severity, title=event.title, payload=_payload_of(event))
+            drop = evaluate(
+                context.routing_rules, severity=event.severity, title=event.title, payload=_payload_of(event)
+            )
             if drop is not None:
                 await self.drops.record(context, event, drop, now)
                 results.append(IngestResult(Outcome.DROPPED, dedup_key=event.dedup_key or ""))

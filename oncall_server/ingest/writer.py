@@ -143,7 +143,9 @@ class GroupCommitWriter:
             committed = await self._write(slots)
         except Exception as exc:  # every caller must hear back, whatever failed
             log.exception("ingest batch of %d alerts failed", len(slots))
-            error = exc if isinstance(exc, Unavailable) else Unavailable("alert storage is unavailable; retry")
+            error = (
+                exc if isinstance(exc, Unavailable) else Unavailable("alert storage is unavailable; retry")
+            )
             for req in requests:
                 if not req.future.done():
                     req.future.set_exception(error)
@@ -234,7 +236,9 @@ class GroupCommitWriter:
 
     async def _reload_service(self, service_id: str, pending: list[_Slot]) -> None:
         """Rebuild a service's grouping windows from SQL after Redis lost them."""
-        window_ms = max((s.alert.grouping_window_ms for s in pending if s.alert.service_id == service_id), default=0)
+        window_ms = max(
+            (s.alert.grouping_window_ms for s in pending if s.alert.service_id == service_id), default=0
+        )
         windows: list[GroupWindow] = []
         if window_ms > 0:
             now = self.clock.now()
@@ -256,9 +260,15 @@ class GroupCommitWriter:
                 if severity in seen:
                     continue
                 seen.add(severity)
-                remaining = int((last_alert_at + timedelta(milliseconds=window_ms) - now).total_seconds() * 1000)
+                remaining = int(
+                    (last_alert_at + timedelta(milliseconds=window_ms) - now).total_seconds() * 1000
+                )
                 windows.append(GroupWindow(severity, incident_id, remaining))
-        log.warning("Redis had no state for service %s; reloaded %d grouping windows from SQL", service_id, len(windows))
+        log.warning(
+            "Redis had no state for service %s; reloaded %d grouping windows from SQL",
+            service_id,
+            len(windows),
+        )
         await self.coordinator.load(service_id, windows)
 
 
@@ -269,7 +279,9 @@ def _result_alert_id(slot: _Slot) -> str:
 def _is_retryable(exc: DBAPIError) -> bool:
     """Deadlocks, serialization failures and SQLite lock timeouts are safe to retry."""
     text = str(exc.orig).lower()
-    code = getattr(exc.orig, "sqlstate", None) or getattr(getattr(exc.orig, "__cause__", None), "sqlstate", None)
+    code = getattr(exc.orig, "sqlstate", None) or getattr(
+        getattr(exc.orig, "__cause__", None), "sqlstate", None
+    )
     return code in {"40P01", "40001"} or "deadlock" in text or "database is locked" in text
 
 
@@ -377,17 +389,19 @@ class _Batch:
         """Insert-or-merge one row per (service, dedup key); returns the slots that inserted."""
         if not groups:
             return []
-        ordered = sorted(groups.values(), key=lambda g: (g.head.alert.service_id, g.head.alert.event.dedup_key or ""))
+        ordered = sorted(
+            groups.values(), key=lambda g: (g.head.alert.service_id, g.head.alert.event.dedup_key or "")
+        )
         rows = []
         for group in ordered:
             incident_id, state = self._target_incident(group.head)
-            row = self._alert_row(group.head, incident_id, state)
+            values = self._alert_row(group.head, incident_id, state)
             if len(group.slots) > 1:
                 last = group.slots[-1].alert
-                row["occurrence_count"] = len(group.slots)
-                row["last_seen_at"] = max(s.alert.received_at for s in group.slots)
-                row["latest_raw_payload"] = last.event.raw_payload
-            rows.append(row)
+                values["occurrence_count"] = len(group.slots)
+                values["last_seen_at"] = max(s.alert.received_at for s in group.slots)
+                values["latest_raw_payload"] = last.event.raw_payload
+            rows.append(values)
         stmt = self._insert(Alert).values(rows)
         excluded = stmt.excluded
         stmt = stmt.on_conflict_do_update(
@@ -397,16 +411,18 @@ class _Batch:
                 "last_seen_at": excluded.last_seen_at,
                 "latest_raw_payload": func.coalesce(excluded.latest_raw_payload, excluded.raw_payload),
             },
-        ).returning(Alert.id, Alert.service_id, Alert.open_dedup_key, Alert.incident_id, Alert.occurrence_count)
+        ).returning(
+            Alert.id, Alert.service_id, Alert.open_dedup_key, Alert.incident_id, Alert.occurrence_count
+        )
         returned = {(r.service_id, r.open_dedup_key): r for r in (await self.conn.execute(stmt)).all()}
         inserted: list[_Slot] = []
-        deliveries: list[dict[str, Any]] = []
+        delivery_rows: list[dict[str, Any]] = []
         prune: list[str] = []
         merged_per_incident: dict[str, list[_Slot]] = defaultdict(list)
         for group in ordered:
             head = group.head
             row = returned[(head.alert.service_id, head.alert.event.dedup_key)]
-            merges = group.slots
+            merges: list[_Slot] = group.slots
             if row.id == head.alert_id:
                 inserted.append(head)
                 merges = group.slots[1:]
@@ -417,18 +433,28 @@ class _Batch:
                 slot.result = IngestResult(Outcome.DEDUPLICATED, row.id, row.incident_id, key)
                 merged_per_incident[row.incident_id].append(slot)
             for slot in merges[-MAX_DELIVERIES_PER_ALERT:]:
-                deliveries.append(
-                    {"alert_id": row.id, "received_at": slot.alert.received_at, "raw_payload": slot.alert.event.raw_payload}
+                delivery_rows.append(
+                    {
+                        "alert_id": row.id,
+                        "received_at": slot.alert.received_at,
+                        "raw_payload": slot.alert.event.raw_payload,
+                    }
                 )
             if merges and row.occurrence_count > MAX_DELIVERIES_PER_ALERT:
                 prune.append(row.id)
-        if deliveries:
-            await self.conn.execute(insert(AlertDelivery), deliveries)
+        if delivery_rows:
+            await self.conn.execute(insert(AlertDelivery), delivery_rows)
         for alert_id in prune:
             await self._prune_deliveries(alert_id)
         for incident_id, merged in merged_per_incident.items():
-            self._record(merged[0], incident_id, "alert_merged", f"{len(merged)} duplicate alert(s) merged",
-                         {"count": str(len(merged)), "alert_id": _result_alert_id(merged[0])}, created=False)
+            self._record(
+                merged[0],
+                incident_id,
+                "alert_merged",
+                f"{len(merged)} duplicate alert(s) merged",
+                {"count": str(len(merged)), "alert_id": _result_alert_id(merged[0])},
+                created=False,
+            )
         return inserted
 
     def _repair_if_stale(self, slot: _Slot, committed_incident_id: str) -> None:
@@ -436,7 +462,11 @@ class _Batch:
         believed = slot.decision.incident_id
         if believed != committed_incident_id:
             a = slot.alert
-            self.repairs.append(Repair(a.service_id, int(a.event.severity), a.event.dedup_key, believed, committed_incident_id))
+            self.repairs.append(
+                Repair(
+                    a.service_id, int(a.event.severity), a.event.dedup_key, believed, committed_incident_id
+                )
+            )
 
     async def _prune_deliveries(self, alert_id: str) -> None:
         keep_from = (
@@ -448,7 +478,9 @@ class _Batch:
             .scalar_subquery()
         )
         await self.conn.execute(
-            delete(AlertDelivery).where(and_(AlertDelivery.alert_id == alert_id, AlertDelivery.id < keep_from))
+            delete(AlertDelivery).where(
+                and_(AlertDelivery.alert_id == alert_id, AlertDelivery.id < keep_from)
+            )
         )
 
     async def _insert_keyless(self, slots: list[_Slot]) -> list[_Slot]:
@@ -474,9 +506,9 @@ class _Batch:
                 (r.integration_id, r.idempotency_key): r
                 for r in (
                     await self.conn.execute(
-                        select(Alert.id, Alert.integration_id, Alert.idempotency_key, Alert.incident_id).where(
-                            Alert.idempotency_key.in_({s.alert.idempotency_key for s in repeats})
-                        )
+                        select(
+                            Alert.id, Alert.integration_id, Alert.idempotency_key, Alert.incident_id
+                        ).where(Alert.idempotency_key.in_({s.alert.idempotency_key for s in repeats}))
                     )
                 ).all()
             }
@@ -545,7 +577,9 @@ class _Batch:
         fresh_id = members[0].fallback_incident_id
         ids = [s.alert_id for s in members]
         await self.conn.execute(
-            update(Alert).where(Alert.id.in_(ids)).values(incident_id=fresh_id, state=AlertState.TRIGGERED.value)
+            update(Alert)
+            .where(Alert.id.in_(ids))
+            .values(incident_id=fresh_id, state=AlertState.TRIGGERED.value)
         )
         first = members[0].alert
         await self.conn.execute(
@@ -569,25 +603,51 @@ class _Batch:
         )
         for slot in members:
             a = slot.alert
-            self.repairs.append(Repair(a.service_id, int(a.event.severity), a.event.dedup_key, stale_incident_id, fresh_id))
+            self.repairs.append(
+                Repair(a.service_id, int(a.event.severity), a.event.dedup_key, stale_incident_id, fresh_id)
+            )
         self._account(fresh_id, members, created=True)
 
     def _account(self, incident_id: str, members: list[_Slot], created: bool) -> None:
         grouped = members
         if created:
             opener = members[0]
-            opener.result = IngestResult(Outcome.CREATED, opener.alert_id, incident_id, opener.alert.event.dedup_key or "")
-            self._record(opener, incident_id, "triggered", opener.alert.event.title,
-                         {"alert_id": opener.alert_id}, created=True)
+            opener.result = IngestResult(
+                Outcome.CREATED, opener.alert_id, incident_id, opener.alert.event.dedup_key or ""
+            )
+            self._record(
+                opener,
+                incident_id,
+                "triggered",
+                opener.alert.event.title,
+                {"alert_id": opener.alert_id},
+                created=True,
+            )
             grouped = members[1:]
         for slot in grouped:
-            slot.result = IngestResult(Outcome.GROUPED, slot.alert_id, incident_id, slot.alert.event.dedup_key or "")
+            slot.result = IngestResult(
+                Outcome.GROUPED, slot.alert_id, incident_id, slot.alert.event.dedup_key or ""
+            )
         if grouped:
-            self._record(grouped[0], incident_id, "alert_grouped", f"{len(grouped)} alert(s) grouped",
-                         {"count": str(len(grouped)), "alert_id": grouped[0].alert_id}, created=False)
+            self._record(
+                grouped[0],
+                incident_id,
+                "alert_grouped",
+                f"{len(grouped)} alert(s) grouped",
+                {"count": str(len(grouped)), "alert_id": grouped[0].alert_id},
+                created=False,
+            )
 
-    def _record(self, slot: _Slot, incident_id: str, kind: str, message: str, details: dict[str, str],
-                *, created: bool) -> None:
+    def _record(
+        self,
+        slot: _Slot,
+        incident_id: str,
+        kind: str,
+        message: str,
+        details: dict[str, str],
+        *,
+        created: bool,
+    ) -> None:
         entry_id = uuid7()
         self.timeline.append(
             {
@@ -603,6 +663,9 @@ class _Batch:
         )
         previous = self.touched.get(incident_id)
         self.touched[incident_id] = CommittedIncident(
-            slot.alert.tenant_id, slot.alert.service_id, incident_id, entry_id,
+            slot.alert.tenant_id,
+            slot.alert.service_id,
+            incident_id,
+            entry_id,
             created or (previous.created if previous else False),
         )
