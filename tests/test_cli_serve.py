@@ -1,0 +1,89 @@
+"""The README flow in real processes: serve on embedded defaults, bootstrap, curl, list, SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import post_json
+
+CLI = [sys.executable, "-m", "oncall_server.cli"]
+
+
+async def _run(*args: str, data_dir: Path) -> dict[str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, *args, "--data-dir", str(data_dir), "--json", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    result: dict[str, str] = json.loads(out)
+    return result
+
+
+async def _wait_for_line(stream: asyncio.StreamReader, pattern: str, seen: list[str], timeout: float = 30) -> re.Match[str]:
+    async def scan() -> re.Match[str]:
+        while True:
+            line = (await stream.readline()).decode()
+            if not line:
+                raise AssertionError("server exited early:\n" + "".join(seen))
+            seen.append(line)
+            match = re.search(pattern, line)
+            if match:
+                return match
+
+    return await asyncio.wait_for(scan(), timeout)
+
+
+@pytest.mark.slow
+async def test_serve_on_embedded_defaults_then_sigterm_exits_cleanly() -> None:
+    data_dir = Path(tempfile.mkdtemp(prefix="oncall-cli-", dir="/tmp"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ONCALL_")}
+    server = await asyncio.create_subprocess_exec(
+        *CLI, "serve", "--data-dir", str(data_dir), "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
+        stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    assert server.stderr is not None
+    seen: list[str] = []
+    try:
+        grpc_port = (await _wait_for_line(server.stderr, r"gRPC listening on port (\d+)", seen)).group(1)
+        http_port = (await _wait_for_line(server.stderr, r"HTTP gateway listening on port (\d+)", seen)).group(1)
+        await _wait_for_line(server.stderr, "ready", seen)
+        redis_pid = int((data_dir / "redis" / "redis.pid").read_text())
+        assert (data_dir / "redis" / "appendonly.aof").exists() or (data_dir / "redis" / "appendonlydir").exists()
+
+        creds = await _run("bootstrap", data_dir=data_dir)
+        status, body = await post_json(
+            f"http://127.0.0.1:{http_port}/api/webhooks/ingest?key={creds['integration_key']}",
+            {"title": "CPU usage critical on client-server-01", "severity": "critical", "dedup_key": "cpu-1"},
+        )
+        assert status == 202, body
+
+        lister = await asyncio.create_subprocess_exec(
+            *CLI, "incidents", "list", "--token", creds["api_token"], "--target", f"127.0.0.1:{grpc_port}", "--json",
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, _ = await lister.communicate()
+        incidents = json.loads(out)["incidents"]
+        assert [i["id"] for i in incidents] == [body["incident_id"]]
+        assert incidents[0]["title"] == "CPU usage critical on client-server-01"
+
+        server.send_signal(signal.SIGTERM)
+        rest = await asyncio.wait_for(server.stderr.read(), 30)
+        assert await asyncio.wait_for(server.wait(), 30) == 0
+        log = "".join(seen) + rest.decode()
+        assert "stopped cleanly" in log
+        assert creds["integration_key"] not in log  # keys never reach the logs
+        with pytest.raises(ProcessLookupError):
+            os.kill(redis_pid, 0)  # the embedded Redis stopped with us
+    finally:
+        if server.returncode is None:
+            server.kill()
+            await server.wait()
