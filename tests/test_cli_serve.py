@@ -20,7 +20,13 @@ CLI = [sys.executable, "-m", "oncall_server.cli"]
 
 async def _run(*args: str, data_dir: Path) -> dict[str, str]:
     proc = await asyncio.create_subprocess_exec(
-        *CLI, *args, "--data-dir", str(data_dir), "--json", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        *CLI,
+        *args,
+        "--data-dir",
+        str(data_dir),
+        "--json",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
@@ -28,7 +34,9 @@ async def _run(*args: str, data_dir: Path) -> dict[str, str]:
     return result
 
 
-async def _wait_for_line(stream: asyncio.StreamReader, pattern: str, seen: list[str], timeout: float = 30) -> re.Match[str]:
+async def _wait_for_line(
+    stream: asyncio.StreamReader, pattern: str, seen: list[str], timeout: float = 30
+) -> re.Match[str]:
     async def scan() -> re.Match[str]:
         while True:
             line = (await stream.readline()).decode()
@@ -47,17 +55,29 @@ async def test_serve_on_embedded_defaults_then_sigterm_exits_cleanly() -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="oncall-cli-", dir="/tmp"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("ONCALL_")}
     server = await asyncio.create_subprocess_exec(
-        *CLI, "serve", "--data-dir", str(data_dir), "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
-        stderr=asyncio.subprocess.PIPE, env=env,
-    )  # fmt: skip
+        *CLI,
+        "serve",
+        "--data-dir",
+        str(data_dir),
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
     assert server.stderr is not None
     seen: list[str] = []
     try:
         grpc_port = (await _wait_for_line(server.stderr, r"gRPC listening on port (\d+)", seen)).group(1)
-        http_port = (await _wait_for_line(server.stderr, r"HTTP gateway listening on port (\d+)", seen)).group(1)
+        http_port = (
+            await _wait_for_line(server.stderr, r"HTTP gateway listening on port (\d+)", seen)
+        ).group(1)
         await _wait_for_line(server.stderr, "ready", seen)
         redis_pid = int((data_dir / "redis" / "redis.pid").read_text())
-        assert (data_dir / "redis" / "appendonly.aof").exists() or (data_dir / "redis" / "appendonlydir").exists()
+        assert (data_dir / "redis" / "appendonly.aof").exists() or (
+            data_dir / "redis" / "appendonlydir"
+        ).exists()
 
         creds = await _run("bootstrap", data_dir=data_dir)
         status, body = await post_json(
@@ -67,9 +87,16 @@ async def test_serve_on_embedded_defaults_then_sigterm_exits_cleanly() -> None:
         assert status == 202, body
 
         lister = await asyncio.create_subprocess_exec(
-            *CLI, "incidents", "list", "--token", creds["api_token"], "--target", f"127.0.0.1:{grpc_port}", "--json",
+            *CLI,
+            "incidents",
+            "list",
+            "--token",
+            creds["api_token"],
+            "--target",
+            f"127.0.0.1:{grpc_port}",
+            "--json",
             stdout=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+        )
         out, _ = await lister.communicate()
         incidents = json.loads(out)["incidents"]
         assert [i["id"] for i in incidents] == [body["incident_id"]]

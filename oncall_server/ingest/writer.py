@@ -16,6 +16,7 @@ writer then points Redis back at what SQL committed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
@@ -296,6 +297,57 @@ class _AlertGroup:
         return self.slots[0]
 
 
+@dataclass(frozen=True, slots=True)
+class _Statements:
+    """The writer's upserts, built once per dialect so SQLAlchemy caches their compiled form.
+
+    They run as executemany with a list of rows: SQLAlchemy's insertmanyvalues
+    turns that into multi-row INSERTs with RETURNING, without building a new
+    500-row statement (and compiling it) for every batch.
+    """
+
+    upsert_alerts: Any
+    upsert_incidents: Any
+    insert_idempotent: Any
+
+
+@functools.cache
+def _statements(dialect: str) -> _Statements:
+    if dialect == "postgresql":
+        dialect_insert: Any = postgresql.insert
+    elif dialect == "sqlite":
+        dialect_insert = sqlite.insert
+    else:
+        raise Unavailable(f"unsupported database dialect {dialect}")
+    alerts = dialect_insert(Alert)
+    upsert_alerts = alerts.on_conflict_do_update(
+        index_elements=[Alert.service_id, Alert.open_dedup_key],
+        set_={
+            "occurrence_count": Alert.occurrence_count + alerts.excluded.occurrence_count,
+            "last_seen_at": alerts.excluded.last_seen_at,
+            "latest_raw_payload": func.coalesce(
+                alerts.excluded.latest_raw_payload, alerts.excluded.raw_payload
+            ),
+        },
+    ).returning(Alert.id, Alert.service_id, Alert.open_dedup_key, Alert.incident_id, Alert.occurrence_count)
+    incidents = dialect_insert(Incident)
+    upsert_incidents = incidents.on_conflict_do_update(
+        index_elements=[Incident.id],
+        set_={
+            "alert_count": Incident.alert_count + incidents.excluded.alert_count,
+            "last_alert_at": incidents.excluded.last_alert_at,
+            "updated_at": incidents.excluded.updated_at,
+        },
+        where=Incident.status != IncidentStatus.RESOLVED.value,
+    ).returning(Incident.id, Incident.alert_count)
+    insert_idempotent = (
+        dialect_insert(Alert)
+        .on_conflict_do_nothing(index_elements=[Alert.integration_id, Alert.idempotency_key])
+        .returning(Alert.id)
+    )
+    return _Statements(upsert_alerts, upsert_incidents, insert_idempotent)
+
+
 class _Batch:
     """The SQL statements of one batch, inside one transaction."""
 
@@ -306,13 +358,6 @@ class _Batch:
         self.timeline: list[dict[str, Any]] = []
         self.repairs: list[Repair] = []
         self.touched: dict[str, CommittedIncident] = {}
-
-    def _insert(self, table: Any) -> Any:
-        if self.dialect == "postgresql":
-            return postgresql.insert(table)
-        if self.dialect == "sqlite":
-            return sqlite.insert(table)
-        raise Unavailable(f"unsupported database dialect {self.dialect}")
 
     async def write(self, slots: list[_Slot]) -> tuple[list[Repair], list[CommittedIncident]]:
         for slot in slots:
@@ -402,19 +447,8 @@ class _Batch:
                 values["last_seen_at"] = max(s.alert.received_at for s in group.slots)
                 values["latest_raw_payload"] = last.event.raw_payload
             rows.append(values)
-        stmt = self._insert(Alert).values(rows)
-        excluded = stmt.excluded
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[Alert.service_id, Alert.open_dedup_key],
-            set_={
-                "occurrence_count": Alert.occurrence_count + excluded.occurrence_count,
-                "last_seen_at": excluded.last_seen_at,
-                "latest_raw_payload": func.coalesce(excluded.latest_raw_payload, excluded.raw_payload),
-            },
-        ).returning(
-            Alert.id, Alert.service_id, Alert.open_dedup_key, Alert.incident_id, Alert.occurrence_count
-        )
-        returned = {(r.service_id, r.open_dedup_key): r for r in (await self.conn.execute(stmt)).all()}
+        result = await self.conn.execute(_statements(self.dialect).upsert_alerts, rows)
+        returned = {(r.service_id, r.open_dedup_key): r for r in result.all()}
         inserted: list[_Slot] = []
         delivery_rows: list[dict[str, Any]] = []
         prune: list[str] = []
@@ -492,13 +526,9 @@ class _Batch:
         if not with_key:
             await self.conn.execute(insert(Alert), rows)
             return slots
-        stmt = (
-            self._insert(Alert)
-            .values(rows)
-            .on_conflict_do_nothing(index_elements=[Alert.integration_id, Alert.idempotency_key])
-            .returning(Alert.id)
+        fresh = set(
+            (await self.conn.execute(_statements(self.dialect).insert_idempotent, rows)).scalars().all()
         )
-        fresh = set((await self.conn.execute(stmt)).scalars().all())
         inserted = [s for s in slots if s.alert_id in fresh]
         repeats = [s for s in slots if s.alert_id not in fresh]
         if repeats:
@@ -553,18 +583,8 @@ class _Batch:
                     "resolution_summary": "",
                 }
             )
-        stmt = self._insert(Incident).values(rows)
-        excluded = stmt.excluded
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[Incident.id],
-            set_={
-                "alert_count": Incident.alert_count + excluded.alert_count,
-                "last_alert_at": excluded.last_alert_at,
-                "updated_at": excluded.updated_at,
-            },
-            where=Incident.status != IncidentStatus.RESOLVED.value,
-        ).returning(Incident.id, Incident.alert_count)
-        counts = {r.id: r.alert_count for r in (await self.conn.execute(stmt)).all()}
+        result = await self.conn.execute(_statements(self.dialect).upsert_incidents, rows)
+        counts = {r.id: r.alert_count for r in result.all()}
         for incident_id, members in by_incident.items():
             if incident_id not in counts:
                 # The group's incident was resolved while Redis still pointed at it.
