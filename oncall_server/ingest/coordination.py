@@ -16,9 +16,23 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-_DECIDE = """
+# A grouping window is stored as "<incident id>|<expires at, ms>". The decision
+# compares that expiry with the alert's own time (from the injected clock), so
+# tests can move time; the key's TTL only collects garbage.
+_LIB = """
+local function window_of(value)
+  if not value then return nil, 0 end
+  local sep = string.find(value, '|', 1, true)
+  if not sep then return value, 0 end
+  return string.sub(value, 1, sep - 1), tonumber(string.sub(value, sep + 1))
+end
+"""
+
+_DECIDE = (
+    _LIB
+    + """
 -- KEYS: dedup hash, group key, ready marker
--- ARGV: dedup key ('' = none), fallback incident id, grouping window ms (0 = none)
+-- ARGV: dedup key ('' = none), fallback incident id, grouping window ms (0 = none), alert time ms
 if redis.call('EXISTS', KEYS[3]) == 0 then return {'reload', ''} end
 if ARGV[1] ~= '' then
   local existing = redis.call('HGET', KEYS[1], ARGV[1])
@@ -28,50 +42,61 @@ local incident = ARGV[2]
 local outcome = 'new'
 local window = tonumber(ARGV[3])
 if window > 0 then
-  local current = redis.call('GET', KEYS[2])
-  if current then incident = current; outcome = 'grouped' end
-  redis.call('SET', KEYS[2], incident, 'PX', window)
+  local now = tonumber(ARGV[4])
+  local current, expires = window_of(redis.call('GET', KEYS[2]))
+  if current and expires > now then incident = current; outcome = 'grouped' end
+  redis.call('SET', KEYS[2], incident .. '|' .. (now + window), 'PX', window + 3600000)
 end
 if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], ARGV[1], incident) end
 return {outcome, incident}
 """
+)
 
-_REPAIR = """
+_REPAIR = (
+    _LIB
+    + """
 -- KEYS: dedup hash, group key
 -- ARGV: dedup key ('' = none), incident Redis believes, incident SQL committed
 if ARGV[1] ~= '' then
   local current = redis.call('HGET', KEYS[1], ARGV[1])
   if (not current) or current == ARGV[2] then redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
 end
-if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('SET', KEYS[2], ARGV[3], 'KEEPTTL') end
+local current, expires = window_of(redis.call('GET', KEYS[2]))
+if current == ARGV[2] then redis.call('SET', KEYS[2], ARGV[3] .. '|' .. expires, 'KEEPTTL') end
 return 1
 """
+)
 
-_RELEASE = """
+_RELEASE = (
+    _LIB
+    + """
 -- KEYS: dedup hash, group keys...
 -- ARGV: incident id, dedup keys...
 for i = 2, #ARGV do
   if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[1] then redis.call('HDEL', KEYS[1], ARGV[i]) end
 end
 for i = 2, #KEYS do
-  if redis.call('GET', KEYS[i]) == ARGV[1] then redis.call('DEL', KEYS[i]) end
+  local current = window_of(redis.call('GET', KEYS[i]))
+  if current == ARGV[1] then redis.call('DEL', KEYS[i]) end
 end
 return 1
 """
+)
 
 _LOAD = """
 -- KEYS: ready marker, group keys...
--- ARGV: for each group key, incident id then remaining ms
+-- ARGV: for each group key, incident id then expiry ms then ttl ms
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 for i = 2, #KEYS do
-  local ttl = tonumber(ARGV[(i - 2) * 2 + 2])
-  if ttl > 0 then redis.call('SET', KEYS[i], ARGV[(i - 2) * 2 + 1], 'PX', ttl, 'NX') end
+  local base = (i - 2) * 3
+  redis.call('SET', KEYS[i], ARGV[base + 1] .. '|' .. ARGV[base + 2], 'PX', ARGV[base + 3], 'NX')
 end
 redis.call('SET', KEYS[1], '1')
 return 1
 """
 
 SEVERITY_LEVELS = range(1, 6)
+_GARBAGE_TTL_MS = 24 * 3600 * 1000
 
 
 def dedup_hash(service_id: str) -> str:
@@ -101,6 +126,7 @@ class DecisionRequest:
     dedup_key: str | None
     fallback_incident_id: str
     grouping_window_ms: int
+    at_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +144,7 @@ class GroupWindow:
 
     severity: int
     incident_id: str
-    remaining_ms: int
+    expires_ms: int
 
 
 class Coordinator:
@@ -143,7 +169,7 @@ class Coordinator:
                         group_key(req.service_id, req.severity),
                         ready_key(req.service_id),
                     ],
-                    args=[req.dedup_key or "", req.fallback_incident_id, req.grouping_window_ms],
+                    args=[req.dedup_key or "", req.fallback_incident_id, req.grouping_window_ms, req.at_ms],
                     client=pipe,
                 )
             replies: list[Any] = await pipe.execute()
@@ -173,7 +199,7 @@ class Coordinator:
         keys = [ready_key(service_id), *(group_key(service_id, w.severity) for w in windows)]
         args: list[str | int] = []
         for window in windows:
-            args += [window.incident_id, window.remaining_ms]
+            args += [window.incident_id, window.expires_ms, _GARBAGE_TTL_MS]
         await self._load(keys=keys, args=args)
 
     async def forget_service(self, service_id: str) -> None:

@@ -29,7 +29,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from oncall_server.clock import Clock
+from oncall_server.clock import Clock, to_millis
 from oncall_server.errors import Unavailable
 from oncall_server.ids import uuid7
 from oncall_server.ingest.coordination import Coordinator, Decision, DecisionRequest, GroupWindow, Repair
@@ -220,6 +220,7 @@ class GroupCommitWriter:
                         s.alert.event.dedup_key,
                         s.fallback_incident_id,
                         s.alert.grouping_window_ms,
+                        to_millis(s.alert.received_at),
                     )
                     for s in pending
                 ]
