@@ -11,11 +11,13 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 
+from oncall_server.clock import FakeClock
 from oncall_server.redis_embedded import EmbeddedRedis
 from oncall_server.storage import migrate
 from oncall_server.storage.engine import create_engine
@@ -81,4 +83,18 @@ async def server(
     tmp_path: Path, database_url: str, redis_url: str, redis: Redis
 ) -> AsyncIterator[RunningServer]:
     async with running_server(test_settings(tmp_path, database_url, redis_url)) as running:
+        yield running
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(datetime(2026, 3, 1, 12, 0, tzinfo=UTC))
+
+
+@pytest.fixture
+async def clocked_server(
+    tmp_path: Path, database_url: str, redis_url: str, redis: Redis, clock: FakeClock
+) -> AsyncIterator[RunningServer]:
+    """A server whose time the test moves."""
+    async with running_server(test_settings(tmp_path, database_url, redis_url), clock=clock) as running:
         yield running

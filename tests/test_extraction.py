@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from oncall_server.extraction import extract, extract_dedup_key, extract_severity, extract_title
 from oncall_server.severity import Severity
 
-C, H, M, L, I = Severity.CRITICAL, Severity.HIGH, Severity.MEDIUM, Severity.LOW, Severity.INFO
+C, H, M, L, INF = Severity.CRITICAL, Severity.HIGH, Severity.MEDIUM, Severity.LOW, Severity.INFO
 
 
 @pytest.mark.parametrize(
@@ -20,13 +20,13 @@ C, H, M, L, I = Severity.CRITICAL, Severity.HIGH, Severity.MEDIUM, Severity.LOW,
         ({"severity": "high"}, H, "severity"),
         ({"severity": "medium"}, M, "severity"),
         ({"severity": "low"}, L, "severity"),
-        ({"severity": "info"}, I, "severity"),
+        ({"severity": "info"}, INF, "severity"),
         # priority field: 1→critical … 5→info
         ({"priority": 1}, C, "priority"),
         ({"priority": 2}, H, "priority"),
         ({"priority": 3}, M, "priority"),
         ({"priority": 4}, L, "priority"),
-        ({"priority": 5}, I, "priority"),
+        ({"priority": 5}, INF, "priority"),
         # level field: error/critical→high, warning→medium, info→low
         ({"level": "error"}, H, "level"),
         ({"level": "critical"}, H, "level"),
