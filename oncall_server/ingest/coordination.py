@@ -56,13 +56,15 @@ _REPAIR = (
     _LIB
     + """
 -- KEYS: dedup hash, group key
--- ARGV: dedup key ('' = none), incident Redis believes, incident SQL committed
+-- ARGV: dedup key ('' = none), incident Redis believes, incident SQL committed, '1' to fix the window too
 if ARGV[1] ~= '' then
   local current = redis.call('HGET', KEYS[1], ARGV[1])
   if (not current) or current == ARGV[2] then redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
 end
-local current, expires = window_of(redis.call('GET', KEYS[2]))
-if current == ARGV[2] then redis.call('SET', KEYS[2], ARGV[3] .. '|' .. expires, 'KEEPTTL') end
+if ARGV[4] == '1' then
+  local current, expires = window_of(redis.call('GET', KEYS[2]))
+  if current == ARGV[2] then redis.call('SET', KEYS[2], ARGV[3] .. '|' .. expires, 'KEEPTTL') end
+end
 return 1
 """
 )
@@ -131,11 +133,20 @@ class DecisionRequest:
 
 @dataclass(frozen=True, slots=True)
 class Repair:
+    """Where SQL committed another incident than Redis decided.
+
+    ``window`` says whether the grouping window should follow. It should when
+    the window named a resolved incident; it should not when a "new" alert
+    turned out to be a duplicate, since the window then names the incident
+    its group opened, not the older one the duplicate joined.
+    """
+
     service_id: str
     severity: int
     dedup_key: str | None
     believed_incident_id: str
     committed_incident_id: str
+    window: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +195,12 @@ class Coordinator:
             for fix in repairs:
                 await self._repair(
                     keys=[dedup_hash(fix.service_id), group_key(fix.service_id, fix.severity)],
-                    args=[fix.dedup_key or "", fix.believed_incident_id, fix.committed_incident_id],
+                    args=[
+                        fix.dedup_key or "",
+                        fix.believed_incident_id,
+                        fix.committed_incident_id,
+                        "1" if fix.window else "0",
+                    ],
                     client=pipe,
                 )
             await pipe.execute()

@@ -262,10 +262,7 @@ class GroupCommitWriter:
                 if severity in seen:
                     continue
                 seen.add(severity)
-                remaining = int(
-                    (last_alert_at + timedelta(milliseconds=window_ms) - now).total_seconds() * 1000
-                )
-                windows.append(GroupWindow(severity, incident_id, remaining))
+                windows.append(GroupWindow(severity, incident_id, to_millis(last_alert_at) + window_ms))
         log.warning(
             "Redis had no state for service %s; reloaded %d grouping windows from SQL",
             service_id,
@@ -625,7 +622,14 @@ class _Batch:
         for slot in members:
             a = slot.alert
             self.repairs.append(
-                Repair(a.service_id, int(a.event.severity), a.event.dedup_key, stale_incident_id, fresh_id)
+                Repair(
+                    a.service_id,
+                    int(a.event.severity),
+                    a.event.dedup_key,
+                    stale_incident_id,
+                    fresh_id,
+                    window=True,
+                )
             )
         self._account(fresh_id, members, created=True)
 
