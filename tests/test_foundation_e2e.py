@@ -323,3 +323,29 @@ def test_access_log_never_contains_keys() -> None:
     assert "SECRET123" not in line
     assert line == "/api/webhooks/ingest?key=[redacted]&x=1"
     assert json.dumps(scrub("/x?token=abc")) == '"/x?token=[redacted]"'
+
+
+async def test_health_reflection_and_unshipped_rpcs(server: RunningServer) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    async with grpc.aio.insecure_channel(server.grpc_target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for name in ("", "oncall.v1.IngestService", "oncall.v1.IncidentService"):
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=name))
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        responses = reflection.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
+        names = {s.name async for r in responses for s in r.list_services_response.service}
+        assert {
+            "oncall.v1.IngestService",
+            "oncall.v1.IncidentService",
+            "oncall.v1.IntegrationService",
+        } <= names
+        with pytest.raises(grpc.aio.AioRpcError) as unshipped:
+            await ingest_service_pb2_grpc.IngestServiceStub(channel).CreateEscalation(
+                ingest_service_pb2.CreateEscalationRequest()
+            )
+        assert unshipped.value.code() == grpc.StatusCode.UNIMPLEMENTED

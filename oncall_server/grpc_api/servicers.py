@@ -34,7 +34,7 @@ from oncall_server.api.v1 import (
     integration_service_pb2_grpc as int_grpc,
 )
 from oncall_server.app import App
-from oncall_server.errors import InvalidArgument, NotFound, Unavailable
+from oncall_server.errors import InvalidArgument, NotFound, Unimplemented
 from oncall_server.grpc_api import convert
 from oncall_server.incidents import IncidentFilter, clamp_page_size, decode_page_token, encode_page_token
 from oncall_server.ingest.model import IngestResult, NormalizedEvent
@@ -130,7 +130,7 @@ class IngestServicer(ing_grpc.IngestServiceServicer):
     async def CreateEscalation(
         self, request: ing_pb.CreateEscalationRequest, context: Context
     ) -> ing_pb.CreateEscalationResponse:
-        raise Unavailable("CreateEscalation arrives with the Defend integration")
+        raise Unimplemented("CreateEscalation arrives with the Defend integration")
 
 
 class IncidentServicer(inc_grpc.IncidentServiceServicer):
