@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ALL_ROLES = ("grpc", "gateway")
@@ -17,7 +17,7 @@ ALL_ROLES = ("grpc", "gateway")
 class Settings(BaseSettings):
     """Every knob an operator can turn. Documented in docs/configuration.md."""
 
-    model_config = SettingsConfigDict(env_prefix="ONCALL_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="ONCALL_", extra="ignore", populate_by_name=True)
 
     data_dir: Path = Field(
         default=Path("oncall-data"), description="SQLite file and embedded Redis live here."
@@ -33,6 +33,15 @@ class Settings(BaseSettings):
     drain_seconds: float = Field(default=10.0, description="Grace period for in-flight requests on SIGTERM.")
     log_level: str = Field(default="INFO")
     access_log: bool = Field(default=True, description="Log one line per HTTP request (keys scrubbed).")
+    defend_service_key: str = Field(
+        default="",
+        validation_alias=AliasChoices("DEFEND_SERVICE_KEY", "ONCALL_DEFEND_SERVICE_KEY"),
+        description="Shared secret Defend sends as X-Integration-Key; unset refuses every Defend call.",
+    )
+    defend_detection_url: str = Field(
+        default="https://defend.theoneoncall.app/detections/{source_ref}",
+        description="Link to a detection in the Defend console; {source_ref} is the Defend alert ID.",
+    )
     roles: tuple[str, ...] = Field(default=ALL_ROLES, description="Roles this process runs.")
 
     @field_validator("roles", mode="before")

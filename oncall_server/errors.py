@@ -100,13 +100,6 @@ class ResourceExhausted(OncallError):
         self.retry_after_seconds = retry_after_seconds
 
 
-class Unimplemented(OncallError):
-    """Part of the contract whose behaviour has not shipped yet."""
-
-    grpc_code = grpc.StatusCode.UNIMPLEMENTED
-    http_status = 501
-
-
 class Unavailable(OncallError):
     """A dependency (database, Redis) is down; safe to retry."""
 

@@ -11,9 +11,10 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from oncall_server import tenancy
+from oncall_server import escalations, tenancy
 from oncall_server.app import App
 from oncall_server.errors import InvalidArgument, OncallError, PayloadTooLarge, ResourceExhausted
+from oncall_server.grpc_api.convert import incident_url
 from oncall_server.ingest.model import IngestResult
 from oncall_server.routing_rules import rules_to_json
 from oncall_server.security import scrub
@@ -95,6 +96,21 @@ async def ingest_webhook(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "results": [_result(r) for r in results]}, status=202)
 
 
+async def create_escalation(request: web.Request) -> web.Response:
+    """``POST /api/internal/escalations/create``: Defend pages the on-call technician."""
+    app = request.app[APP_KEY]
+    escalations.check_service_key(app, request.headers.get("X-Integration-Key"))
+    try:
+        payload = json.loads(await request.read())
+    except ValueError as exc:
+        raise InvalidArgument.field("body", f"is not valid JSON: {exc}") from None
+    result = await escalations.create_escalation(app, request.headers.get("X-Integration-Key"), payload)
+    body = {"status": "ok", **_result(result)}
+    if result.incident_id:
+        body["incident_url"] = incident_url(app.settings.public_url, result.incident_id)
+    return web.json_response(body, status=202)
+
+
 async def update_integration(request: web.Request) -> web.Response:
     """``PUT /api/integrations/:id`` with any of name, service_id, routing_rules."""
     app = request.app[APP_KEY]
@@ -144,6 +160,7 @@ def build_gateway(app: App) -> web.Application:
     gateway = web.Application(client_max_size=app.settings.max_body_bytes, middlewares=[errors_middleware])
     gateway[APP_KEY] = app
     gateway.router.add_post("/api/webhooks/ingest", ingest_webhook)
+    gateway.router.add_post("/api/internal/escalations/create", create_escalation)
     gateway.router.add_put("/api/integrations/{integration_id}", update_integration)
     gateway.router.add_get("/healthz", healthz)
     gateway.router.add_get("/metrics", metrics)

@@ -38,6 +38,7 @@ class IntegrationContext:
     type: str
     routing_rules: tuple[RoutingRule, ...]
     grouping_window_ms: int
+    key_digest: str = ""
 
 
 class Integrations:
@@ -56,18 +57,34 @@ class Integrations:
         cached = self._cache.get(wanted)
         if cached and cached[0] > time.monotonic():
             return cached[1]
+        context = await self._load_context(Integration.key_digest == wanted)
+        if context is None or not security.matches(key, context.key_digest):
+            raise Unauthenticated("unknown integration key")
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[wanted] = (time.monotonic() + CACHE_SECONDS, context)
+        return context
+
+    async def context_of(self, integration_id: str) -> IntegrationContext:
+        """The context of an integration found by id (internal callers that route by tenant)."""
+        context = await self._load_context(Integration.id == integration_id)
+        if context is None:
+            raise NotFound(f"integration {integration_id!r} not found")
+        return context
+
+    async def _load_context(self, where: Any) -> IntegrationContext | None:
         async with self.sessions() as session:
             row = (
                 await session.execute(
                     select(Integration, Service)
                     .join(Service, Service.id == Integration.service_id)
-                    .where(Integration.key_digest == wanted, Integration.deleted_at.is_(None))
+                    .where(where, Integration.deleted_at.is_(None))
                 )
             ).first()
-        if row is None or not security.matches(key, row[0].key_digest or ""):
-            raise Unauthenticated("unknown integration key")
+        if row is None:
+            return None
         integration, service = row
-        context = IntegrationContext(
+        return IntegrationContext(
             integration.id,
             integration.tenant_id,
             integration.service_id,
@@ -75,11 +92,8 @@ class Integrations:
             integration.type,
             tuple(parse_rules(integration.routing_rules)),
             grouping_window_ms(service),
+            integration.key_digest or "",
         )
-        if len(self._cache) >= _CACHE_LIMIT:
-            self._cache.clear()
-        self._cache[wanted] = (time.monotonic() + CACHE_SECONDS, context)
-        return context
 
     def forget_cached(self) -> None:
         """Drop every cached key (after a change made through this process)."""

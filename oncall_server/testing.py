@@ -96,7 +96,7 @@ async def running_server(settings: Settings, *, clock: Clock | None = None) -> A
         await server.stop()
 
 
-def test_settings(data_dir: Path, database_url: str, redis_url: str, **overrides: Any) -> Settings:
+def server_settings(data_dir: Path, database_url: str, redis_url: str, **overrides: Any) -> Settings:
     """Settings for a server on free loopback ports."""
     return Settings(
         data_dir=data_dir,

@@ -27,7 +27,7 @@ from oncall_server.testing import (
     drop_scratch_postgres,
     empty_all_tables,
     running_server,
-    test_settings,
+    server_settings,
 )
 
 PG_ADMIN_URL = os.environ.get("ONCALL_TEST_DATABASE_URL", "")
@@ -82,7 +82,7 @@ async def database_url(request: pytest.FixtureRequest, backend_urls: dict[str, s
 async def server(
     tmp_path: Path, database_url: str, redis_url: str, redis: Redis
 ) -> AsyncIterator[RunningServer]:
-    async with running_server(test_settings(tmp_path, database_url, redis_url)) as running:
+    async with running_server(server_settings(tmp_path, database_url, redis_url)) as running:
         yield running
 
 
@@ -96,5 +96,5 @@ async def clocked_server(
     tmp_path: Path, database_url: str, redis_url: str, redis: Redis, clock: FakeClock
 ) -> AsyncIterator[RunningServer]:
     """A server whose time the test moves."""
-    async with running_server(test_settings(tmp_path, database_url, redis_url), clock=clock) as running:
+    async with running_server(server_settings(tmp_path, database_url, redis_url), clock=clock) as running:
         yield running

@@ -8,7 +8,7 @@ from typing import Any, TypeAlias
 
 import grpc
 
-from oncall_server import catalog, tenancy
+from oncall_server import catalog, escalations, tenancy
 from oncall_server.api.v1 import (
     catalog_service_pb2 as cat_pb,
 )
@@ -34,7 +34,7 @@ from oncall_server.api.v1 import (
     integration_service_pb2_grpc as int_grpc,
 )
 from oncall_server.app import App
-from oncall_server.errors import InvalidArgument, NotFound, Unimplemented
+from oncall_server.errors import InvalidArgument, NotFound
 from oncall_server.grpc_api import convert
 from oncall_server.incidents import IncidentFilter, clamp_page_size, decode_page_token, encode_page_token
 from oncall_server.ingest.model import IngestResult, NormalizedEvent
@@ -130,7 +130,13 @@ class IngestServicer(ing_grpc.IngestServiceServicer):
     async def CreateEscalation(
         self, request: ing_pb.CreateEscalationRequest, context: Context
     ) -> ing_pb.CreateEscalationResponse:
-        raise Unimplemented("CreateEscalation arrives with the Defend integration")
+        from google.protobuf import json_format
+
+        payload = json_format.MessageToDict(request, preserving_proto_field_name=True)
+        result = await escalations.create_escalation(
+            self.app, _metadata(context, "x-integration-key"), payload
+        )
+        return ing_pb.CreateEscalationResponse(result=convert.ingest_result(result))  # type: ignore[arg-type]
 
 
 class IncidentServicer(inc_grpc.IncidentServiceServicer):
