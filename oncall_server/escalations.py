@@ -10,21 +10,14 @@ open an incident; lower ones are recorded without an incident or page.
 from __future__ import annotations
 
 import hmac
-import logging
 from dataclasses import replace
-from typing import Any
-
-from sqlalchemy import select
 
 from oncall_server.app import App
-from oncall_server.errors import NotFound, Unauthenticated
+from oncall_server.errors import Unauthenticated
 from oncall_server.hookspecs import AdapterContext
-from oncall_server.ids import is_valid_id
 from oncall_server.ingest.model import IngestResult
 from oncall_server.severity import Severity
-from oncall_server.storage.models import Integration
 
-log = logging.getLogger(__name__)
 DEFEND_TYPE = "defend"
 DEFAULT_THRESHOLD = Severity.HIGH
 
@@ -35,36 +28,12 @@ def check_service_key(app: App, presented: str | None) -> None:
         raise Unauthenticated("a valid Defend service key is required (X-Integration-Key)")
 
 
-async def _defend_context(app: App, tenant_id: str) -> Any:
-    async with app.sessions() as session:
-        integration = (
-            (
-                await session.scalars(
-                    select(Integration)
-                    .where(
-                        Integration.tenant_id == tenant_id,
-                        Integration.type == DEFEND_TYPE,
-                        Integration.deleted_at.is_(None),
-                    )
-                    .order_by(Integration.id)
-                    .limit(1)
-                )
-            ).first()
-            if is_valid_id(tenant_id)
-            else None
-        )
-    if integration is None:
-        log.warning("Defend escalation for tenant %r refused: no Defend integration", tenant_id)
-        raise NotFound(f"tenant {tenant_id!r} has no Defend integration")
-    return await app.integrations.context_of(integration.id)
-
-
 async def create_escalation(app: App, presented_key: str | None, payload: object) -> IngestResult:
     check_service_key(app, presented_key)
     adapter = app.plugins.adapter(DEFEND_TYPE)
     events = adapter.parse(payload, AdapterContext("Defend", DEFEND_TYPE, {}))
     event = events[0]
-    context = await _defend_context(app, event.details.get("tenant_id", ""))
+    context = await app.integrations.for_tenant(event.details.get("tenant_id", ""), DEFEND_TYPE)
     threshold = next(
         (
             r.minimum_severity

@@ -7,6 +7,7 @@ its cache at once; other replicas see them within ``CACHE_SECONDS``.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ from oncall_server.ids import is_valid_id, uuid7
 from oncall_server.routing_rules import RoutingRule, parse_rules, rules_to_json
 from oncall_server.storage.models import Integration, Service
 
+log = logging.getLogger(__name__)
 KEY_PREFIX = "oci_"
 CACHE_SECONDS = 5.0
 _CACHE_LIMIT = 10_000
@@ -71,6 +73,25 @@ class Integrations:
         if context is None:
             raise NotFound(f"integration {integration_id!r} not found")
         return context
+
+    async def for_tenant(self, tenant_id: str, integration_type: str) -> IntegrationContext:
+        """The tenant's (oldest) integration of a type: how internal sources route by ``tenant_id``."""
+        if is_valid_id(tenant_id):
+            async with self.sessions() as session:
+                integration_id = await session.scalar(
+                    select(Integration.id)
+                    .where(
+                        Integration.tenant_id == tenant_id,
+                        Integration.type == integration_type,
+                        Integration.deleted_at.is_(None),
+                    )
+                    .order_by(Integration.id)
+                    .limit(1)
+                )
+            if integration_id is not None:
+                return await self.context_of(integration_id)
+        log.warning("no %s integration for tenant %r", integration_type, tenant_id)
+        raise NotFound(f"tenant {tenant_id!r} has no {integration_type} integration")
 
     async def _load_context(self, where: Any) -> IntegrationContext | None:
         async with self.sessions() as session:

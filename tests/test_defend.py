@@ -145,7 +145,7 @@ async def test_unknown_tenant_is_404_and_creates_nothing(defend_server: RunningS
     status, body = await escalate(
         defend_server, {**DETECTION, "tenant_id": "01a20000-0000-7000-8000-000000000000"}
     )
-    assert status == 404 and "no Defend integration" in body["message"]
+    assert status == 404 and "has no defend integration" in body["message"]
     status, _ = await escalate(defend_server, {**DETECTION, "tenant_id": "not-an-id"})
     assert status == 404
     assert await count_rows(defend_server.app) == (0, 0)

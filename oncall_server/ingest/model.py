@@ -52,6 +52,8 @@ class NormalizedEvent:
     raw_payload: str = ""
     # Stored without an incident or page (e.g. a Defend detection below the paging threshold).
     record_only: bool = False
+    # Set by an adapter whose source filters by design (Security drops below high): not stored, counted.
+    drop_reason: str | None = None
 
 
 @dataclass(slots=True)
