@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-ALL_ROLES = ("grpc", "gateway")
+ALL_ROLES = ("grpc", "gateway", "bus")
 
 
 class Settings(BaseSettings):
@@ -42,6 +42,13 @@ class Settings(BaseSettings):
         default="https://defend.theoneoncall.app/detections/{source_ref}",
         description="Link to a detection in the Defend console; {source_ref} is the Defend alert ID.",
     )
+    bus_group: str = Field(
+        default="oncall", description="Consumer group of this deployment on the bus streams."
+    )
+    bus_claim_idle_ms: int = Field(
+        default=60_000, description="Reclaim a message pending this long (longer than the longest handler)."
+    )
+    bus_max_deliveries: int = Field(default=5, description="Failures before a message is dead-lettered.")
     roles: tuple[str, ...] = Field(default=ALL_ROLES, description="Roles this process runs.")
 
     @field_validator("roles", mode="before")

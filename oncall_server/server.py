@@ -27,6 +27,7 @@ from oncall_server.api.v1 import (
     integration_service_pb2_grpc,
 )
 from oncall_server.app import App
+from oncall_server.bus import BusConsumer
 from oncall_server.clock import Clock
 from oncall_server.config import Settings, split_host_port
 from oncall_server.gateway import ScrubbingAccessLogger, build_gateway
@@ -137,6 +138,8 @@ class Server:
                 roles.append(GrpcRole(app))
             if "gateway" in settings.roles:
                 roles.append(GatewayRole(app))
+            if "bus" in settings.roles:
+                roles.append(BusConsumer(app))
         except BaseException:
             await app.close()
             raise

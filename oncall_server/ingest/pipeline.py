@@ -21,7 +21,7 @@ from oncall_server.ingest.model import IngestResult, NormalizedEvent, Outcome, P
 from oncall_server.ingest.writer import GroupCommitWriter
 from oncall_server.integrations import IntegrationContext, Integrations
 from oncall_server.plugins import Plugins
-from oncall_server.routing_rules import evaluate
+from oncall_server.routing_rules import Drop, evaluate
 from oncall_server.severity import DEFAULT_SEVERITY
 
 log = logging.getLogger(__name__)
@@ -99,8 +99,15 @@ class IngestPipeline:
         results: list[IngestResult | None] = []
         accepted: list[PreparedAlert] = []
         for index, event in enumerate(events):
-            drop = evaluate(
-                context.routing_rules, severity=event.severity, title=event.title, payload=_payload_of(event)
+            drop = (
+                Drop(-1, f"{context.type} adapter", event.drop_reason)
+                if event.drop_reason
+                else evaluate(
+                    context.routing_rules,
+                    severity=event.severity,
+                    title=event.title,
+                    payload=_payload_of(event),
+                )
             )
             if drop is not None:
                 await self.drops.record(context, event, drop, now)
