@@ -157,3 +157,58 @@ async def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.02)
         if asyncio.get_running_loop().time() > deadline:
             raise TimeoutError("condition not met in time")
         await asyncio.sleep(interval)
+
+
+def adapter_samples(samples_dir: Path) -> list[Any]:
+    """``pytest.param``s for every ``<adapter>/<case>.json`` under ``samples_dir``.
+
+    Each file holds ``{"payload": <raw JSON>, "expected": [<normalized event>, ...]}``;
+    feed the params to :func:`assert_adapter_contract` in a parametrized test.
+    """
+    import pytest
+
+    params = []
+    for path in sorted(Path(samples_dir).glob("*/*.json")):
+        params.append(pytest.param(path.parent.name, path, id=f"{path.parent.name}/{path.stem}"))
+    return params
+
+
+def normalized(event: Any) -> dict[str, Any]:
+    """A normalized event as the JSON the samples hold."""
+    out: dict[str, Any] = {
+        "title": event.title,
+        "severity": event.severity.label,
+        "dedup_key": event.dedup_key,
+        "source": event.source,
+        "source_ref": event.source_ref,
+        "description": event.description,
+        "details": event.details,
+    }
+    if event.record_only:
+        out["record_only"] = True
+    if event.drop_reason:
+        out["drop_reason"] = event.drop_reason
+    return out
+
+
+def assert_adapter_contract(adapter: Any, sample: Path, integration_name: str = "Sample") -> None:
+    """The adapter turns the sample's payload into exactly the expected events, purely.
+
+    Parsing twice must give the same answer (adapters keep no state), and the
+    payload must be left as it was (adapters do not mutate their input).
+    """
+    import copy
+    import json
+
+    from oncall_server.hookspecs import AdapterContext
+
+    data = json.loads(Path(sample).read_text())
+    payload = data["payload"]
+    before = copy.deepcopy(payload)
+    context = AdapterContext(integration_name, adapter.name, {})
+    first = [normalized(e) for e in adapter.parse(payload, context)]
+    assert first == data["expected"], f"{sample}: got {json.dumps(first, indent=2)}"
+    assert [normalized(e) for e in adapter.parse(payload, context)] == first, (
+        f"{sample}: parse is not repeatable"
+    )
+    assert payload == before, f"{sample}: the adapter changed its input"
