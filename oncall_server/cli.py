@@ -182,6 +182,64 @@ async def _cmd_incidents_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bus_redis(args: argparse.Namespace) -> Any:
+    """The external Redis, or the embedded one's socket when a local server runs on this data dir."""
+    from redis.asyncio import Redis
+
+    settings = _settings(args)
+    if settings.redis_url:
+        return Redis.from_url(settings.redis_url)
+    socket_path = (settings.data_dir / "redis" / "redis.sock").resolve()
+    if not socket_path.exists():
+        raise OncallError(f"no Redis: set --redis-url, or start the server on {settings.data_dir} first")
+    return Redis(unix_socket_path=str(socket_path))
+
+
+async def _cmd_bus_publish(args: argparse.Namespace) -> int:
+    from oncall_server import bus
+
+    try:
+        payload = json.loads(args.payload)
+    except ValueError as exc:
+        raise OncallError(f"payload is not valid JSON: {exc}") from None
+    redis = _bus_redis(args)
+    try:
+        message_id = await bus.publish(redis, args.source, payload)
+    finally:
+        await redis.aclose()
+    _emit(args, {"stream": bus.stream_of(args.source), "message_id": message_id})
+    return 0
+
+
+async def _cmd_bus_dead_letters(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from oncall_server import bus
+
+    redis = _bus_redis(args)
+    try:
+        letters = await bus.dead_letters(redis, args.limit)
+    finally:
+        await redis.aclose()
+    if args.json:
+        print(json.dumps([asdict(letter) for letter in letters], indent=2))
+    for letter in [] if args.json else letters:
+        print(f"{letter.id}  {letter.stream}  {letter.failed_at}  {letter.error}")
+    return 0
+
+
+async def _cmd_bus_replay(args: argparse.Namespace) -> int:
+    from oncall_server import bus
+
+    redis = _bus_redis(args)
+    try:
+        message_id = await bus.replay(redis, args.id)
+    finally:
+        await redis.aclose()
+    _emit(args, {"replayed": args.id, "message_id": message_id})
+    return 0
+
+
 async def _cmd_plugins(args: argparse.Namespace) -> int:
     from oncall_server.plugins import Plugins
 
@@ -265,6 +323,20 @@ def build_parser() -> argparse.ArgumentParser:
     incidents_list.set_defaults(handler=_cmd_incidents_list)
 
     sub.add_parser("plugins", help="list loaded plugins").set_defaults(handler=_cmd_plugins)
+
+    bus_common = argparse.ArgumentParser(add_help=False, parents=[common])
+    bus_common.add_argument("--redis-url", help="Redis URL (default: the embedded Redis of --data-dir)")
+    bus_cmd = sub.add_parser("bus", help="the event bus").add_subparsers(dest="action", required=True)
+    publish = bus_cmd.add_parser("publish", parents=[bus_common], help="publish one event")
+    publish.add_argument("source", help="rmm, security, backups or psa")
+    publish.add_argument("payload", help="the event as JSON")
+    publish.set_defaults(handler=_cmd_bus_publish)
+    dead = bus_cmd.add_parser("dead-letters", parents=[bus_common], help="list dead-lettered messages")
+    dead.add_argument("--limit", type=int, default=100)
+    dead.set_defaults(handler=_cmd_bus_dead_letters)
+    replay = bus_cmd.add_parser("replay", parents=[bus_common], help="put a dead letter back on its stream")
+    replay.add_argument("id", help="dead letter id (from dead-letters)")
+    replay.set_defaults(handler=_cmd_bus_replay)
     return parser
 
 

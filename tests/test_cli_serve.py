@@ -102,6 +102,30 @@ async def test_serve_on_embedded_defaults_then_sigterm_exits_cleanly() -> None:
         assert [i["id"] for i in incidents] == [body["incident_id"]]
         assert incidents[0]["title"] == "CPU usage critical on client-server-01"
 
+        # An RMM event published on the bus (through the embedded Redis) becomes an incident too.
+        await _run("integration", "create", "RMM", "--type", "rmm", "--tenant", creds["tenant_id"],
+                   "--service", creds["service_id"], data_dir=data_dir)  # fmt: skip
+        event = {
+            "title": "Disk failing",
+            "severity": "high",
+            "alert_id": "r-1",
+            "tenant_id": creds["tenant_id"],
+        }
+        published = await _run("bus", "publish", "rmm", json.dumps(event), data_dir=data_dir)
+        assert published["stream"] == "oncall:bus:rmm"
+        for _ in range(100):
+            target = f"127.0.0.1:{grpc_port}"
+            lister = await asyncio.create_subprocess_exec(
+                *CLI, "incidents", "list", "--token", creds["api_token"], "--target", target, "--json",
+                stdout=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            out, _ = await lister.communicate()
+            titles = [i["title"] for i in json.loads(out)["incidents"]]
+            if "Disk failing" in titles:
+                break
+            await asyncio.sleep(0.1)
+        assert "Disk failing" in titles
+
         server.send_signal(signal.SIGTERM)
         rest = await asyncio.wait_for(server.stderr.read(), 30)
         assert await asyncio.wait_for(server.wait(), 30) == 0
