@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from oncall_server import __version__, catalog, tenancy
@@ -182,17 +183,23 @@ async def _cmd_incidents_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bus_redis(args: argparse.Namespace) -> Any:
+@contextlib.asynccontextmanager
+async def _bus_redis(args: argparse.Namespace) -> AsyncIterator[Any]:
     """The external Redis, or the embedded one's socket when a local server runs on this data dir."""
     from redis.asyncio import Redis
 
     settings = _settings(args)
     if settings.redis_url:
-        return Redis.from_url(settings.redis_url)
-    socket_path = (settings.data_dir / "redis" / "redis.sock").resolve()
-    if not socket_path.exists():
-        raise OncallError(f"no Redis: set --redis-url, or start the server on {settings.data_dir} first")
-    return Redis(unix_socket_path=str(socket_path))
+        redis = Redis.from_url(settings.redis_url)
+    else:
+        socket_path = (settings.data_dir / "redis" / "redis.sock").resolve()
+        if not socket_path.exists():
+            raise OncallError(f"no Redis: set --redis-url, or start the server on {settings.data_dir} first")
+        redis = Redis(unix_socket_path=str(socket_path))
+    try:
+        yield redis
+    finally:
+        await redis.aclose()
 
 
 async def _cmd_bus_publish(args: argparse.Namespace) -> int:
@@ -202,11 +209,8 @@ async def _cmd_bus_publish(args: argparse.Namespace) -> int:
         payload = json.loads(args.payload)
     except ValueError as exc:
         raise OncallError(f"payload is not valid JSON: {exc}") from None
-    redis = _bus_redis(args)
-    try:
+    async with _bus_redis(args) as redis:
         message_id = await bus.publish(redis, args.source, payload)
-    finally:
-        await redis.aclose()
     _emit(args, {"stream": bus.stream_of(args.source), "message_id": message_id})
     return 0
 
@@ -216,11 +220,8 @@ async def _cmd_bus_dead_letters(args: argparse.Namespace) -> int:
 
     from oncall_server import bus
 
-    redis = _bus_redis(args)
-    try:
+    async with _bus_redis(args) as redis:
         letters = await bus.dead_letters(redis, args.limit)
-    finally:
-        await redis.aclose()
     if args.json:
         print(json.dumps([asdict(letter) for letter in letters], indent=2))
     for letter in [] if args.json else letters:
@@ -231,11 +232,8 @@ async def _cmd_bus_dead_letters(args: argparse.Namespace) -> int:
 async def _cmd_bus_replay(args: argparse.Namespace) -> int:
     from oncall_server import bus
 
-    redis = _bus_redis(args)
-    try:
+    async with _bus_redis(args) as redis:
         message_id = await bus.replay(redis, args.id)
-    finally:
-        await redis.aclose()
     _emit(args, {"replayed": args.id, "message_id": message_id})
     return 0
 

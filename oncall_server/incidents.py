@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -23,6 +23,13 @@ from oncall_server.ingest.model import AlertState, IncidentStatus
 from oncall_server.storage.models import Alert, AlertDelivery, Incident, TimelineEntry
 
 MAX_NOTE = 64 * 1024
+
+
+class _HasId(Protocol):
+    id: Any
+
+
+T = TypeVar("T", bound=_HasId)
 OPEN_ALERT_STATES = (AlertState.TRIGGERED.value, AlertState.GROUPED.value, AlertState.ACKNOWLEDGED.value)
 
 
@@ -49,6 +56,13 @@ def decode_page_token(token: str) -> str | None:
     if not is_valid_id(value):
         raise InvalidArgument.field("page_token", "is not a token from a previous response")
     return value
+
+
+def page_of(rows: list[T], page_size: int) -> tuple[list[T], str]:
+    """Split ``page_size + 1`` fetched rows into the page and the token for the next one ("" at the end)."""
+    if len(rows) <= page_size:
+        return rows, ""
+    return rows[:page_size], encode_page_token(rows[page_size - 1].id)
 
 
 def clamp_page_size(requested: int, default: int, maximum: int) -> int:
@@ -106,9 +120,7 @@ class Incidents:
         query = query.order_by(Incident.id.desc()).limit(page_size + 1)
         async with self.sessions() as session:
             rows = list((await session.scalars(query)).all())
-        more = len(rows) > page_size
-        rows = rows[:page_size]
-        return rows, encode_page_token(rows[-1].id) if more else ""
+        return page_of(rows, page_size)
 
     async def acknowledge(self, tenant_id: str, incident_id: str, actor: str) -> Incident:
         """Stops escalation. Acknowledging twice is harmless; a resolved incident can't be."""
@@ -233,9 +245,7 @@ class Incidents:
             if after:
                 query = query.where(Alert.id > after)
             rows = list((await session.scalars(query)).all())
-        more = len(rows) > page_size
-        rows = rows[:page_size]
-        return rows, encode_page_token(rows[-1].id) if more else ""
+        return page_of(rows, page_size)
 
     async def timeline(
         self, tenant_id: str, incident_id: str, page_size: int, page_token: str
@@ -252,9 +262,7 @@ class Incidents:
             if after:
                 query = query.where(TimelineEntry.id > after)
             rows = list((await session.scalars(query)).all())
-        more = len(rows) > page_size
-        rows = rows[:page_size]
-        return rows, encode_page_token(rows[-1].id) if more else ""
+        return page_of(rows, page_size)
 
     async def get_alert(self, tenant_id: str, alert_id: str) -> Alert:
         async with self.sessions() as session:

@@ -175,15 +175,7 @@ def adapter_samples(samples_dir: Path) -> list[Any]:
 
 def normalized(event: Any) -> dict[str, Any]:
     """A normalized event as the JSON the samples hold."""
-    out: dict[str, Any] = {
-        "title": event.title,
-        "severity": event.severity.label,
-        "dedup_key": event.dedup_key,
-        "source": event.source,
-        "source_ref": event.source_ref,
-        "description": event.description,
-        "details": event.details,
-    }
+    out: dict[str, Any] = event.fields()
     if event.record_only:
         out["record_only"] = True
     if event.drop_reason:

@@ -36,7 +36,7 @@ from oncall_server.api.v1 import (
 from oncall_server.app import App
 from oncall_server.errors import InvalidArgument, NotFound
 from oncall_server.grpc_api import convert
-from oncall_server.incidents import IncidentFilter, clamp_page_size, decode_page_token, encode_page_token
+from oncall_server.incidents import IncidentFilter, clamp_page_size, decode_page_token, page_of
 from oncall_server.ingest.model import IngestResult, NormalizedEvent
 from oncall_server.ingest.pipeline import fill_defaults
 from oncall_server.integrations import IntegrationContext
@@ -300,9 +300,9 @@ class IntegrationServicer(int_grpc.IntegrationServiceServicer):
         rows = await self.app.integrations.list_integrations(
             who.tenant_id, request.service_id or None, size + 1, decode_page_token(request.page_token)
         )
-        token = encode_page_token(rows[size - 1].id) if len(rows) > size else ""
+        page, token = page_of(rows, size)
         return int_pb.ListIntegrationsResponse(
-            integrations=[convert.integration(r) for r in rows[:size]], next_page_token=token
+            integrations=[convert.integration(r) for r in page], next_page_token=token
         )
 
     async def UpdateIntegration(
@@ -378,10 +378,8 @@ class CatalogServicer(cat_grpc.CatalogServiceServicer):
         rows = await catalog.list_services(
             self.app.sessions, who.tenant_id, size + 1, decode_page_token(request.page_token)
         )
-        token = encode_page_token(rows[size - 1].id) if len(rows) > size else ""
-        return cat_pb.ListServicesResponse(
-            services=[convert.service(r) for r in rows[:size]], next_page_token=token
-        )
+        page, token = page_of(rows, size)
+        return cat_pb.ListServicesResponse(services=[convert.service(r) for r in page], next_page_token=token)
 
     async def UpdateService(
         self, request: cat_pb.UpdateServiceRequest, context: Context

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from oncall_server.severity import Severity
 
@@ -54,6 +55,18 @@ class NormalizedEvent:
     record_only: bool = False
     # Set by an adapter whose source filters by design (Security drops below high): not stored, counted.
     drop_reason: str | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """The event as plain JSON-able fields (what field-match rules and contract samples see)."""
+        return {
+            "title": self.title,
+            "severity": self.severity.label,
+            "dedup_key": self.dedup_key,
+            "source": self.source,
+            "source_ref": self.source_ref,
+            "description": self.description,
+            "details": self.details,
+        }
 
 
 @dataclass(slots=True)

@@ -152,12 +152,5 @@ def _payload_of(event: NormalizedEvent) -> object:
             return json.loads(event.raw_payload)
         except ValueError:
             pass
-    return {
-        "title": event.title,
-        "severity": event.severity.label,
-        "dedup_key": event.dedup_key,
-        "source": event.source,
-        "source_ref": event.source_ref,
-        "description": event.description,
-        **event.details,
-    }
+    fields = event.fields()
+    return {**fields.pop("details"), **fields}
