@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -41,8 +40,3 @@ class FakeClock:
 def to_millis(when: datetime) -> int:
     """Milliseconds since the epoch: the score unit of Redis sorted sets."""
     return int(when.timestamp() * 1000)
-
-
-def monotonic() -> float:
-    """Monotonic seconds, for measuring durations only."""
-    return time.monotonic()

@@ -16,7 +16,7 @@ from oncall_server.app import App
 from oncall_server.errors import InvalidArgument, OncallError, PayloadTooLarge, ResourceExhausted
 from oncall_server.grpc_api.convert import incident_url
 from oncall_server.ingest.model import IngestResult
-from oncall_server.routing_rules import rules_to_json
+from oncall_server.routing_rules import parse_rules, rules_to_json
 from oncall_server.security import scrub
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def _result(result: IngestResult) -> dict[str, str]:
 async def ingest_webhook(request: web.Request) -> web.Response:
     app = request.app[APP_KEY]
     key = request.query.get("key") or request.headers.get("X-Integration-Key")
-    context = await app.integrations.resolve_key(key)  # 401 before reading a body we would discard
+    await app.integrations.resolve_key(key)  # 401 before reading a body we would discard (cached after)
     body = await request.read()
     results = await app.pipeline.ingest_body(
         key,
@@ -90,7 +90,6 @@ async def ingest_webhook(request: web.Request) -> web.Response:
         headers=dict(request.headers),
         idempotency_key=request.headers.get("Idempotency-Key"),
     )
-    del context
     if len(results) == 1:
         return web.json_response({"status": "ok", **_result(results[0])}, status=202)
     return web.json_response({"status": "ok", "results": [_result(r) for r in results]}, status=202)
@@ -132,16 +131,10 @@ async def update_integration(request: web.Request) -> web.Response:
             "service_id": row.service_id,
             "name": row.name,
             "type": row.type,
-            "routing_rules": rules_to_json(_parsed(row.routing_rules)),
+            "routing_rules": rules_to_json(parse_rules(row.routing_rules)),
             "key_prefix": row.key_prefix,
         }
     )
-
-
-def _parsed(rules: Any) -> Any:
-    from oncall_server.routing_rules import parse_rules
-
-    return parse_rules(rules)
 
 
 async def healthz(request: web.Request) -> web.Response:

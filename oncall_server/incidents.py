@@ -20,7 +20,7 @@ from oncall_server.errors import FailedPrecondition, InvalidArgument, NotFound
 from oncall_server.ids import is_valid_id, uuid7
 from oncall_server.ingest.coordination import Coordinator
 from oncall_server.ingest.model import AlertState, IncidentStatus
-from oncall_server.storage.models import Alert, AlertDelivery, Incident, TimelineEntry
+from oncall_server.storage.models import Alert, Incident, TimelineEntry
 
 MAX_NOTE = 64 * 1024
 
@@ -270,13 +270,6 @@ class Incidents:
         if alert is None or alert.tenant_id != tenant_id:
             raise NotFound(f"alert {alert_id!r} not found")
         return alert
-
-    async def deliveries(self, tenant_id: str, alert_id: str) -> list[AlertDelivery]:
-        """The retained raw deliveries merged into an alert, oldest first."""
-        await self.get_alert(tenant_id, alert_id)
-        async with self.sessions() as session:
-            query = select(AlertDelivery).where(AlertDelivery.alert_id == alert_id).order_by(AlertDelivery.id)
-            return list((await session.scalars(query)).all())
 
     async def entry(self, tenant_id: str, entry_id: str) -> TimelineEntry | None:
         async with self.sessions() as session:
