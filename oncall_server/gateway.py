@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
 
 from oncall_server import escalations, tenancy
 from oncall_server.app import App
@@ -138,8 +139,15 @@ async def update_integration(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """200 only when both the database and Redis answer: what a load balancer should route on."""
     app = request.app[APP_KEY]
-    await app.redis.ping()
+    try:
+        async with app.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        await app.redis.ping()
+    except Exception as exc:
+        log.warning("health check failed: %s", exc)
+        return web.json_response({"status": "unavailable"}, status=503)
     return web.json_response({"status": "ok"})
 
 

@@ -316,6 +316,26 @@ async def test_watch_incidents_streams_changes(server: RunningServer) -> None:
     assert received[1].incident.status == incident_pb2.INCIDENT_STATUS_ACKNOWLEDGED
 
 
+async def test_healthz_answers_503_when_a_dependency_is_unreachable(server: RunningServer) -> None:
+    import aiohttp
+    from redis.asyncio import Redis
+
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{server.http_url}/healthz") as ok:
+            assert ok.status == 200
+        real = server.app.redis
+        server.app.redis = Redis(
+            host="127.0.0.1", port=1, socket_connect_timeout=0.2
+        )  # nothing listens there
+        try:
+            async with http.get(f"{server.http_url}/healthz") as down:
+                assert down.status == 503
+                assert (await down.json())["status"] == "unavailable"
+        finally:
+            await server.app.redis.aclose()
+            server.app.redis = real
+
+
 def test_access_log_never_contains_keys() -> None:
     from oncall_server.security import scrub
 
