@@ -140,6 +140,12 @@ class BusConsumer:
                     await self.reclaim_once()
                     next_claim = loop.time() + max(self.claim_idle_ms / 2000, 0.05)
                 await self.poll_once(block_ms=200)
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                # Redis lost the streams or the group (a FLUSHALL, a restart without persistence).
+                log.warning("bus consumer group missing; recreating it")
+                await self.ensure_groups()
             except Exception:
                 log.exception("bus consumer iteration failed; retrying")
                 await asyncio.sleep(0.5)

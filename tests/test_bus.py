@@ -142,3 +142,22 @@ async def test_bad_messages_are_dead_lettered_after_n_failures_and_can_be_replay
         letter.id for letter in await bus.dead_letters(app.redis)
     }
     assert await consumer.poll_once() == 0  # still bad: it fails again, counting from zero
+
+
+async def test_the_consumer_recreates_its_group_after_redis_loses_it(app: App) -> None:
+    from oncall_server.testing import wait_for
+
+    tenant = await bootstrap(app, integration_type="rmm")
+    consumer = bus.BusConsumer(app, "c1")
+    await consumer.start()
+    try:
+        await app.redis.flushall()  # streams and consumer group gone
+        await asyncio.sleep(0.3)  # the consumer polls into NOGROUP and recreates the group
+        await bus.publish(app.redis, "rmm", {**RMM, "tenant_id": tenant.tenant_id})
+
+        async def stored() -> bool:
+            return await counts(app, tenant) == (1, 1)
+
+        await wait_for(stored, timeout=5)
+    finally:
+        await consumer.stop()

@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 MAX_DELIVERIES_PER_ALERT = 20
 _MAX_ATTEMPTS = 4
+# Redis losing its state again while we reload it, this many times in a row, fails the batch (503: retry).
+_MAX_RELOADS = 5
 
 
 @dataclass(slots=True)
@@ -209,7 +211,7 @@ class GroupCommitWriter:
 
     async def _decide(self, slots: list[_Slot]) -> None:
         pending = [s for s in slots if not s.suppressed and not s.alert.event.record_only]
-        for _ in range(3):
+        for _ in range(_MAX_RELOADS):
             if not pending:
                 return
             decisions = await self.coordinator.decide(
