@@ -161,7 +161,7 @@ async def _cmd_incidents_list(args: argparse.Namespace) -> int:
     """Lists incidents through the generated gRPC stub, as any client would."""
     import grpc
 
-    from oncall_server.api.v1 import incident_pb2, incident_service_pb2, incident_service_pb2_grpc
+    from oncall_server.api.v1 import alert_pb2, incident_pb2, incident_service_pb2, incident_service_pb2_grpc
 
     async with grpc.aio.insecure_channel(args.target) as channel:
         stub = incident_service_pb2_grpc.IncidentServiceStub(channel)
@@ -177,7 +177,7 @@ async def _cmd_incidents_list(args: argparse.Namespace) -> int:
         return 0
     print(f"{'ID':36}  {'STATUS':12}  {'SEVERITY':8}  {'ALERTS':>6}  TITLE")
     for inc in response.incidents:
-        severity = incident_pb2.Severity.Name(inc.severity).removeprefix("SEVERITY_").lower()  # type: ignore[attr-defined]
+        severity = alert_pb2.Severity.Name(inc.severity).removeprefix("SEVERITY_").lower()
         state = incident_pb2.IncidentStatus.Name(inc.status).removeprefix("INCIDENT_STATUS_").lower()
         print(f"{inc.id:36}  {state:12}  {severity:8}  {inc.alert_count:>6}  {inc.title}")
     return 0

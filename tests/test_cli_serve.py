@@ -101,6 +101,14 @@ async def test_serve_on_embedded_defaults_then_sigterm_exits_cleanly() -> None:
         incidents = json.loads(out)["incidents"]
         assert [i["id"] for i in incidents] == [body["incident_id"]]
         assert incidents[0]["title"] == "CPU usage critical on client-server-01"
+        table = await asyncio.create_subprocess_exec(
+            *CLI, "incidents", "list", "--token", creds["api_token"], "--target", f"127.0.0.1:{grpc_port}",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        printed, errors = await table.communicate()
+        assert table.returncode == 0, errors.decode()
+        row = printed.decode().splitlines()[1].split()
+        assert row[:4] == [body["incident_id"], "triggered", "critical", "1"]
 
         # An RMM event published on the bus (through the embedded Redis) becomes an incident too.
         await _run("integration", "create", "RMM", "--type", "rmm", "--tenant", creds["tenant_id"],
