@@ -43,7 +43,16 @@ async def _cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    await serve(settings)
+    try:
+        await serve(settings)
+    except (RuntimeError, OSError) as exc:  # a port in use, a data directory in use, no Redis binary
+        message = str(exc).split(";")[0]
+        print(f"error: cannot start: {message}", file=sys.stderr)
+        if "bind" in message.lower() or "address" in message.lower():
+            print(
+                "hint: another server may be running; choose --grpc-listen / --http-listen", file=sys.stderr
+            )
+        return 1
     return 0
 
 

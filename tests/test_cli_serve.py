@@ -146,3 +146,22 @@ async def test_serve_on_embedded_defaults_then_sigterm_exits_cleanly() -> None:
         if server.returncode is None:
             server.kill()
             await server.wait()
+
+
+async def test_a_port_in_use_is_a_clear_error_and_leaves_no_redis_behind() -> None:
+    import socket
+
+    data_dir = Path(tempfile.mkdtemp(prefix="oncall-port-", dir="/tmp"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = await asyncio.create_subprocess_exec(
+            *CLI, "serve", "--data-dir", str(data_dir), "--grpc-listen", f"127.0.0.1:{port}",
+            "--http-listen", "127.0.0.1:0", stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 1
+    assert f"error: cannot start: Failed to bind to address 127.0.0.1:{port}" in err.decode()
+    assert "Traceback" not in err.decode()
+    assert not (data_dir / "redis" / "redis.pid").exists()  # the embedded Redis was stopped
