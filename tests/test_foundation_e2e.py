@@ -15,7 +15,7 @@ from oncall_server.api.v1 import (
     ingest_service_pb2,
     ingest_service_pb2_grpc,
 )
-from oncall_server.testing import RunningServer, bootstrap
+from oncall_server.testing import RunningServer, bootstrap, wait_for
 from tests.helpers import count_rows, post_json
 
 SPEC_EXAMPLE = (
@@ -299,7 +299,12 @@ async def test_watch_incidents_streams_changes(server: RunningServer) -> None:
                     return
 
         reader = asyncio.create_task(read())
-        await asyncio.sleep(0.2)  # let the subscription start before the changes happen
+
+        async def subscribed() -> bool:  # the watch is live once its Redis subscription exists
+            counts = await server.app.redis.pubsub_numsub(f"oncall:changes:{tenant.tenant_id}")
+            return bool(counts and counts[0][1])
+
+        await wait_for(subscribed)
         _, created = await post_json(
             f"{server.http_url}/api/webhooks/ingest?key={tenant.integration_key}", {"title": "watch me"}
         )
