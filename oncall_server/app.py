@@ -73,7 +73,7 @@ class App:
                 await embedded.stop()
             raise
         sessions = session_factory(engine)
-        plugins = plugins or Plugins().load()
+        plugins = plugins or Plugins(settings=settings).load()
         coordinator = Coordinator(redis)
         changes = ChangeFeed(redis)
 

@@ -10,12 +10,16 @@ docs/plugins.md (a test checks it).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
 
 from oncall_server.ingest.model import NormalizedEvent
+
+if TYPE_CHECKING:
+    from oncall_server.config import Settings
 
 hookspec = pluggy.HookspecMarker("oncall")
 hookimpl = pluggy.HookimplMarker("oncall")
@@ -48,4 +52,93 @@ def oncall_register_adapters(register: Callable[[Adapter], None]) -> None:
     Called once when the plugin manager loads. Call ``register(adapter)`` for
     each adapter the plugin provides; registering a second adapter under a
     name already taken is an error that names both plugins.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """What a notification says: the spec's "What the On-Call Technician Sees".
+
+    The Defend fields are empty for incidents from other sources.
+    ``notification_id`` is stable across retries of one notification, so a
+    receiver can drop a repeat delivery.
+    """
+
+    notification_id: str
+    kind: str  # "page" (escalation tier), "assigned" (reassignment) or "test"
+    tenant_id: str
+    incident_id: str
+    incident_url: str
+    title: str
+    severity: str  # "critical", "high", "medium", "low", "info"
+    status: str  # the incident's status when the page was decided
+    service_id: str
+    service_name: str
+    description: str
+    source: str
+    source_ref: str
+    device_name: str
+    detection_type: str
+    mitre_technique: str
+    recommended_action: str
+    defend_url: str
+    tier: int  # 1-based escalation tier; 0 when not an escalation page
+    loop: int  # 0 on the first pass through the policy
+    user_id: str
+    user_name: str
+    user_email: str
+    created_at: datetime
+
+    def as_json(self) -> dict[str, Any]:
+        """The JSON form webhook receivers get (times as RFC 3339)."""
+        body = asdict(self)
+        body["created_at"] = self.created_at.isoformat()
+        return body
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """One contact method of the user being paged."""
+
+    contact_method_id: str
+    type: str
+    address: str
+    secret: str  # per-endpoint signing secret (webhooks); "" when the channel has none
+
+
+class DeliveryError(Exception):
+    """A send failed. ``retryable=False`` stops retries (a 4xx, a refused address)."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class Channel(Protocol):
+    """Sends pages through one kind of contact method (``ContactMethod.type``)."""
+
+    #: The contact method type it serves, e.g. ``"email"``.
+    name: str
+
+    def validate_address(self, address: str) -> str:
+        """The address in canonical form; raise ``ValueError`` saying what is wrong with it."""
+        ...
+
+    async def send(self, page: Page, destination: Destination) -> None:
+        """Deliver once (the dispatcher retries); raise :class:`DeliveryError` on failure."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; called once at shutdown."""
+        ...
+
+
+@hookspec
+def oncall_register_channels(register: Callable[[Channel], None], settings: Settings) -> None:
+    """Register notification channels.
+
+    Called once when the plugin manager loads, with the server's settings (a
+    channel reads its own options from them, e.g. the SMTP host). Call
+    ``register(channel)`` for each channel; a second channel under a name
+    already taken is an error.
     """

@@ -11,7 +11,8 @@ import pluggy
 
 from oncall_server import hookspecs
 from oncall_server.errors import InvalidArgument
-from oncall_server.hookspecs import Adapter
+from oncall_server.config import Settings
+from oncall_server.hookspecs import Adapter, Channel
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +31,15 @@ class PluginInfo:
 class Plugins:
     """The plugin manager and the registries filled through its hooks."""
 
-    def __init__(self, blocked: set[str] | None = None) -> None:
+    def __init__(self, blocked: set[str] | None = None, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
         self.manager = pluggy.PluginManager(ENTRY_POINT_GROUP)
         self.manager.add_hookspecs(hookspecs)
         if blocked is None:
             blocked = {name.strip() for name in os.environ.get(BLOCK_ENV, "").split(",") if name.strip()}
         self.blocked = blocked
         self.adapters: dict[str, Adapter] = {}
+        self.channels: dict[str, Channel] = {}
         self.loaded: list[PluginInfo] = []
 
     def load(self) -> Plugins:
@@ -73,6 +76,16 @@ class Plugins:
 
         self.manager.hook.oncall_register_adapters(register=register)
 
+        channels: dict[str, Channel] = {}
+
+        def register_channel(channel: Channel) -> None:
+            if channel.name in channels and channels[channel.name] is not channel:
+                raise RuntimeError(f"two plugins register a notification channel named {channel.name!r}")
+            channels[channel.name] = channel
+
+        self.manager.hook.oncall_register_channels(register=register_channel, settings=self.settings)
+        self.channels = channels
+
     def adapter(self, integration_type: str) -> Adapter:
         try:
             return self.adapters[integration_type]
@@ -80,3 +93,19 @@ class Plugins:
             raise InvalidArgument.field(
                 "integration.type", f"no adapter named {integration_type!r} is installed"
             ) from None
+
+    def channel(self, contact_type: str) -> Channel:
+        try:
+            return self.channels[contact_type]
+        except KeyError:
+            raise InvalidArgument.field(
+                "contact_method.type", f"no notification channel named {contact_type!r} is installed"
+            ) from None
+
+    async def close(self) -> None:
+        """Close every channel (their HTTP sessions and SMTP connections)."""
+        for channel in self.channels.values():
+            try:
+                await channel.close()
+            except Exception:
+                log.exception("closing channel %s failed", channel.name)

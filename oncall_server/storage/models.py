@@ -175,6 +175,15 @@ class Incident(Base):
     resolved_at: Mapped[datetime | None]
     resolved_by: Mapped[str] = mapped_column(String(200), default="")
     resolution_summary: Mapped[str] = mapped_column(Text, default="")
+    # Escalation state; SQL holds it so the scheduler's Redis set can be rebuilt.
+    # The policy as it was when escalation started: later edits don't change it.
+    escalation_snapshot: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Fencing token: bumped on every (re)start and stop, so a stale step finds a mismatch.
+    escalation_run: Mapped[int] = mapped_column(Integer, default=1)
+    # The next step to run: loop * len(tiers) + tier; ACK_TIMEOUT_STEP while acknowledged.
+    escalation_step: Mapped[int] = mapped_column(Integer, default=0)
+    # When the next step is due; NULL when nothing is pending.
+    escalation_due_at: Mapped[datetime | None] = mapped_column(index=True)
 
 
 class Alert(Base):
@@ -242,3 +251,118 @@ class TimelineEntry(Base):
     message: Mapped[str] = mapped_column(Text, default="")
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime]
+
+
+class User(Base):
+    """A person who can be paged."""
+
+    __tablename__ = "users"
+    __table_args__ = (UniqueConstraint("tenant_id", "email"),)
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ID, ForeignKey("tenants.id"))
+    name: Mapped[str] = mapped_column(String(200))
+    email: Mapped[str] = mapped_column(String(320))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class ContactMethod(Base):
+    """Where a user is reached: ``type`` names a notification channel (email, webhook, log, plugins')."""
+
+    __tablename__ = "contact_methods"
+    __table_args__ = (Index(None, "user_id", "id"),)
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ID, ForeignKey("tenants.id"))
+    user_id: Mapped[str] = mapped_column(ID, ForeignKey("users.id"))
+    type: Mapped[str] = mapped_column(String(64))
+    address: Mapped[str] = mapped_column(Text)
+    # Webhook signing secret: kept in the clear because the sender must sign with it.
+    secret: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime]
+
+
+class NotificationRule(Base):
+    """A user wants ``contact_method`` used ``delay_seconds`` after they are paged."""
+
+    __tablename__ = "notification_rules"
+    __table_args__ = (Index(None, "user_id", "id"),)
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ID, ForeignKey("tenants.id"))
+    user_id: Mapped[str] = mapped_column(ID, ForeignKey("users.id"))
+    contact_method_id: Mapped[str] = mapped_column(ID, ForeignKey("contact_methods.id"))
+    delay_seconds: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime]
+
+
+class OnCallSchedule(Base):
+    """Rotations (layers) and overrides; ``layers``/``overrides`` are the JSON of schedules.py's types."""
+
+    __tablename__ = "schedules"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ID, ForeignKey("tenants.id"))
+    name: Mapped[str] = mapped_column(String(200))
+    time_zone: Mapped[str] = mapped_column(String(64))
+    layers: Mapped[list[Any]] = mapped_column(default=list)
+    overrides: Mapped[list[Any]] = mapped_column(default=list)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class EscalationPolicy(Base):
+    """Ordered tiers of targets; ``tiers`` is ``[{"delay_seconds": n, "targets": [{"type", "id"}]}]``."""
+
+    __tablename__ = "escalation_policies"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ID, ForeignKey("tenants.id"))
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    tiers: Mapped[list[Any]] = mapped_column(default=list)
+    # How many more times the whole policy runs after the first pass.
+    repeat_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class Notification(Base):
+    """The outbox: one row per page (or other message) to one contact method.
+
+    Written in the transaction of the state change that causes it; the
+    dispatcher sends it afterwards. ``dedup_key`` is unique, so running an
+    escalation step twice cannot page the same person twice.
+    """
+
+    __tablename__ = "notifications"
+    __table_args__ = (
+        UniqueConstraint("dedup_key"),
+        Index(None, "status", "next_attempt_at"),
+        Index(None, "incident_id", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ID)
+    incident_id: Mapped[str] = mapped_column(ID, ForeignKey("incidents.id"))
+    # "page" (escalation; fenced by escalation_run) or "assigned" (a reassignment's page).
+    kind: Mapped[str] = mapped_column(String(16))
+    # "{incident}:{run}:{step}:{user}:{contact method}" for pages, so a rerun step is a no-op.
+    dedup_key: Mapped[str] = mapped_column(String(255))
+    escalation_run: Mapped[int] = mapped_column(Integer)
+    tier: Mapped[int] = mapped_column(Integer)
+    loop: Mapped[int] = mapped_column(Integer)
+    user_id: Mapped[str] = mapped_column(ID)
+    contact_method_id: Mapped[str] = mapped_column(ID)
+    channel: Mapped[str] = mapped_column(String(64))
+    # "pending" -> "sending" (leased) -> "sent" | "failed"; or "cancelled" by an ack/resolve.
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime]
+    lease_until: Mapped[datetime | None]
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
