@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from oncall_server.errors import InvalidArgument
@@ -190,3 +191,53 @@ def _layer_boundaries(layer: Layer, zone: ZoneInfo, since: datetime, until: date
         if moment >= since:
             out.append(moment)
         day += timedelta(days=days)
+
+
+def to_json(schedule: Schedule) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    """The (layers, overrides) JSON stored on a schedule row: local times naive, override instants UTC."""
+    layers: list[dict[str, object]] = [
+        {
+            "members": list(layer.members),
+            "start": layer.start.isoformat(),
+            "rotation_length": layer.rotation_length,
+            "rotation_unit": layer.rotation_unit,
+            "end": layer.end.isoformat() if layer.end else None,
+        }
+        for layer in schedule.layers
+    ]
+    overrides: list[dict[str, object]] = [
+        {
+            "user": override.user,
+            "start": override.start.astimezone(UTC).isoformat(),
+            "end": override.end.astimezone(UTC).isoformat(),
+        }
+        for override in schedule.overrides
+    ]
+    return layers, overrides
+
+
+def from_json(
+    time_zone: str, layers: Sequence[dict[str, Any]], overrides: Sequence[dict[str, Any]]
+) -> Schedule:
+    """The inverse of :func:`to_json`."""
+    return Schedule(
+        time_zone=time_zone,
+        layers=tuple(
+            Layer(
+                members=tuple(layer["members"]),
+                start=datetime.fromisoformat(layer["start"]),
+                rotation_length=int(layer["rotation_length"]),
+                rotation_unit=str(layer["rotation_unit"]),
+                end=datetime.fromisoformat(layer["end"]) if layer.get("end") else None,
+            )
+            for layer in layers
+        ),
+        overrides=tuple(
+            Override(
+                user=override["user"],
+                start=datetime.fromisoformat(override["start"]),
+                end=datetime.fromisoformat(override["end"]),
+            )
+            for override in overrides
+        ),
+    )
