@@ -254,6 +254,7 @@ async def _cmd_plugins(args: argparse.Namespace) -> int:
     for info in plugins.loaded:
         print(f"{info.name:24} {info.distribution} {info.version}")
     print("adapters: " + ", ".join(sorted(plugins.adapters)))
+    print("notification channels: " + ", ".join(sorted(plugins.channels)))
     return 0
 
 

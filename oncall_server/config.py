@@ -6,12 +6,14 @@ private Redis under the data directory.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-ALL_ROLES = ("grpc", "gateway", "bus")
+ALL_ROLES = ("grpc", "gateway", "bus", "scheduler", "notifier")
 
 
 class Settings(BaseSettings):
@@ -49,7 +51,41 @@ class Settings(BaseSettings):
         default=60_000, description="Reclaim a message pending this long (longer than the longest handler)."
     )
     bus_max_deliveries: int = Field(default=5, description="Failures before a message is dead-lettered.")
-    roles: tuple[str, ...] = Field(default=ALL_ROLES, description="Roles this process runs.")
+    # Paging: the escalation scheduler and the notification outbox dispatcher
+    scheduler_lease_seconds: float = Field(
+        default=30.0, description="A claimed escalation step returns to the queue if not done in this time."
+    )
+    scheduler_poll_seconds: float = Field(
+        default=0.5, description="Longest the scheduler sleeps before looking for due steps again."
+    )
+    notify_max_attempts: int = Field(default=10, description="Delivery attempts before a notification fails.")
+    notify_retry_base_seconds: float = Field(
+        default=1.0, description="First retry delay; it doubles on each failed attempt."
+    )
+    notify_retry_max_seconds: float = Field(default=300.0, description="Longest delay between retries.")
+    notify_poll_seconds: float = Field(
+        default=0.5, description="Longest the dispatcher sleeps before looking for due notifications."
+    )
+    # Notification channels (plugins/oncall_channels)
+    webhook_timeout_seconds: float = Field(
+        default=10.0, description="Whole-request timeout of one webhook delivery (connect, send, answer)."
+    )
+    # NoDecode: the env value is "10.0.0.0/8,192.168.1.0/24", not JSON; the validator splits it.
+    webhook_allowed_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="CIDRs webhooks may reach although private/loopback/link-local (SSRF guard exceptions).",
+    )
+    smtp_host: str = Field(default="", description="SMTP relay for the email channel; empty disables email.")
+    smtp_port: int = Field(default=25, description="SMTP relay port.")
+    smtp_from: str = Field(default="oncall@localhost", description="Envelope and From: address of pages.")
+    smtp_username: str = Field(default="", description="SMTP AUTH user; empty skips AUTH.")
+    smtp_password: SecretStr = Field(default=SecretStr(""), description="SMTP AUTH password.")
+    smtp_starttls: bool = Field(default=False, description="Upgrade the SMTP connection with STARTTLS.")
+    smtp_timeout_seconds: float = Field(default=10.0, description="Timeout of each SMTP socket operation.")
+    # NoDecode: ONCALL_ROLES=grpc,bus is a comma list, not JSON; the validator splits it.
+    roles: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=ALL_ROLES, description="Roles this process runs."
+    )
 
     @field_validator("roles", mode="before")
     @classmethod
@@ -60,6 +96,16 @@ class Settings(BaseSettings):
             unknown = sorted(set(value) - set(ALL_ROLES))
             if unknown:
                 raise ValueError(f"unknown roles {unknown}; choose from {list(ALL_ROLES)}")
+        return value
+
+    @field_validator("webhook_allowed_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, (list, tuple)):
+            # Canonical form ("10.1.2.3" -> "10.1.2.3/32"); a bad CIDR raises ValueError, naming it.
+            return [str(ipaddress.ip_network(str(part).strip(), strict=False)) for part in value]
         return value
 
     @property

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import pluggy
 
 from oncall_server import hookspecs
-from oncall_server.errors import InvalidArgument
 from oncall_server.config import Settings
+from oncall_server.errors import InvalidArgument
 from oncall_server.hookspecs import Adapter, Channel
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,9 @@ class Plugins:
         def register_channel(channel: Channel) -> None:
             if channel.name in channels and channels[channel.name] is not channel:
                 raise RuntimeError(f"two plugins register a notification channel named {channel.name!r}")
-            channels[channel.name] = channel
+            previous = self.channels.get(channel.name)
+            # Re-collecting (a plugin registered later) keeps live channels and their connections.
+            channels[channel.name] = previous if type(previous) is type(channel) else channel
 
         self.manager.hook.oncall_register_channels(register=register_channel, settings=self.settings)
         self.channels = channels
