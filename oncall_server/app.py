@@ -15,12 +15,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from oncall_server.changes import Change, ChangeFeed
 from oncall_server.clock import Clock, SystemClock
 from oncall_server.config import Settings
+from oncall_server.due_set import DueSet
 from oncall_server.incidents import Incidents
 from oncall_server.ingest.coordination import Coordinator
 from oncall_server.ingest.drops import DropLog
 from oncall_server.ingest.pipeline import IngestPipeline
 from oncall_server.ingest.writer import CommittedIncident, GroupCommitWriter
 from oncall_server.integrations import Integrations
+from oncall_server.outbox import Dispatcher
+from oncall_server.paging import Escalator
 from oncall_server.plugins import Plugins
 from oncall_server.redis_embedded import EmbeddedRedis
 from oncall_server.storage import migrate
@@ -43,6 +46,8 @@ class App:
     integrations: Integrations
     incidents: Incidents
     pipeline: IngestPipeline
+    escalator: Escalator
+    dispatcher: Dispatcher
     embedded_redis: EmbeddedRedis | None = None
     _closed: bool = field(default=False, repr=False)
 
@@ -77,13 +82,39 @@ class App:
         coordinator = Coordinator(redis)
         changes = ChangeFeed(redis)
 
-        async def publish(committed: list[CommittedIncident]) -> None:
+        incidents = Incidents(sessions, clock, coordinator, changes)
+        escalator = Escalator(
+            sessions,
+            DueSet(redis),
+            clock,
+            changes,
+            incidents,
+            lease_seconds=settings.scheduler_lease_seconds,
+            poll_seconds=settings.scheduler_poll_seconds,
+        )
+        dispatcher = Dispatcher(
+            sessions,
+            clock,
+            plugins,
+            changes,
+            public_url=settings.public_url,
+            max_attempts=settings.notify_max_attempts,
+            retry_base_seconds=settings.notify_retry_base_seconds,
+            retry_max_seconds=settings.notify_retry_max_seconds,
+            poll_seconds=settings.notify_poll_seconds,
+        )
+        incidents.schedule = escalator.schedule
+        incidents.on_enqueued = dispatcher.wake
+        escalator.on_enqueued = dispatcher.wake
+
+        async def committed(batch: list[CommittedIncident]) -> None:
             await changes.publish(
-                [Change(c.tenant_id, c.service_id, c.incident_id, c.entry_id) for c in committed]
+                [Change(c.tenant_id, c.service_id, c.incident_id, c.entry_id) for c in batch]
             )
+            await escalator.incidents_committed(batch)
 
         writer = GroupCommitWriter(
-            engine, coordinator, clock, batch_size=settings.write_batch_size, on_commit=publish
+            engine, coordinator, clock, batch_size=settings.write_batch_size, on_commit=committed
         )
         integrations = Integrations(sessions, clock)
         pipeline = IngestPipeline(
@@ -100,8 +131,10 @@ class App:
             changes=changes,
             writer=writer,
             integrations=integrations,
-            incidents=Incidents(sessions, clock, coordinator, changes),
+            incidents=incidents,
             pipeline=pipeline,
+            escalator=escalator,
+            dispatcher=dispatcher,
             embedded_redis=embedded,
         )
         await writer.start()
@@ -113,6 +146,7 @@ class App:
             return
         self._closed = True
         await self.writer.stop()
+        await self.plugins.close()
         await self.redis.aclose()
         await self.engine.dispose()
         if self.embedded_redis:

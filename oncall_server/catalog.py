@@ -12,7 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from oncall_server.clock import Clock
 from oncall_server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from oncall_server.escalation_policies import check_policy_reference
 from oncall_server.ids import is_valid_id, uuid7
+from oncall_server.storage.engine import write_transaction
 from oncall_server.storage.models import Incident, Integration, MaintenanceWindow, Service
 
 CRITICALITIES = ("critical", "high", "medium", "low")
@@ -51,12 +53,13 @@ class ServiceFields:
             )
         if self.alert_grouping == "none":
             self.alert_grouping_timeout_minutes = 0
-        for name in ("auto_resolve_seconds", "acknowledgement_timeout_seconds"):
+        for name, api_name in (
+            ("auto_resolve_seconds", "auto_resolve_timeout"),
+            ("acknowledgement_timeout_seconds", "acknowledgement_timeout"),
+        ):
             value = getattr(self, name)
             if value is not None and value < 60:
-                raise InvalidArgument.field(
-                    f"service.{name.removesuffix('_seconds')}", "must be at least 1 minute"
-                )
+                raise InvalidArgument.field(f"service.{api_name}", "must be at least 1 minute")
 
 
 def grouping_window_ms(service: Service) -> int:
@@ -73,7 +76,8 @@ async def create_service(
     now = clock.now()
     service = Service(id=uuid7(), tenant_id=tenant_id, created_at=now, updated_at=now, **_values(spec))
     try:
-        async with sessions.begin() as session:
+        async with write_transaction(sessions) as session:
+            await _check_policy(session, tenant_id, spec)
             session.add(service)
     except IntegrityError:
         raise AlreadyExists(f"a service named {spec.name!r} already exists") from None
@@ -105,12 +109,14 @@ async def update_service(
     service_id: str,
     changes: dict[str, Any],
 ) -> Service:
-    async with sessions.begin() as session:
+    async with write_transaction(sessions) as session:
         service = await get_service(session, tenant_id, service_id)
         spec = ServiceFields(**{f.name: getattr(service, f.name) for f in fields(ServiceFields)})
         for name, value in changes.items():
             setattr(spec, name, value)
         spec.validate()
+        if spec.escalation_policy_id != service.escalation_policy_id:
+            await _check_policy(session, tenant_id, spec)
         for name, value in _values(spec).items():
             setattr(service, name, value)
         service.updated_at = clock.now()
@@ -122,7 +128,7 @@ async def update_service(
 
 
 async def delete_service(sessions: async_sessionmaker[AsyncSession], tenant_id: str, service_id: str) -> None:
-    async with sessions.begin() as session:
+    async with write_transaction(sessions) as session:
         service = await get_service(session, tenant_id, service_id)
         integrations = await session.scalar(
             select(func.count()).where(Integration.service_id == service_id, Integration.deleted_at.is_(None))
@@ -155,7 +161,7 @@ async def create_maintenance_window(
         raise InvalidArgument.field("maintenance_window.end_time", "is required")
     if end <= start:
         raise InvalidArgument.field("maintenance_window.end_time", "must be after start_time")
-    async with sessions.begin() as session:
+    async with write_transaction(sessions) as session:
         await get_service(session, tenant_id, service_id)
         window = MaintenanceWindow(
             id=uuid7(),
@@ -188,11 +194,19 @@ async def list_maintenance_windows(
 async def delete_maintenance_window(
     sessions: async_sessionmaker[AsyncSession], tenant_id: str, window_id: str
 ) -> None:
-    async with sessions.begin() as session:
+    async with write_transaction(sessions) as session:
         window = await session.get(MaintenanceWindow, window_id) if is_valid_id(window_id) else None
         if window is None or window.tenant_id != tenant_id:
             raise NotFound(f"maintenance window {window_id!r} not found")
         await session.delete(window)
+
+
+async def _check_policy(session: AsyncSession, tenant_id: str, spec: ServiceFields) -> None:
+    """A service may only name an escalation policy of its own tenant (held until the write commits)."""
+    if spec.escalation_policy_id:
+        await check_policy_reference(
+            session, tenant_id, spec.escalation_policy_id, "service.escalation_policy_id"
+        )
 
 
 def _values(spec: ServiceFields) -> dict[str, Any]:

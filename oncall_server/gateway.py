@@ -15,8 +15,8 @@ from sqlalchemy import text
 from oncall_server import escalations, tenancy
 from oncall_server.app import App
 from oncall_server.errors import InvalidArgument, OncallError, PayloadTooLarge, ResourceExhausted
-from oncall_server.grpc_api.convert import incident_url
 from oncall_server.ingest.model import IngestResult
+from oncall_server.outbox import incident_url
 from oncall_server.routing_rules import parse_rules, rules_to_json
 from oncall_server.security import scrub
 

@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from oncall_server import escalation_state
 from oncall_server.changes import Change, ChangeFeed
 from oncall_server.clock import Clock
 from oncall_server.errors import FailedPrecondition, InvalidArgument, NotFound
 from oncall_server.ids import is_valid_id, uuid7
 from oncall_server.ingest.coordination import Coordinator
 from oncall_server.ingest.model import AlertState, IncidentStatus
-from oncall_server.storage.models import Alert, Incident, TimelineEntry
+from oncall_server.outbox import ASSIGNED, enqueue_pages
+from oncall_server.storage.engine import write_transaction
+from oncall_server.storage.models import Alert, Incident, Service, TimelineEntry, User
 
 MAX_NOTE = 64 * 1024
 
@@ -83,6 +87,9 @@ class Incidents:
         self.clock = clock
         self.coordinator = coordinator
         self.changes = changes
+        # Set by the App: tell the scheduler about a changed next step, wake the dispatcher.
+        self.schedule: Callable[[Incident], Awaitable[None]] | None = None
+        self.on_enqueued: Callable[[], None] = lambda: None
 
     async def _incident(
         self, session: AsyncSession, tenant_id: str, incident_id: str, *, lock: bool = False
@@ -166,7 +173,7 @@ class Incidents:
         summary: str = "",
     ) -> Incident:
         now = self.clock.now()
-        async with self.sessions.begin() as session:
+        async with write_transaction(self.sessions) as session:
             incident = await self._incident(session, tenant_id, incident_id, lock=True)
             if incident.status == target.value:
                 return incident
@@ -179,15 +186,26 @@ class Incidents:
             alert_values: dict[str, Any] = {"state": target.value}
             if target is IncidentStatus.ACKNOWLEDGED:
                 incident.acknowledged_at, incident.acknowledged_by = now, actor
+                service = await session.get(Service, incident.service_id)
+                timeout = service.acknowledgement_timeout_seconds if service else None
+                escalation_state.stop(incident, now, timeout)
+                await escalation_state.cancel_unsent(
+                    session, incident.id, pages_only=True, reason=f"acknowledged by {actor}"
+                )
                 kind, message = "acknowledged", f"Acknowledged by {actor}"
             elif target is IncidentStatus.RESOLVED:
                 incident.resolved_at, incident.resolved_by, incident.resolution_summary = now, actor, summary
                 alert_values |= {"open_dedup_key": None, "resolved_at": now}
+                escalation_state.stop(incident, now)
+                await escalation_state.cancel_unsent(
+                    session, incident.id, pages_only=False, reason=f"resolved by {actor}"
+                )
                 kind, message = "resolved", summary or f"Resolved by {actor}"
             else:
                 incident.acknowledged_at, incident.acknowledged_by = None, ""
                 alert_values["state"] = AlertState.TRIGGERED.value
-                kind, message = "unacknowledged", f"Acknowledgement withdrawn by {actor}"
+                escalation_state.restart(incident, now)
+                kind, message = "unacknowledged", f"Acknowledgement withdrawn by {actor}; escalation restarts"
             await session.execute(
                 update(Alert)
                 .where(Alert.incident_id == incident.id, Alert.state.in_(OPEN_ALERT_STATES))
@@ -196,28 +214,55 @@ class Incidents:
             entry = self._entry(incident, kind, actor, message, {})
             session.add(entry)
         await self._publish(incident, entry)
+        if self.schedule is not None:
+            await self.schedule(incident)
         return incident
 
     async def reassign(self, tenant_id: str, incident_id: str, assignee: str, actor: str) -> Incident:
+        """Hands the incident to a user (id or email) of the tenant and pages them at once."""
         assignee = assignee.strip()
         if not assignee:
             raise InvalidArgument.field("assigned_to", "must not be empty")
-        async with self.sessions.begin() as session:
+        now = self.clock.now()
+        async with write_transaction(self.sessions) as session:
             incident = await self._incident(session, tenant_id, incident_id, lock=True)
             if incident.status == IncidentStatus.RESOLVED.value:
                 raise FailedPrecondition(f"incident {incident_id!r} is resolved")
+            user = await session.scalar(
+                select(User).where(
+                    User.tenant_id == tenant_id,
+                    (User.id == assignee) | (func.lower(User.email) == assignee.lower()),
+                )
+            )
+            if user is None:
+                raise InvalidArgument.field(
+                    "assigned_to", f"no user {assignee!r} (id or email) in this tenant"
+                )
             previous = incident.assigned_to
-            incident.assigned_to = assignee
-            incident.updated_at = self.clock.now()
+            incident.assigned_to = user.id
+            incident.updated_at = now
             entry = self._entry(
                 incident,
                 "reassigned",
                 actor,
-                f"Reassigned to {assignee} by {actor}",
-                {"assigned_to": assignee, "previous": previous},
+                f"Reassigned to {user.name} by {actor}",
+                {"assigned_to": user.id, "previous": previous},
             )
             session.add(entry)
+            paged = await enqueue_pages(
+                session,
+                incident,
+                [user.id],
+                kind=ASSIGNED,
+                key=f"{incident.id}:assign:{entry.id}",
+                run=incident.escalation_run,
+                tier=0,
+                loop=0,
+                now=now,
+            )
         await self._publish(incident, entry)
+        if paged.notifications:
+            self.on_enqueued()
         return incident
 
     async def add_note(self, tenant_id: str, incident_id: str, note: str, actor: str) -> TimelineEntry:
@@ -225,7 +270,7 @@ class Incidents:
             raise InvalidArgument.field("note", "must not be empty")
         if len(note) > MAX_NOTE:
             raise InvalidArgument.field("note", f"must be at most {MAX_NOTE} characters")
-        async with self.sessions.begin() as session:
+        async with write_transaction(self.sessions) as session:
             incident = await self._incident(session, tenant_id, incident_id, lock=True)
             incident.updated_at = self.clock.now()
             entry = self._entry(incident, "note", actor, note, {})

@@ -21,6 +21,7 @@ from oncall_server.clock import Clock
 from oncall_server.errors import InvalidArgument, NotFound, Unauthenticated
 from oncall_server.ids import is_valid_id, uuid7
 from oncall_server.routing_rules import RoutingRule, parse_rules, rules_to_json
+from oncall_server.storage.engine import write_transaction
 from oncall_server.storage.models import Integration, Service
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ class Integrations:
         rules = rules_to_json(parse_rules(routing_rules or []))
         key = security.new_secret(KEY_PREFIX)
         now = self.clock.now()
-        async with self.sessions.begin() as session:
+        async with write_transaction(self.sessions) as session:
             await get_service(session, tenant_id, service_id)
             integration = Integration(
                 id=uuid7(),
@@ -181,7 +182,7 @@ class Integrations:
                 unknown[0], "cannot be changed (writable: name, service_id, routing_rules)"
             )
         rules = rules_to_json(parse_rules(changes["routing_rules"])) if "routing_rules" in changes else None
-        async with self.sessions.begin() as session:
+        async with write_transaction(self.sessions) as session:
             integration = await self._get(session, tenant_id, integration_id)
             if "name" in changes:
                 name = str(changes["name"]).strip()
@@ -199,7 +200,7 @@ class Integrations:
 
     async def delete(self, tenant_id: str, integration_id: str) -> None:
         """Soft delete: the key stops working, past alerts keep their integration."""
-        async with self.sessions.begin() as session:
+        async with write_transaction(self.sessions) as session:
             integration = await self._get(session, tenant_id, integration_id)
             integration.deleted_at = self.clock.now()
             integration.key_digest = None
@@ -207,7 +208,7 @@ class Integrations:
 
     async def rotate_key(self, tenant_id: str, integration_id: str) -> tuple[Integration, str]:
         key = security.new_secret(KEY_PREFIX)
-        async with self.sessions.begin() as session:
+        async with write_transaction(self.sessions) as session:
             integration = await self._get(session, tenant_id, integration_id)
             integration.key_digest = security.digest(key)
             integration.key_prefix = security.display_prefix(key)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from typing import Protocol
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 import grpc
 from aiohttp import web
@@ -19,12 +20,18 @@ from grpc_reflection.v1alpha import reflection
 from oncall_server.api.v1 import (
     catalog_service_pb2,
     catalog_service_pb2_grpc,
+    escalation_policy_service_pb2,
+    escalation_policy_service_pb2_grpc,
     incident_service_pb2,
     incident_service_pb2_grpc,
     ingest_service_pb2,
     ingest_service_pb2_grpc,
     integration_service_pb2,
     integration_service_pb2_grpc,
+    schedule_service_pb2,
+    schedule_service_pb2_grpc,
+    user_service_pb2,
+    user_service_pb2_grpc,
 )
 from oncall_server.app import App
 from oncall_server.bus import BusConsumer
@@ -32,6 +39,11 @@ from oncall_server.clock import Clock
 from oncall_server.config import Settings, split_host_port
 from oncall_server.gateway import ScrubbingAccessLogger, build_gateway
 from oncall_server.grpc_api.interceptor import ErrorInterceptor
+from oncall_server.grpc_api.paging_servicers import (
+    EscalationPolicyServicer,
+    ScheduleServicer,
+    UserServicer,
+)
 from oncall_server.grpc_api.servicers import (
     CatalogServicer,
     IncidentServicer,
@@ -46,6 +58,9 @@ SERVICE_NAMES = [
     incident_service_pb2.DESCRIPTOR.services_by_name["IncidentService"].full_name,
     integration_service_pb2.DESCRIPTOR.services_by_name["IntegrationService"].full_name,
     catalog_service_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name,
+    user_service_pb2.DESCRIPTOR.services_by_name["UserService"].full_name,
+    schedule_service_pb2.DESCRIPTOR.services_by_name["ScheduleService"].full_name,
+    escalation_policy_service_pb2.DESCRIPTOR.services_by_name["EscalationPolicyService"].full_name,
 ]
 
 
@@ -75,6 +90,11 @@ class GrpcRole:
             IntegrationServicer(app), self.server
         )
         catalog_service_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(app), self.server)
+        user_service_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(app), self.server)
+        schedule_service_pb2_grpc.add_ScheduleServiceServicer_to_server(ScheduleServicer(app), self.server)
+        escalation_policy_service_pb2_grpc.add_EscalationPolicyServiceServicer_to_server(
+            EscalationPolicyServicer(app), self.server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             [*SERVICE_NAMES, reflection.SERVICE_NAME, health.SERVICE_NAME], self.server
@@ -121,6 +141,32 @@ class GatewayRole:
         await self.runner.cleanup()
 
 
+class LoopRole:
+    """A background loop (the escalation scheduler, the notification dispatcher) as a role."""
+
+    def __init__(self, name: str, run_forever: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
+        self.name = name
+        self._run_forever = run_forever
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._stopping.clear()
+        self._task = asyncio.create_task(self._run_forever(self._stopping), name=self.name)
+        log.info("%s running", self.name)
+
+    async def stop(self) -> None:
+        """Let the current step finish; its claim stays safe either way (lease + fencing)."""
+        if self._task is None:
+            return
+        self._stopping.set()
+        try:
+            await asyncio.wait_for(self._task, timeout=10)
+        except TimeoutError:
+            log.warning("%s did not stop in time; cancelled", self.name)
+        self._task = None
+
+
 class Server:
     """The process: the App plus its roles."""
 
@@ -140,6 +186,10 @@ class Server:
                 roles.append(GatewayRole(app))
             if "bus" in settings.roles:
                 roles.append(BusConsumer(app))
+            if "scheduler" in settings.roles:
+                roles.append(LoopRole("scheduler", app.escalator.run_forever))
+            if "notifier" in settings.roles:
+                roles.append(LoopRole("notifier", app.dispatcher.run_forever))
         except BaseException:
             await app.close()
             raise

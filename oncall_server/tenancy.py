@@ -12,6 +12,7 @@ from oncall_server import security
 from oncall_server.clock import Clock
 from oncall_server.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
 from oncall_server.ids import uuid7
+from oncall_server.storage.engine import write_transaction
 from oncall_server.storage.models import ApiToken, Tenant
 
 TOKEN_PREFIX = "oct_"
@@ -31,7 +32,7 @@ async def create_tenant(sessions: async_sessionmaker[AsyncSession], clock: Clock
         raise InvalidArgument.field("name", "must not be empty")
     tenant = Tenant(id=uuid7(), name=name, created_at=clock.now())
     try:
-        async with sessions.begin() as session:
+        async with write_transaction(sessions) as session:
             session.add(tenant)
     except IntegrityError:
         raise AlreadyExists(f"a tenant named {name!r} already exists") from None
@@ -59,7 +60,7 @@ async def create_api_token(
         token_digest=security.digest(secret),
         created_at=clock.now(),
     )
-    async with sessions.begin() as session:
+    async with write_transaction(sessions) as session:
         session.add(token)
     return secret, token
 

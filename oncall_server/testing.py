@@ -22,7 +22,9 @@ from oncall_server import catalog, tenancy
 from oncall_server.app import App
 from oncall_server.clock import Clock
 from oncall_server.config import Settings
+from oncall_server.ids import uuid7
 from oncall_server.server import GatewayRole, GrpcRole, Server
+from oncall_server.storage import models
 from oncall_server.storage.engine import create_engine
 from oncall_server.storage.models import Base
 
@@ -70,6 +72,99 @@ async def bootstrap(
     )
     token, _ = await tenancy.create_api_token(app.sessions, app.clock, row.id, "tester")
     return Tenant(row.id, svc.id, integration.id, key, token)
+
+
+async def add_user(
+    app: App,
+    tenant_id: str,
+    name: str,
+    *,
+    contacts: list[tuple[str, str, str]] | None = None,
+    rules: list[tuple[int, int]] | None = None,
+) -> str:
+    """A user with contact methods ``(type, address, secret)`` (default: one ``log``) and rules
+    ``(contact index, delay seconds)`` (default: none, so every contact method is paged at once).
+    Straight to SQL, for tests; the UserService validates what operators send.
+    """
+    now = app.clock.now()
+    user_id = uuid7()
+    async with app.sessions.begin() as session:
+        session.add(
+            models.User(
+                id=user_id,
+                tenant_id=tenant_id,
+                name=name,
+                email=f"{name.lower()}@example.com",
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        await session.flush()
+        method_ids = []
+        for kind, address, secret in contacts if contacts is not None else [("log", name, "")]:
+            method_ids.append(uuid7())
+            session.add(
+                models.ContactMethod(
+                    id=method_ids[-1],
+                    tenant_id=tenant_id,
+                    user_id=user_id,
+                    type=kind,
+                    address=address,
+                    secret=secret,
+                    created_at=now,
+                )
+            )
+        await session.flush()
+        for index, delay in rules or []:
+            session.add(
+                models.NotificationRule(
+                    id=uuid7(),
+                    tenant_id=tenant_id,
+                    user_id=user_id,
+                    contact_method_id=method_ids[index],
+                    delay_seconds=delay,
+                    created_at=now,
+                )
+            )
+    return user_id
+
+
+async def add_policy(
+    app: App,
+    tenant_id: str,
+    tiers: list[tuple[int, list[tuple[str, str]]]],
+    *,
+    repeat_count: int = 0,
+    service_id: str | None = None,
+    name: str | None = None,
+) -> str:
+    """An escalation policy of ``(delay seconds, [(target type, id)])`` tiers, optionally
+    assigned to a service. Straight to SQL, for tests (the API refuses sub-minute delays).
+    """
+    now = app.clock.now()
+    policy_id = uuid7()
+    async with app.sessions.begin() as session:
+        session.add(
+            models.EscalationPolicy(
+                id=policy_id,
+                tenant_id=tenant_id,
+                name=name or f"policy-{policy_id[-8:]}",
+                description="",
+                tiers=[
+                    {"delay_seconds": delay, "targets": [{"type": t, "id": i} for t, i in targets]}
+                    for delay, targets in tiers
+                ],
+                repeat_count=repeat_count,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        if service_id is not None:
+            await session.flush()
+            service = await session.get(models.Service, service_id)
+            assert service is not None
+            service.escalation_policy_id = policy_id
+    return policy_id
 
 
 @dataclass

@@ -29,6 +29,7 @@ from oncall_server.testing import (
     running_server,
     server_settings,
 )
+from tests.helpers import WebhookReceiver
 
 PG_ADMIN_URL = os.environ.get("ONCALL_TEST_DATABASE_URL", "")
 BACKENDS = ["sqlite", *(["postgresql"] if PG_ADMIN_URL else [])]
@@ -98,3 +99,12 @@ async def clocked_server(
     """A server whose time the test moves."""
     async with running_server(server_settings(tmp_path, database_url, redis_url), clock=clock) as running:
         yield running
+
+
+@pytest.fixture
+async def webhook_receiver() -> AsyncIterator[WebhookReceiver]:
+    receiver = await WebhookReceiver().start()
+    try:
+        yield receiver
+    finally:
+        await receiver.stop()

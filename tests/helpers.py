@@ -29,3 +29,41 @@ async def count_rows(app: App) -> tuple[int, int]:
         alerts = await session.scalar(select(func.count()).select_from(Alert))
         incidents = await session.scalar(select(func.count()).select_from(Incident))
     return int(alerts or 0), int(incidents or 0)
+
+
+class WebhookReceiver:
+    """A real HTTP receiver on loopback for the webhook channel; ``status`` sets its answer."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[dict[str, str], Any]] = []
+        self.status = 204
+        self.url = ""
+        self._runner: Any = None
+
+    async def _receive(self, request: Any) -> Any:
+        from aiohttp import web
+
+        if self.status >= 300:
+            return web.Response(status=self.status)
+        self.received.append((dict(request.headers), await request.json()))
+        return web.Response(status=self.status)
+
+    async def start(self) -> WebhookReceiver:
+        from aiohttp import web
+
+        app = web.Application()
+        app.router.add_post("/hook", self._receive)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}/hook"
+        return self
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+
+    @property
+    def bodies(self) -> list[Any]:
+        return [body for _, body in self.received]

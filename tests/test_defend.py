@@ -11,10 +11,21 @@ import aiohttp
 import grpc
 import pytest
 from redis.asyncio import Redis
+from sqlalchemy import func, select
 
 from oncall_server.api.v1 import alert_pb2, ingest_service_pb2, ingest_service_pb2_grpc
-from oncall_server.testing import RunningServer, Tenant, bootstrap, running_server, server_settings
-from tests.helpers import count_rows
+from oncall_server.storage.models import Notification
+from oncall_server.testing import (
+    RunningServer,
+    Tenant,
+    add_policy,
+    add_user,
+    bootstrap,
+    running_server,
+    server_settings,
+    wait_for,
+)
+from tests.helpers import WebhookReceiver, count_rows
 
 SERVICE_KEY = "defend-shared-secret-for-tests"
 DETECTION = {
@@ -182,3 +193,49 @@ async def test_grpc_create_escalation_has_the_same_semantics(defend_server: Runn
             )
         assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "title" in (bad.value.details() or "")
+
+
+async def test_a_defend_page_carries_what_the_technician_needs_and_a_burst_pages_once(
+    tmp_path: Path, database_url: str, redis_url: str, redis: Redis, webhook_receiver: WebhookReceiver
+) -> None:
+    """Spec "What the On-Call Technician Sees", end to end: detection in, escalation starts, one page out."""
+    settings = server_settings(
+        tmp_path, database_url, redis_url, defend_service_key=SERVICE_KEY,
+        webhook_allowed_networks=["127.0.0.0/8"], scheduler_poll_seconds=0.05, notify_poll_seconds=0.05,
+    )  # fmt: skip
+    async with running_server(settings) as server:
+        tenant = await defend_tenant(server)
+        tech = await add_user(
+            server.app, tenant.tenant_id, "tech", contacts=[("webhook", webhook_receiver.url, "secret")]
+        )
+        await add_policy(
+            server.app, tenant.tenant_id, [(300, [("user", tech)])], service_id=tenant.service_id
+        )
+        _, medium = await escalate(
+            server, {**DETECTION, "severity": "medium", "source_ref": "det-1", "tenant_id": tenant.tenant_id}
+        )
+        answers = await asyncio.gather(
+            *(escalate(server, {**DETECTION, "tenant_id": tenant.tenant_id}) for _ in range(100))
+        )
+        incident_id = answers[0][1]["incident_id"]
+
+        async def paged() -> bool:
+            return len(webhook_receiver.received) >= 1
+
+        await wait_for(paged)
+        await asyncio.sleep(0.5)  # the scheduler and dispatcher poll every 50 ms: time for a second page
+        assert medium["outcome"] == "recorded"
+        [page] = webhook_receiver.bodies
+        assert page["incident_id"] == incident_id and page["kind"] == "page" and page["tier"] == 1
+        assert (page["title"], page["severity"], page["service_name"]) == (
+            DETECTION["title"], "critical", "Defend Critical Alerts",
+        )  # fmt: skip
+        assert page["device_name"] == "CLIENT-WS-04"
+        assert page["detection_type"] == "T1486 - Data Encrypted for Impact"
+        assert page["mitre_technique"] == "T1486 Data Encrypted for Impact"
+        assert page["recommended_action"] == "Isolate device from network"
+        assert page["incident_url"] == answers[0][1]["incident_url"]
+        assert page["defend_url"].endswith("/detections/det-7731")
+        async with server.app.sessions() as session:
+            pages = await session.scalar(select(func.count()).select_from(Notification))
+        assert pages == 1

@@ -15,7 +15,7 @@ from oncall_server.api.v1 import (
     ingest_service_pb2,
     ingest_service_pb2_grpc,
 )
-from oncall_server.testing import RunningServer, bootstrap, wait_for
+from oncall_server.testing import RunningServer, add_user, bootstrap, wait_for
 from tests.helpers import count_rows, post_json
 
 SPEC_EXAMPLE = (
@@ -201,6 +201,7 @@ async def test_acknowledge_resolve_and_notes_are_recorded_with_who_did_it(server
     url = f"{server.http_url}/api/webhooks/ingest?key={tenant.integration_key}"
     _, created = await post_json(url, {"title": "ransomware", "dedup_key": "det-9"})
     incident_id = created["incident_id"]
+    bob = await add_user(server.app, tenant.tenant_id, "Bob")
     async with grpc.aio.insecure_channel(server.grpc_target) as channel:
         stub = incident_service_pb2_grpc.IncidentServiceStub(channel)
         acked = await stub.AcknowledgeIncident(
@@ -217,7 +218,7 @@ async def test_acknowledge_resolve_and_notes_are_recorded_with_who_did_it(server
         )
         await stub.ReassignIncident(
             incident_service_pb2.ReassignIncidentRequest(
-                incident_id=incident_id, assigned_to="bob", actor="alice"
+                incident_id=incident_id, assigned_to="bob@example.com", actor="alice"
             ),
             metadata=tenant.auth,
         )
@@ -229,11 +230,16 @@ async def test_acknowledge_resolve_and_notes_are_recorded_with_who_did_it(server
         )
         assert resolved.incident.status == incident_pb2.INCIDENT_STATUS_RESOLVED
         assert resolved.incident.resolution_summary == "wiped"
-        assert resolved.incident.assigned_to == "bob"
+        assert resolved.incident.assigned_to == bob
         timeline = await stub.ListIncidentTimeline(
             incident_service_pb2.ListIncidentTimelineRequest(incident_id=incident_id), metadata=tenant.auth
         )
-        kinds = [(e.kind, e.actor) for e in timeline.entries]
+        # Without the system's escalation and notification entries (tests/test_paging.py covers those).
+        kinds = [
+            (e.kind, e.actor)
+            for e in timeline.entries
+            if e.actor != "system" or e.kind == incident_pb2.TIMELINE_ENTRY_KIND_TRIGGERED
+        ]
         assert kinds == [
             (incident_pb2.TIMELINE_ENTRY_KIND_TRIGGERED, "system"),
             (incident_pb2.TIMELINE_ENTRY_KIND_ACKNOWLEDGED, "alice"),
@@ -295,7 +301,7 @@ async def test_watch_incidents_streams_changes(server: RunningServer) -> None:
         async def read() -> None:
             async for change in call:
                 received.append(change)
-                if len(received) == 2:
+                if change.entry.kind == incident_pb2.TIMELINE_ENTRY_KIND_ACKNOWLEDGED:
                     return
 
         reader = asyncio.create_task(read())
@@ -314,11 +320,12 @@ async def test_watch_incidents_streams_changes(server: RunningServer) -> None:
         )
         await asyncio.wait_for(reader, 5)
         call.cancel()
-    assert [c.entry.kind for c in received] == [
-        incident_pb2.TIMELINE_ENTRY_KIND_TRIGGERED,
-        incident_pb2.TIMELINE_ENTRY_KIND_ACKNOWLEDGED,
-    ]
-    assert received[1].incident.status == incident_pb2.INCIDENT_STATUS_ACKNOWLEDGED
+    # Triggered, then the system's escalation entries (no policy here: "nobody is paged"), then the ack.
+    kinds = [c.entry.kind for c in received]
+    assert kinds[0] == incident_pb2.TIMELINE_ENTRY_KIND_TRIGGERED
+    assert kinds[-1] == incident_pb2.TIMELINE_ENTRY_KIND_ACKNOWLEDGED
+    assert set(kinds[1:-1]) <= {incident_pb2.TIMELINE_ENTRY_KIND_ESCALATED}
+    assert received[-1].incident.status == incident_pb2.INCIDENT_STATUS_ACKNOWLEDGED
 
 
 async def test_healthz_answers_503_when_a_dependency_is_unreachable(server: RunningServer) -> None:

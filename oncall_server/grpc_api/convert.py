@@ -11,6 +11,7 @@ from oncall_server.api.v1 import alert_pb2, incident_pb2, integration_pb2, servi
 from oncall_server.errors import InvalidArgument
 from oncall_server.ingest.drops import DroppedAlert
 from oncall_server.ingest.model import IngestResult
+from oncall_server.outbox import incident_url
 from oncall_server.routing_rules import RoutingRule, rules_to_json
 from oncall_server.storage import models
 
@@ -91,10 +92,6 @@ def incident(row: models.Incident, public_url: str) -> incident_pb2.Incident:
         resolution_summary=row.resolution_summary,
         incident_url=incident_url(public_url, row.id),
     )
-
-
-def incident_url(public_url: str, incident_id: str) -> str:
-    return f"{public_url.rstrip('/')}/incidents/{incident_id}"
 
 
 def alert(row: models.Alert) -> alert_pb2.Alert:
@@ -223,8 +220,10 @@ def service_changes(message: service_pb2.Service, paths: list[str] | None) -> di
             out[path] = GROUPING_NAME.get(message.alert_grouping, "none")
         elif path == "escalation_policy_id":
             out[path] = message.escalation_policy_id or None
-        elif path in ("auto_resolve_timeout", "acknowledgement_timeout"):
-            out[f"{path}_seconds"] = duration_seconds(message, path)
+        elif path == "auto_resolve_timeout":
+            out["auto_resolve_seconds"] = duration_seconds(message, path)
+        elif path == "acknowledgement_timeout":
+            out["acknowledgement_timeout_seconds"] = duration_seconds(message, path)
         else:
             out[path] = getattr(message, path)
     return out

@@ -154,17 +154,18 @@ class GroupCommitWriter:
                     req.future.set_exception(error)
             return
         self.batches_committed += 1
+        # Before answering: a caller that heard "accepted" can count on escalation being scheduled.
+        if self.on_commit and committed:
+            try:
+                await self.on_commit(committed)
+            except Exception:  # SQL holds the due step; the scheduler's sweep picks it up
+                log.exception("post-commit listener failed")
         position = 0
         for req in requests:
             results = [slot.result for slot in slots[position : position + len(req.alerts)]]
             position += len(req.alerts)
             if not req.future.done():
                 req.future.set_result([r for r in results if r is not None])
-        if self.on_commit and committed:
-            try:
-                await self.on_commit(committed)
-            except Exception:
-                log.exception("post-commit listener failed")
 
     async def _write(self, slots: list[_Slot]) -> list[CommittedIncident]:
         await self._mark_suppressed(slots)
@@ -581,6 +582,8 @@ class _Batch:
                     "resolved_at": None,
                     "resolved_by": "",
                     "resolution_summary": "",
+                    # Escalation starts now: the scheduler pages tier 1 as soon as it hears.
+                    "escalation_due_at": self.now,
                 }
             )
         result = await self.conn.execute(_statements(self.dialect).upsert_incidents, rows)
@@ -619,6 +622,7 @@ class _Batch:
                 created_at=self.now,
                 updated_at=self.now,
                 last_alert_at=max(s.alert.received_at for s in members),
+                escalation_due_at=self.now,
             )
         )
         for slot in members:

@@ -1,0 +1,336 @@
+"""On-call schedules as stored objects, and who is on call on one.
+
+The rotation arithmetic lives in :mod:`oncall_server.schedules` (pure, DST
+aware); this module validates what callers send, checks that every user it
+names belongs to the tenant, and keeps the rows' ``layers``/``overrides``
+JSON in the form :func:`schedules.to_json` writes.
+
+Layer times are *local wall-clock* strings in the schedule's zone (so a
+daily 09:00 handoff stays at 09:00 across DST changes); override times are
+instants.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from oncall_server import directory, schedules
+from oncall_server.clock import Clock
+from oncall_server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from oncall_server.ids import is_valid_id, uuid7
+from oncall_server.storage.engine import write_transaction
+from oncall_server.storage.models import EscalationPolicy, OnCallSchedule
+
+MAX_NAME = 200
+MAX_LAYERS = 20
+MAX_MEMBERS = 100
+MAX_OVERRIDES = 500
+# AddScheduleOverride drops overrides that ended this long ago, so a busy schedule never hits MAX_OVERRIDES.
+OVERRIDE_RETENTION = timedelta(days=30)
+LOCAL_TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2})?")
+LOCAL_TIME_FORMAT = '"YYYY-MM-DDTHH:MM[:SS]"'
+
+
+@dataclass(slots=True)
+class LayerSpec:
+    """A layer as a caller gives it: local times still as text, ``rotation_unit`` "" when unset."""
+
+    members: list[str]
+    start: str
+    rotation_length: int = 1
+    rotation_unit: str = "weeks"
+    end: str = ""
+
+
+@dataclass(slots=True)
+class OverrideSpec:
+    """An override as a caller gives it; times are aware instants, None when missing."""
+
+    user_id: str
+    start: datetime | None
+    end: datetime | None
+
+    def build(self, where: str) -> schedules.Override:
+        if not self.user_id:
+            raise InvalidArgument.field(f"{where}.user_id", "is required")
+        if self.start is None:
+            raise InvalidArgument.field(f"{where}.start_time", "is required")
+        if self.end is None:
+            raise InvalidArgument.field(f"{where}.end_time", "is required")
+        if self.end <= self.start:
+            raise InvalidArgument.field(f"{where}.end_time", "must be after start_time")
+        return schedules.Override(self.user_id, self.start, self.end)
+
+
+@dataclass(slots=True)
+class ScheduleSpec:
+    """The writable fields of a schedule."""
+
+    name: str = ""
+    time_zone: str = ""
+    layers: list[LayerSpec] = field(default_factory=list)
+    overrides: list[OverrideSpec] = field(default_factory=list)
+
+    def build(self) -> schedules.Schedule:
+        """The validated engine schedule; INVALID_ARGUMENT naming the field otherwise (users not checked)."""
+        self.name = self.name.strip()
+        if not self.name or len(self.name) > MAX_NAME:
+            raise InvalidArgument.field("schedule.name", f"must be 1 to {MAX_NAME} characters")
+        if not self.time_zone.strip():
+            raise InvalidArgument.field("schedule.time_zone", 'is required, e.g. "Europe/Berlin"')
+        if len(self.layers) > MAX_LAYERS:
+            raise InvalidArgument.field("schedule.layers", f"must have at most {MAX_LAYERS} layers")
+        if len(self.overrides) > MAX_OVERRIDES:
+            raise InvalidArgument.field("schedule.overrides", f"must have at most {MAX_OVERRIDES} overrides")
+        layers = tuple(_layer(spec, f"schedule.layers[{i}]") for i, spec in enumerate(self.layers))
+        overrides = tuple(spec.build(f"schedule.overrides[{i}]") for i, spec in enumerate(self.overrides))
+        schedule = schedules.Schedule(self.time_zone.strip(), layers, overrides)
+        schedule.validate()
+        return schedule
+
+
+def _layer(spec: LayerSpec, where: str) -> schedules.Layer:
+    if len(spec.members) > MAX_MEMBERS:
+        raise InvalidArgument.field(f"{where}.members", f"must have at most {MAX_MEMBERS} members")
+    for index, member in enumerate(spec.members):
+        if not member:
+            raise InvalidArgument.field(f"{where}.members[{index}]", "must be a user ID")
+    if not spec.rotation_unit:
+        raise InvalidArgument.field(f"{where}.rotation_unit", "is required")
+    if not spec.start.strip():
+        raise InvalidArgument.field(f"{where}.start", f"is required, as local time {LOCAL_TIME_FORMAT}")
+    layer = schedules.Layer(
+        members=tuple(spec.members),
+        start=parse_local_time(spec.start, f"{where}.start"),
+        rotation_length=spec.rotation_length,
+        rotation_unit=spec.rotation_unit,
+        end=parse_local_time(spec.end, f"{where}.end") if spec.end.strip() else None,
+    )
+    layer.validate(where)
+    return layer
+
+
+def parse_local_time(value: str, where: str) -> datetime:
+    """A naive local wall-clock time from ``YYYY-MM-DDTHH:MM[:SS]``; offsets are refused, not ignored."""
+    value = value.strip()
+    if not LOCAL_TIME_RE.fullmatch(value):
+        raise InvalidArgument.field(
+            where, f"must be local wall-clock time {LOCAL_TIME_FORMAT} without a UTC offset"
+        )
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidArgument.field(where, f"{value!r} is not a valid date and time") from None
+
+
+def user_refs(schedule: schedules.Schedule, prefix: str = "schedule") -> list[tuple[str, str]]:
+    """Every user the schedule names, with the field path an error about it should carry."""
+    refs = [
+        (f"{prefix}.layers[{i}].members[{j}]", member)
+        for i, layer in enumerate(schedule.layers)
+        for j, member in enumerate(layer.members)
+    ]
+    refs += [(f"{prefix}.overrides[{i}].user_id", o.user) for i, o in enumerate(schedule.overrides)]
+    return refs
+
+
+def engine_schedule(row: OnCallSchedule) -> schedules.Schedule:
+    """The row as the engine's schedule."""
+    return schedules.from_json(row.time_zone, row.layers, row.overrides)
+
+
+def _store(row: OnCallSchedule, schedule: schedules.Schedule) -> None:
+    row.time_zone = schedule.time_zone
+    row.layers, row.overrides = schedules.to_json(schedule)
+
+
+async def load_schedule(
+    session: AsyncSession, tenant_id: str, schedule_id: str, *, lock: bool = False
+) -> OnCallSchedule:
+    """The tenant's schedule; NOT_FOUND for another tenant's or a malformed id. ``lock``: FOR UPDATE."""
+    if not is_valid_id(schedule_id):
+        raise NotFound(f"schedule {schedule_id!r} not found")
+    query = select(OnCallSchedule).where(
+        OnCallSchedule.id == schedule_id, OnCallSchedule.tenant_id == tenant_id
+    )
+    row = await session.scalar(query.with_for_update() if lock else query)
+    if row is None:
+        raise NotFound(f"schedule {schedule_id!r} not found")
+    return row
+
+
+async def existing_schedules(session: AsyncSession, tenant_id: str, schedule_ids: Sequence[str]) -> set[str]:
+    """Which of ``schedule_ids`` are schedules of the tenant; takes ``FOR KEY SHARE`` on them until commit."""
+    wanted = sorted({schedule_id for schedule_id in schedule_ids if is_valid_id(schedule_id)})
+    if not wanted:
+        return set()
+    query = (
+        select(OnCallSchedule.id)
+        .where(OnCallSchedule.tenant_id == tenant_id, OnCallSchedule.id.in_(wanted))
+        .with_for_update(read=True, key_share=True)
+    )
+    return set((await session.scalars(query)).all())
+
+
+async def create_schedule(
+    sessions: async_sessionmaker[AsyncSession], clock: Clock, tenant_id: str, spec: ScheduleSpec
+) -> OnCallSchedule:
+    schedule = spec.build()
+    now = clock.now()
+    row = OnCallSchedule(id=uuid7(), tenant_id=tenant_id, name=spec.name, created_at=now, updated_at=now)
+    _store(row, schedule)
+    try:
+        async with write_transaction(sessions) as session:
+            await directory.check_users(session, tenant_id, user_refs(schedule))
+            session.add(row)
+    except IntegrityError:
+        raise AlreadyExists(f"a schedule named {spec.name!r} already exists") from None
+    return row
+
+
+async def get_schedule(
+    sessions: async_sessionmaker[AsyncSession], tenant_id: str, schedule_id: str
+) -> OnCallSchedule:
+    async with sessions() as session:
+        return await load_schedule(session, tenant_id, schedule_id)
+
+
+async def list_schedules(
+    sessions: async_sessionmaker[AsyncSession], tenant_id: str, page_size: int, after: str | None
+) -> list[OnCallSchedule]:
+    query = (
+        select(OnCallSchedule)
+        .where(OnCallSchedule.tenant_id == tenant_id)
+        .order_by(OnCallSchedule.id)
+        .limit(page_size)
+    )
+    if after:
+        query = query.where(OnCallSchedule.id > after)
+    async with sessions() as session:
+        return list((await session.scalars(query)).all())
+
+
+async def update_schedule(
+    sessions: async_sessionmaker[AsyncSession],
+    clock: Clock,
+    tenant_id: str,
+    schedule_id: str,
+    spec: ScheduleSpec,
+) -> OnCallSchedule:
+    """Replaces the whole schedule, checked before the row changes, so a bad update changes nothing."""
+    schedule = spec.build()
+    async with write_transaction(sessions) as session:
+        row = await load_schedule(session, tenant_id, schedule_id, lock=True)
+        await directory.check_users(session, tenant_id, user_refs(schedule))
+        row.name = spec.name
+        _store(row, schedule)
+        row.updated_at = clock.now()
+        try:
+            await session.flush()
+        except IntegrityError:
+            raise AlreadyExists(f"a schedule named {spec.name!r} already exists") from None
+    return row
+
+
+async def delete_schedule(
+    sessions: async_sessionmaker[AsyncSession], tenant_id: str, schedule_id: str
+) -> None:
+    """FAILED_PRECONDITION while an escalation policy pages the schedule: that policy would page nobody."""
+    async with write_transaction(sessions) as session:
+        row = await load_schedule(session, tenant_id, schedule_id, lock=True)
+        users = [
+            f"escalation policy {policy.name!r} ({policy.id})"
+            for policy in await session.scalars(
+                select(EscalationPolicy)
+                .where(EscalationPolicy.tenant_id == tenant_id)
+                .order_by(EscalationPolicy.id)
+            )
+            if any(
+                target.get("type") == "schedule" and target.get("id") == schedule_id
+                for tier in policy.tiers
+                for target in tier.get("targets", ())
+            )
+        ]
+        if users:
+            raise FailedPrecondition(
+                f"schedule {schedule_id!r} is still paged by {', '.join(users)}; remove it there first"
+            )
+        await session.delete(row)
+
+
+@dataclass(frozen=True, slots=True)
+class OnCall:
+    """The answer of :func:`who_is_on_call`."""
+
+    at: datetime
+    user_id: str | None
+    user: directory.UserRecord | None
+
+
+async def who_is_on_call(
+    sessions: async_sessionmaker[AsyncSession],
+    clock: Clock,
+    tenant_id: str,
+    schedule_id: str,
+    at: datetime | None,
+) -> OnCall:
+    """Who is on call at ``at`` (now when None), with their contact methods."""
+    when = at or clock.now()
+    async with sessions() as session:
+        row = await load_schedule(session, tenant_id, schedule_id)
+        user_id = schedules.who_is_on_call(engine_schedule(row), when)
+        found = await directory.get_users(session, tenant_id, [user_id]) if user_id else []
+    return OnCall(when, user_id, found[0] if found else None)
+
+
+async def add_override(
+    sessions: async_sessionmaker[AsyncSession],
+    clock: Clock,
+    tenant_id: str,
+    schedule_id: str,
+    spec: OverrideSpec,
+) -> OnCallSchedule:
+    """Appends an override (the newest wins where overrides overlap) and drops long-finished ones."""
+    override = spec.build("override")
+    async with write_transaction(sessions) as session:
+        row = await load_schedule(session, tenant_id, schedule_id, lock=True)
+        await directory.check_users(session, tenant_id, [("override.user_id", override.user)])
+        now = clock.now()
+        current = engine_schedule(row)
+        kept = tuple(o for o in current.overrides if o.end > now - OVERRIDE_RETENTION)
+        if len(kept) >= MAX_OVERRIDES:
+            raise FailedPrecondition(
+                f"schedule {schedule_id!r} already has {MAX_OVERRIDES} overrides; remove some first"
+            )
+        _store(row, schedules.Schedule(current.time_zone, current.layers, (*kept, override)))
+        row.updated_at = now
+    return row
+
+
+async def remove_override(
+    sessions: async_sessionmaker[AsyncSession],
+    clock: Clock,
+    tenant_id: str,
+    schedule_id: str,
+    spec: OverrideSpec,
+) -> OnCallSchedule:
+    """Removes the (last) override equal to ``spec``: overrides have no ids, their fields identify them."""
+    override = spec.build("override")
+    async with write_transaction(sessions) as session:
+        row = await load_schedule(session, tenant_id, schedule_id, lock=True)
+        current = engine_schedule(row)
+        matches = [i for i, o in enumerate(current.overrides) if o == override]
+        if not matches:
+            raise NotFound(f"schedule {schedule_id!r} has no such override")
+        overrides = list(current.overrides)
+        del overrides[matches[-1]]
+        _store(row, schedules.Schedule(current.time_zone, current.layers, tuple(overrides)))
+        row.updated_at = clock.now()
+    return row

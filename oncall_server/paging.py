@@ -1,0 +1,420 @@
+"""The escalation scheduler: runs due steps — page a tier, re-trigger an ack, auto-resolve.
+
+Each step runs in one SQL transaction that first checks the incident still
+expects it (same run, same step, still triggered) and then writes the outbox
+rows, the timeline entry and the incident's next step together. A step run
+twice (a lease expired, a rebuilt set) finds the step already advanced and
+does nothing; if it got as far as the outbox, the rows' unique key stops a
+second page anyway. Redis only says *when* to look; SQL says *whether*.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from oncall_server import escalation_state as state
+from oncall_server.changes import Change, ChangeFeed
+from oncall_server.clock import Clock, to_millis
+from oncall_server.due_set import DueSet
+from oncall_server.ids import uuid7
+from oncall_server.incidents import OPEN_ALERT_STATES, Incidents
+from oncall_server.ingest.model import AlertState, IncidentStatus
+from oncall_server.ingest.writer import CommittedIncident
+from oncall_server.outbox import PAGE, enqueue_pages
+from oncall_server.schedules import from_json, who_is_on_call
+from oncall_server.storage.engine import write_transaction
+from oncall_server.storage.models import (
+    Alert,
+    EscalationPolicy,
+    Incident,
+    OnCallSchedule,
+    Service,
+    TimelineEntry,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Outcome:
+    following: list[tuple[str, int]] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
+    enqueued: bool = False
+
+
+def snapshot_of(policy: EscalationPolicy | None) -> dict[str, Any]:
+    """The policy as the incident will follow it; ``{}`` means nobody is paged."""
+    if policy is None:
+        return {}
+    return {
+        "policy_id": policy.id,
+        "name": policy.name,
+        "repeat_count": policy.repeat_count,
+        "tiers": policy.tiers,
+    }
+
+
+def _duration(seconds: int) -> str:
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600}h"
+    if seconds % 60 == 0:
+        return f"{seconds // 60}m"
+    return f"{seconds}s"
+
+
+class Escalator:
+    """Runs escalation steps for every tenant; one per process, any number of replicas."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        due: DueSet,
+        clock: Clock,
+        changes: ChangeFeed,
+        incidents: Incidents,
+        *,
+        lease_seconds: float = 30.0,
+        batch_size: int = 100,
+        concurrency: int = 8,
+        poll_seconds: float = 0.5,
+        sweep_seconds: float = 5.0,
+    ) -> None:
+        self.sessions = sessions
+        self.due = due
+        self.clock = clock
+        self.changes = changes
+        self.incidents = incidents
+        self.lease_ms = int(lease_seconds * 1000)
+        self.batch_size = batch_size
+        self.poll_seconds = poll_seconds
+        self.sweep_seconds = sweep_seconds
+        self._limit = asyncio.Semaphore(concurrency)
+        self._wakeup = asyncio.Event()
+        self.on_enqueued: Callable[[], None] = lambda: None
+        self.steps_run = 0
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    async def incidents_committed(self, committed: list[CommittedIncident]) -> None:
+        """Post-commit listener of the ingest writer: new incidents start escalating now."""
+        created = [c for c in committed if c.created]
+        if not created:
+            return
+        async with self.sessions() as session:
+            rows = await session.execute(
+                select(
+                    Incident.id, Incident.escalation_run, Incident.escalation_step, Incident.escalation_due_at
+                ).where(Incident.id.in_([c.incident_id for c in created]))
+            )
+            items = [
+                (state.step_member(i, run, step), to_millis(due))
+                for i, run, step, due in rows.all()
+                if due is not None
+            ]
+        await self.due.add(items)
+        self.wake()
+
+    async def schedule(self, incident: Incident) -> None:
+        """After an action changed the incident's next step: tell Redis (SQL already knows)."""
+        member = state.pending_member(incident)
+        if member is not None:
+            await self.due.add([member])
+            self.wake()
+
+    async def run_forever(self, stopping: asyncio.Event) -> None:
+        await self.rebuild()
+        last_sweep = asyncio.get_running_loop().time()
+        while not stopping.is_set():
+            try:
+                handled = await self.tick()
+                if asyncio.get_running_loop().time() - last_sweep >= self.sweep_seconds:
+                    await self.sweep()
+                    last_sweep = asyncio.get_running_loop().time()
+            except Exception:
+                log.exception("escalation scheduler failed; retrying")
+                handled = 0
+            if handled >= self.batch_size:
+                continue
+            self._wakeup.clear()
+            timeout = self.poll_seconds
+            with contextlib.suppress(Exception):
+                next_ms = await self.due.next_due_ms()
+                if next_ms is not None:
+                    timeout = min(timeout, max(0.0, (next_ms - to_millis(self.clock.now())) / 1000))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+
+    async def tick(self) -> int:
+        """Run every step due now (one claim); returns how many were claimed."""
+        now_ms = to_millis(self.clock.now())
+        claimed = await self.due.claim(now_ms, self.lease_ms, self.batch_size)
+        if claimed is None:
+            await self.rebuild()
+            claimed = await self.due.claim(now_ms, self.lease_ms, self.batch_size) or []
+        await asyncio.gather(*(self._run(member) for member, _ in claimed))
+        return len(claimed)
+
+    async def _run(self, member: str) -> None:
+        async with self._limit:
+            try:
+                prefix, incident_id, *rest = member.split("|")
+                if prefix == state.STEP_PREFIX:
+                    outcome = await self._step(incident_id, int(rest[0]), int(rest[1]))
+                elif prefix == state.AUTO_RESOLVE_PREFIX:
+                    outcome = await self._auto_resolve(incident_id)
+                else:
+                    log.error("dropping unknown scheduler member %r", member)
+                    outcome = _Outcome()
+            except Exception:
+                # Left in flight: the lease runs out and this or another replica retries it.
+                log.exception("escalation step %s failed", member)
+                return
+            self.steps_run += 1
+            await self.due.finish(member, outcome.following)
+            await self.changes.publish(outcome.changes)
+            if outcome.enqueued:
+                self.on_enqueued()
+
+    async def _step(self, incident_id: str, run: int, step: int) -> _Outcome:
+        outcome = _Outcome()
+        async with write_transaction(self.sessions) as session:
+            incident = await session.scalar(
+                select(Incident).where(Incident.id == incident_id).with_for_update()
+            )
+            if (
+                incident is None
+                or incident.escalation_run != run
+                or incident.escalation_step != step
+                or incident.escalation_due_at is None
+            ):
+                return outcome  # fenced: an ack, a resolve or another replica got here first
+            now = self.clock.now()
+            if step == state.ACK_TIMEOUT_STEP:
+                if incident.status == IncidentStatus.ACKNOWLEDGED.value:
+                    await self._retrigger(session, incident, now, outcome)
+                return outcome
+            if incident.status != IncidentStatus.TRIGGERED.value:
+                return outcome
+            if incident.escalation_snapshot is None:
+                await self._start(session, incident, outcome)
+            await self._page_tier(session, incident, now, outcome)
+        return outcome
+
+    async def _start(self, session: AsyncSession, incident: Incident, outcome: _Outcome) -> None:
+        """First step: freeze the policy onto the incident, and arm auto-resolve."""
+        service = await session.get(Service, incident.service_id)
+        policy = None
+        if service is not None and service.escalation_policy_id:
+            policy = await session.get(EscalationPolicy, service.escalation_policy_id)
+        incident.escalation_snapshot = snapshot_of(policy)
+        if service is not None and service.auto_resolve_seconds:
+            deadline = incident.last_alert_at + timedelta(seconds=service.auto_resolve_seconds)
+            outcome.following.append((state.auto_resolve_member(incident.id), to_millis(deadline)))
+
+    async def _page_tier(
+        self, session: AsyncSession, incident: Incident, now: datetime, outcome: _Outcome
+    ) -> None:
+        snapshot = incident.escalation_snapshot or {}
+        tiers: list[dict[str, Any]] = snapshot.get("tiers") or []
+        step, run = incident.escalation_step, incident.escalation_run
+        if not tiers:
+            incident.escalation_due_at = None
+            self._entry(session, incident, "escalated", "No escalation policy: nobody is paged", {}, outcome)
+            return
+        loop, tier = divmod(step, len(tiers))
+        users = await self._targets(session, incident.tenant_id, tiers[tier].get("targets", []), now)
+        paged = await enqueue_pages(
+            session,
+            incident,
+            users,
+            kind=PAGE,
+            key=f"{incident.id}:{run}:{step}",
+            run=run,
+            tier=tier,
+            loop=loop,
+            now=now,
+        )
+        outcome.enqueued = paged.notifications > 0
+        repeat = f" (repeat {loop} of {snapshot.get('repeat_count', 0)})" if loop else ""
+        if paged.user_names:
+            message = f"Escalated to tier {tier + 1}{repeat}: {', '.join(paged.user_names)}"
+        else:
+            message = f"Escalated to tier {tier + 1}{repeat}: nobody is on call there"
+        following = step + 1
+        incident.escalation_step = following
+        if following < len(tiers) * (int(snapshot.get("repeat_count", 0)) + 1):
+            delay = int(tiers[tier].get("delay_seconds", 0))
+            due = (incident.escalation_due_at or now) + timedelta(seconds=delay)
+            incident.escalation_due_at = due
+            outcome.following.append((state.step_member(incident.id, run, following), to_millis(due)))
+            message += f"; tier {following % len(tiers) + 1} in {_duration(delay)} unless acknowledged"
+        else:
+            incident.escalation_due_at = None
+            message += "; this is the last tier"
+        details = {
+            "tier": str(tier + 1),
+            "loop": str(loop),
+            "user_ids": ",".join(users),
+            "policy_id": str(snapshot.get("policy_id", "")),
+        }
+        self._entry(session, incident, "escalated", message, details, outcome)
+
+    async def _targets(
+        self, session: AsyncSession, tenant_id: str, targets: list[dict[str, str]], at: datetime
+    ) -> list[str]:
+        """User ids a tier pages: its users, and whoever is on call now in its schedules."""
+        users: list[str] = []
+        schedule_ids = [t["id"] for t in targets if t.get("type") == "schedule"]
+        schedules = {}
+        if schedule_ids:
+            schedules = {
+                s.id: s
+                for s in await session.scalars(
+                    select(OnCallSchedule).where(
+                        OnCallSchedule.tenant_id == tenant_id, OnCallSchedule.id.in_(schedule_ids)
+                    )
+                )
+            }
+        for target in targets:
+            if target.get("type") == "user":
+                users.append(target["id"])
+            elif (row := schedules.get(target.get("id", ""))) is not None:
+                on_call = who_is_on_call(from_json(row.time_zone, row.layers, row.overrides), at)
+                if on_call:
+                    users.append(on_call)
+        return list(dict.fromkeys(users))
+
+    async def _retrigger(
+        self, session: AsyncSession, incident: Incident, now: datetime, outcome: _Outcome
+    ) -> None:
+        """The acknowledgement timed out without a resolve: triggered again, from tier 1."""
+        incident.status = IncidentStatus.TRIGGERED.value
+        incident.acknowledged_at, incident.acknowledged_by = None, ""
+        incident.updated_at = now
+        await session.execute(
+            update(Alert)
+            .where(Alert.incident_id == incident.id, Alert.state.in_(OPEN_ALERT_STATES))
+            .values(state=AlertState.TRIGGERED.value)
+        )
+        state.restart(incident, now)
+        self._entry(
+            session,
+            incident,
+            "unacknowledged",
+            "Acknowledgement timed out without a resolve: escalation restarts",
+            {},
+            outcome,
+        )
+        member = state.pending_member(incident)
+        if member is not None:
+            outcome.following.append(member)
+
+    async def _auto_resolve(self, incident_id: str) -> _Outcome:
+        async with self.sessions() as session:
+            incident = await session.get(Incident, incident_id)
+            if incident is None or incident.status == IncidentStatus.RESOLVED.value:
+                return _Outcome()
+            service = await session.get(Service, incident.service_id)
+            # A repeat of a deduplicated alert is news too: the problem is still there.
+            last_seen = await session.scalar(
+                select(func.max(Alert.last_seen_at)).where(Alert.incident_id == incident_id)
+            )
+        if service is None or not service.auto_resolve_seconds:
+            return _Outcome()
+        quiet_since = max(incident.last_alert_at, last_seen or incident.last_alert_at)
+        deadline = quiet_since + timedelta(seconds=service.auto_resolve_seconds)
+        if deadline > self.clock.now():  # a newer alert moved it
+            return _Outcome([(state.auto_resolve_member(incident_id), to_millis(deadline))])
+        await self.incidents.resolve(
+            incident.tenant_id,
+            incident_id,
+            "system",
+            f"Auto-resolved: no new alerts for {_duration(service.auto_resolve_seconds)}",
+        )
+        return _Outcome()
+
+    def _entry(
+        self,
+        session: AsyncSession,
+        incident: Incident,
+        kind: str,
+        message: str,
+        details: dict[str, str],
+        outcome: _Outcome,
+    ) -> None:
+        entry = TimelineEntry(
+            id=uuid7(),
+            tenant_id=incident.tenant_id,
+            incident_id=incident.id,
+            kind=kind,
+            actor="system",
+            message=message,
+            details=details,
+            created_at=self.clock.now(),
+        )
+        session.add(entry)
+        outcome.changes.append(Change(incident.tenant_id, incident.service_id, incident.id, entry.id))
+
+    async def rebuild(self) -> None:
+        """Refill the sorted set from SQL (startup, or Redis lost it): every pending step and auto-resolve."""
+        items: list[tuple[str, int]] = []
+        async with self.sessions() as session:
+            result = await session.stream(
+                select(
+                    Incident.id, Incident.escalation_run, Incident.escalation_step, Incident.escalation_due_at
+                )
+                .where(Incident.escalation_due_at.is_not(None))
+                .execution_options(yield_per=5000)
+            )
+            async for incident_id, run, step, due in result:
+                if due is not None:
+                    items.append((state.step_member(incident_id, run, step), to_millis(due)))
+            deadlines = await session.stream(
+                select(Incident.id, Incident.last_alert_at, Service.auto_resolve_seconds)
+                .join(Service, Service.id == Incident.service_id)
+                .where(
+                    Incident.status != IncidentStatus.RESOLVED.value,
+                    Service.auto_resolve_seconds.is_not(None),
+                )
+                .execution_options(yield_per=5000)
+            )
+            async for incident_id, last_alert_at, seconds in deadlines:
+                if seconds:
+                    deadline = last_alert_at + timedelta(seconds=seconds)
+                    items.append((state.auto_resolve_member(incident_id), to_millis(deadline)))
+        added = await self.due.add_missing(items)
+        await self.due.mark_loaded()
+        if added:
+            log.info("scheduler set rebuilt from SQL: %d member(s) restored", added)
+        self.wake()
+
+    async def sweep(self) -> int:
+        """Re-add overdue steps Redis does not know (a process died between commit and ZADD)."""
+        overdue = self.clock.now() - timedelta(seconds=self.sweep_seconds)
+        async with self.sessions() as session:
+            rows = await session.execute(
+                select(
+                    Incident.id, Incident.escalation_run, Incident.escalation_step, Incident.escalation_due_at
+                )
+                .where(Incident.escalation_due_at <= overdue)
+                .limit(10_000)
+            )
+            items = [
+                (state.step_member(i, run, step), to_millis(due))
+                for i, run, step, due in rows.all()
+                if due is not None
+            ]
+        added = await self.due.add_missing(items)
+        if added:
+            log.warning("scheduler sweep restored %d overdue step(s) missing from Redis", added)
+        return added
