@@ -608,3 +608,24 @@ async def test_webhook_receiver_down_for_a_while_gets_the_page_once_when_back(
             assert "503" in notes[0].message
     finally:
         await runner.cleanup()
+
+
+async def test_a_dispatcher_dying_after_claiming_loses_no_page(
+    paging: tuple[RunningServer, CaptureChannel], clock: FakeClock
+) -> None:
+    """Claimed, then the process dies before sending: once the lease runs out, the page goes out."""
+    server, channel = paging
+    app = server.app
+    tenant = await bootstrap(app)
+    await three_tiers(app, tenant)
+    await trigger(server, tenant, {"title": "x"})
+    await app.escalator.tick()
+    claimed = await app.dispatcher._claim()  # ...and this "process" dies here, before sending
+    assert len(claimed) == 1 and channel.sent == []
+    await advance(app, clock, 30)
+    assert channel.sent == []  # still leased to the dead process
+    await advance(app, clock, 31)  # the 60 s lease ran out
+    assert channel.addresses == ["alice"]
+    async with app.sessions() as session:
+        row = await session.scalar(select(Notification))
+    assert row is not None and (row.status, row.attempts) == ("sent", 2)
