@@ -81,10 +81,10 @@ class DueSet:
             return None
         return [(raw[i].decode(), int(float(raw[i + 1]))) for i in range(0, len(raw), 2)]
 
-    async def finish(self, member: str, following: Sequence[tuple[str, int]] = ()) -> None:
-        """Drop a processed member from the in-flight set and schedule what follows it, atomically."""
+    async def finish(self, members: Sequence[str], following: Sequence[tuple[str, int]] = ()) -> None:
+        """Drop processed members from the in-flight set and schedule what follows them, atomically."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zrem(INFLIGHT_KEY, member)
+            pipe.zrem(INFLIGHT_KEY, *members)
             if following:
                 pipe.zadd(DUE_KEY, dict(following))
             await pipe.execute()

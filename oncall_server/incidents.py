@@ -22,7 +22,7 @@ from oncall_server.errors import FailedPrecondition, InvalidArgument, NotFound
 from oncall_server.ids import is_valid_id, uuid7
 from oncall_server.ingest.coordination import Coordinator
 from oncall_server.ingest.model import AlertState, IncidentStatus
-from oncall_server.outbox import ASSIGNED, enqueue_pages
+from oncall_server.outbox import ASSIGNED, PageRequest, enqueue_pages
 from oncall_server.storage.engine import write_transaction
 from oncall_server.storage.models import Alert, Incident, Service, TimelineEntry, User
 
@@ -249,16 +249,10 @@ class Incidents:
                 {"assigned_to": user.id, "previous": previous},
             )
             session.add(entry)
-            paged = await enqueue_pages(
+            [paged] = await enqueue_pages(
                 session,
-                incident,
-                [user.id],
-                kind=ASSIGNED,
-                key=f"{incident.id}:assign:{entry.id}",
-                run=incident.escalation_run,
-                tier=0,
-                loop=0,
-                now=now,
+                [PageRequest(incident, [user.id], ASSIGNED, f"{incident.id}:assign:{entry.id}", 0, 0, 0)],
+                now,
             )
         await self._publish(incident, entry)
         if paged.notifications:

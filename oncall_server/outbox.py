@@ -18,9 +18,9 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy import Table, and_, bindparam, exists, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -53,86 +53,93 @@ def incident_url(public_url: str, incident_id: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class PageRequest:
+    """One decision to page people about an incident (an escalation step, a reassignment)."""
+
+    incident: Incident
+    user_ids: Sequence[str]
+    kind: str
+    key: str  # names the decision; with user, contact method and delay it forms the dedup key
+    run: int
+    tier: int
+    loop: int
+
+
+@dataclass(frozen=True, slots=True)
 class Paged:
-    """Who an enqueue reached, for the timeline message."""
+    """Who one request reached, for the timeline message."""
 
     user_names: list[str]
     notifications: int
 
 
-async def enqueue_pages(
-    session: AsyncSession,
-    incident: Incident,
-    user_ids: Sequence[str],
-    *,
-    kind: str,
-    key: str,
-    run: int,
-    tier: int,
-    loop: int,
-    now: datetime,
-) -> Paged:
+async def enqueue_pages(session: AsyncSession, requests: Sequence[PageRequest], now: datetime) -> list[Paged]:
     """Write one outbox row per (user, notification rule) in the caller's transaction.
 
-    ``key`` names the decision (an escalation step, a reassignment); with the
-    user, contact method and delay it forms the unique ``dedup_key``, so the
-    same decision enqueued twice pages nobody twice. A user without rules is
-    paged on every contact method at once.
+    Rows are unique on ``dedup_key``, so the same decision enqueued twice
+    pages nobody twice. A user without rules is paged on every contact method
+    at once. One call serves a whole batch of steps: three reads and one insert.
     """
-    ids = list(dict.fromkeys(user_ids))
+    ids = list({user_id for request in requests for user_id in request.user_ids})
     if not ids:
-        return Paged([], 0)
-    users = {
-        u.id: u
-        for u in await session.scalars(
-            select(User).where(User.tenant_id == incident.tenant_id, User.id.in_(ids))
-        )
-    }
-    methods = {
-        m.id: m for m in await session.scalars(select(ContactMethod).where(ContactMethod.user_id.in_(ids)))
-    }
+        return [Paged([], 0) for _ in requests]
+    users = {u.id: u for u in await session.scalars(select(User).where(User.id.in_(ids)))}
+    methods: dict[str, list[ContactMethod]] = {}
+    method_by_id: dict[str, ContactMethod] = {}
+    for method in await session.scalars(
+        select(ContactMethod).where(ContactMethod.user_id.in_(ids)).order_by(ContactMethod.id)
+    ):
+        methods.setdefault(method.user_id, []).append(method)
+        method_by_id[method.id] = method
     rules: dict[str, list[tuple[str, int]]] = {}
     for rule in await session.scalars(
         select(NotificationRule).where(NotificationRule.user_id.in_(ids)).order_by(NotificationRule.id)
     ):
-        if rule.contact_method_id in methods:
+        if rule.contact_method_id in method_by_id:
             rules.setdefault(rule.user_id, []).append((rule.contact_method_id, rule.delay_seconds))
     rows: list[dict[str, Any]] = []
-    names: list[str] = []
-    for user_id in ids:
-        user = users.get(user_id)
-        if user is None:
-            continue
-        names.append(user.name)
-        chosen = rules.get(user_id) or [(m.id, 0) for m in methods.values() if m.user_id == user_id]
-        for method_id, delay in chosen:
-            rows.append(
-                {
-                    "id": uuid7(),
-                    "tenant_id": incident.tenant_id,
-                    "incident_id": incident.id,
-                    "kind": kind,
-                    "dedup_key": f"{key}:{user_id}:{method_id}:{delay}",
-                    "escalation_run": run,
-                    "tier": tier,
-                    "loop": loop,
-                    "user_id": user_id,
-                    "contact_method_id": method_id,
-                    "channel": methods[method_id].type,
-                    "status": "pending",
-                    "attempts": 0,
-                    "next_attempt_at": now + timedelta(seconds=delay),
-                    "lease_until": None,
-                    "last_error": "",
-                    "created_at": now,
-                    "sent_at": None,
-                }
-            )
+    results: list[Paged] = []
+    for request in requests:
+        incident = request.incident
+        names: list[str] = []
+        before = len(rows)
+        for user_id in dict.fromkeys(request.user_ids):
+            user = users.get(user_id)
+            if user is None or user.tenant_id != incident.tenant_id:
+                continue
+            names.append(user.name)
+            chosen = rules.get(user_id) or [(m.id, 0) for m in methods.get(user_id, [])]
+            for method_id, delay in chosen:
+                rows.append(
+                    {
+                        "id": uuid7(),
+                        "tenant_id": incident.tenant_id,
+                        "incident_id": incident.id,
+                        "kind": request.kind,
+                        "dedup_key": f"{request.key}:{user_id}:{method_id}:{delay}",
+                        "escalation_run": request.run,
+                        "tier": request.tier,
+                        "loop": request.loop,
+                        "user_id": user_id,
+                        "contact_method_id": method_id,
+                        "channel": method_by_id[method_id].type,
+                        "status": "pending",
+                        "attempts": 0,
+                        "next_attempt_at": now + timedelta(seconds=delay),
+                        "lease_until": None,
+                        "last_error": "",
+                        "created_at": now,
+                        "sent_at": None,
+                    }
+                )
+        results.append(Paged(names, len(rows) - before))
     if rows:
         dialect = session.get_bind().dialect.name
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        await session.execute(insert(Notification).on_conflict_do_nothing(index_elements=["dedup_key"]), rows)
-    return Paged(names, len(rows))
+        dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        await session.execute(
+            dialect_insert(Notification).on_conflict_do_nothing(index_elements=["dedup_key"]), rows
+        )
+    return results
 
 
 def _deliverable() -> Any:
@@ -157,6 +164,8 @@ class _Delivery:
     destination: Destination | None
     error: str = ""
     retryable: bool = True
+    user_name: str = ""
+    service_id: str = ""
 
 
 class Dispatcher:
@@ -175,7 +184,7 @@ class Dispatcher:
         retry_base_seconds: float = 1.0,
         retry_max_seconds: float = 300.0,
         poll_seconds: float = 0.5,
-        batch_size: int = 50,
+        batch_size: int = 200,
     ) -> None:
         self.sessions = sessions
         self.clock = clock
@@ -280,13 +289,22 @@ class Dispatcher:
                 methods.get(row.contact_method_id),
             )
             if user is None or method is None:
-                out.append(_Delivery(row, None, None, "the user or contact method was deleted", False))
+                out.append(
+                    _Delivery(
+                        row,
+                        None,
+                        None,
+                        "the user or contact method was deleted",
+                        False,
+                        "",
+                        incident.service_id,
+                    )
+                )
                 continue
             service = services.get(incident.service_id)
             page = build_page(row, incident, service, user, self.public_url)
-            out.append(
-                _Delivery(row, page, Destination(method.id, method.type, method.address, method.secret))
-            )
+            destination = Destination(method.id, method.type, method.address, method.secret)
+            out.append(_Delivery(row, page, destination, user_name=user.name, service_id=incident.service_id))
         return out
 
     async def _send(self, delivery: _Delivery) -> None:
@@ -309,80 +327,84 @@ class Dispatcher:
         return float(min(self.retry_base_seconds * 2 ** (attempts - 1), self.retry_max_seconds))
 
     async def _record(self, deliveries: list[_Delivery]) -> None:
+        """Every outcome in one transaction: executemany updates and timeline inserts."""
         now = self.clock.now()
+        updates: list[dict[str, Any]] = []
+        entries: list[dict[str, Any]] = []
         changes: list[Change] = []
-        names: dict[str, str] = {}
-        async with self.sessions() as session:
-            for user in await session.scalars(
-                select(User).where(User.id.in_({d.row.user_id for d in deliveries}))
-            ):
-                names[user.id] = user.name
-        async with write_transaction(self.sessions) as session:
-            incidents = {
-                i.id: i
-                for i in await session.scalars(
-                    select(Incident).where(Incident.id.in_({d.row.incident_id for d in deliveries}))
-                )
+        for delivery in deliveries:
+            row = delivery.row
+            who = delivery.user_name or row.user_id
+            outcome = {
+                "b_id": row.id,
+                "status": "sent",
+                "sent_at": None,
+                "next_attempt_at": row.next_attempt_at,
+                "last_error": delivery.error,
             }
-            for delivery in deliveries:
-                row = delivery.row
-                who = names.get(row.user_id, row.user_id)
-                values: dict[str, Any]
-                details = {
-                    "notification_id": row.id,
-                    "user_id": row.user_id,
-                    "channel": row.channel,
-                    "attempts": str(row.attempts),
-                    "tier": str(row.tier),
+            if not delivery.error:
+                outcome["sent_at"] = now
+                message = f"Notified {who} via {row.channel}"
+            elif delivery.retryable and row.attempts < self.max_attempts:
+                delay = self._retry_delay(row.attempts)
+                outcome["status"], outcome["next_attempt_at"] = "retrying", now + timedelta(seconds=delay)
+                message = (
+                    f"Could not notify {who} via {row.channel}: {delivery.error}; retrying in {delay:g}s"
+                )
+            else:
+                outcome["status"] = "failed"
+                message = (
+                    f"Failed to notify {who} via {row.channel} after {row.attempts} attempt(s): "
+                    f"{delivery.error}"
+                )
+            entry_id = uuid7()
+            entries.append(
+                {
+                    "id": entry_id,
+                    "tenant_id": row.tenant_id,
+                    "incident_id": row.incident_id,
+                    "kind": "notification",
+                    "actor": "system",
+                    "message": message,
+                    "details": {
+                        "notification_id": row.id,
+                        "user_id": row.user_id,
+                        "channel": row.channel,
+                        "attempts": str(row.attempts),
+                        "tier": str(row.tier),
+                        "status": outcome["status"],
+                        "error": delivery.error,
+                    },
+                    "created_at": now,
                 }
-                if not delivery.error:
-                    values = {"status": "sent", "sent_at": now, "lease_until": None, "last_error": ""}
-                    message = f"Notified {who} via {row.channel}"
-                    details["status"] = "sent"
-                elif delivery.retryable and row.attempts < self.max_attempts:
-                    delay = self._retry_delay(row.attempts)
-                    values = {
-                        "status": "pending",
-                        "next_attempt_at": now + timedelta(seconds=delay),
-                        "lease_until": None,
-                        "last_error": delivery.error,
-                    }
-                    message = (
-                        f"Could not notify {who} via {row.channel}: {delivery.error}; retrying in {delay:g}s"
-                    )
-                    details["status"] = "retrying"
-                else:
-                    values = {"status": "failed", "lease_until": None, "last_error": delivery.error}
-                    message = (
-                        f"Failed to notify {who} via {row.channel} after {row.attempts} attempt(s): "
-                        f"{delivery.error}"
-                    )
-                    details["status"] = "failed"
-                await session.execute(
-                    update(Notification)
-                    .where(Notification.id == row.id, Notification.status == "sending")
-                    .values(**values)
-                )
-                details["error"] = delivery.error
-                entry = TimelineEntry(
-                    id=uuid7(),
-                    tenant_id=row.tenant_id,
-                    incident_id=row.incident_id,
-                    kind="notification",
-                    actor="system",
-                    message=message,
-                    details=details,
-                    created_at=now,
-                )
-                session.add(entry)
-                incident = incidents.get(row.incident_id)
-                if incident is not None:
-                    changes.append(Change(row.tenant_id, incident.service_id, row.incident_id, entry.id))
+            )
+            if outcome["status"] == "retrying":
+                outcome["status"] = "pending"
+            updates.append(outcome)
+            changes.append(Change(row.tenant_id, delivery.service_id, row.incident_id, entry_id))
+        async with write_transaction(self.sessions) as session:
+            await session.execute(_RECORD_OUTCOME, updates)
+            await session.execute(insert(TimelineEntry), entries)
         await self.changes.publish(changes)
         for delivery in deliveries:
             if not delivery.error:
                 for listener in self.on_sent:
                     listener(delivery.row)
+
+
+_notifications = cast(Table, Notification.__table__)
+# Only a row still leased to us changes: a row another replica reclaimed after our lease is theirs.
+_RECORD_OUTCOME = (
+    update(_notifications)
+    .where(_notifications.c.id == bindparam("b_id"), _notifications.c.status == "sending")
+    .values(
+        status=bindparam("status"),
+        sent_at=bindparam("sent_at"),
+        next_attempt_at=bindparam("next_attempt_at"),
+        last_error=bindparam("last_error"),
+        lease_until=None,
+    )
+)
 
 
 def build_page(

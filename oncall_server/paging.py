@@ -29,8 +29,8 @@ from oncall_server.ids import uuid7
 from oncall_server.incidents import OPEN_ALERT_STATES, Incidents
 from oncall_server.ingest.model import AlertState, IncidentStatus
 from oncall_server.ingest.writer import CommittedIncident
-from oncall_server.outbox import PAGE, enqueue_pages
-from oncall_server.schedules import from_json, who_is_on_call
+from oncall_server.outbox import PAGE, PageRequest, enqueue_pages
+from oncall_server.schedules import Schedule, from_json, who_is_on_call
 from oncall_server.storage.engine import write_transaction
 from oncall_server.storage.models import (
     Alert,
@@ -83,7 +83,7 @@ class Escalator:
         incidents: Incidents,
         *,
         lease_seconds: float = 30.0,
-        batch_size: int = 100,
+        batch_size: int = 500,
         concurrency: int = 8,
         poll_seconds: float = 0.5,
         sweep_seconds: float = 5.0,
@@ -161,135 +161,191 @@ class Escalator:
         if claimed is None:
             await self.rebuild()
             claimed = await self.due.claim(now_ms, self.lease_ms, self.batch_size) or []
-        await asyncio.gather(*(self._run(member) for member, _ in claimed))
+        steps: dict[str, tuple[str, int, int]] = {}
+        resolves: list[tuple[str, str]] = []
+        for member, _ in claimed:
+            prefix, incident_id, *rest = member.split("|")
+            if prefix == state.STEP_PREFIX and len(rest) == 2:
+                steps[member] = (incident_id, int(rest[0]), int(rest[1]))
+            elif prefix == state.AUTO_RESOLVE_PREFIX:
+                resolves.append((member, incident_id))
+            else:
+                log.error("dropping unknown scheduler member %r", member)
+                await self.due.finish([member])
+        if steps:
+            await self._run_steps(steps)
+        await asyncio.gather(
+            *(self._run_auto_resolve(member, incident_id) for member, incident_id in resolves)
+        )
         return len(claimed)
 
-    async def _run(self, member: str) -> None:
+    async def _run_steps(self, steps: dict[str, tuple[str, int, int]]) -> None:
+        """One transaction for the whole claim; if it fails, each step alone, so one bad row blocks none."""
+        try:
+            outcome = await self._steps(list(steps.values()))
+        except Exception:
+            if len(steps) == 1:
+                # Left in flight: the lease runs out and this or another replica retries it.
+                log.exception("escalation step %s failed", next(iter(steps)))
+                return
+            log.exception("a batch of %d escalation steps failed; running them one by one", len(steps))
+            for member, step in steps.items():
+                await self._run_steps({member: step})
+            return
+        self.steps_run += len(steps)
+        await self.due.finish(list(steps), outcome.following)
+        await self.changes.publish(outcome.changes)
+        if outcome.enqueued:
+            self.on_enqueued()
+
+    async def _run_auto_resolve(self, member: str, incident_id: str) -> None:
         async with self._limit:
             try:
-                prefix, incident_id, *rest = member.split("|")
-                if prefix == state.STEP_PREFIX:
-                    outcome = await self._step(incident_id, int(rest[0]), int(rest[1]))
-                elif prefix == state.AUTO_RESOLVE_PREFIX:
-                    outcome = await self._auto_resolve(incident_id)
-                else:
-                    log.error("dropping unknown scheduler member %r", member)
-                    outcome = _Outcome()
+                outcome = await self._auto_resolve(incident_id)
             except Exception:
-                # Left in flight: the lease runs out and this or another replica retries it.
-                log.exception("escalation step %s failed", member)
+                log.exception("auto-resolve of %s failed", incident_id)
                 return
-            self.steps_run += 1
-            await self.due.finish(member, outcome.following)
-            await self.changes.publish(outcome.changes)
-            if outcome.enqueued:
-                self.on_enqueued()
+            await self.due.finish([member], outcome.following)
 
-    async def _step(self, incident_id: str, run: int, step: int) -> _Outcome:
+    async def _steps(self, steps: list[tuple[str, int, int]]) -> _Outcome:
         outcome = _Outcome()
         async with write_transaction(self.sessions) as session:
-            incident = await session.scalar(
-                select(Incident).where(Incident.id == incident_id).with_for_update()
-            )
-            if (
-                incident is None
-                or incident.escalation_run != run
-                or incident.escalation_step != step
-                or incident.escalation_due_at is None
-            ):
-                return outcome  # fenced: an ack, a resolve or another replica got here first
+            # Locked in id order, so two replicas' batches cannot deadlock on PostgreSQL.
+            incidents = {
+                incident.id: incident
+                for incident in await session.scalars(
+                    select(Incident)
+                    .where(Incident.id.in_({incident_id for incident_id, _, _ in steps}))
+                    .order_by(Incident.id)
+                    .with_for_update()
+                )
+            }
             now = self.clock.now()
-            if step == state.ACK_TIMEOUT_STEP:
-                if incident.status == IncidentStatus.ACKNOWLEDGED.value:
-                    await self._retrigger(session, incident, now, outcome)
-                return outcome
-            if incident.status != IncidentStatus.TRIGGERED.value:
-                return outcome
-            if incident.escalation_snapshot is None:
-                await self._start(session, incident, outcome)
-            await self._page_tier(session, incident, now, outcome)
+            to_page: list[Incident] = []
+            for incident_id, run, step in steps:
+                incident = incidents.get(incident_id)
+                if (
+                    incident is None
+                    or incident.escalation_run != run
+                    or incident.escalation_step != step
+                    or incident.escalation_due_at is None
+                ):
+                    continue  # fenced: an ack, a resolve or another replica got here first
+                if step == state.ACK_TIMEOUT_STEP:
+                    if incident.status == IncidentStatus.ACKNOWLEDGED.value:
+                        await self._retrigger(session, incident, now, outcome)
+                elif incident.status == IncidentStatus.TRIGGERED.value:
+                    to_page.append(incident)
+            if to_page:
+                await self._start([i for i in to_page if i.escalation_snapshot is None], session, outcome)
+                await self._page_tiers(session, to_page, now, outcome)
         return outcome
 
-    async def _start(self, session: AsyncSession, incident: Incident, outcome: _Outcome) -> None:
+    async def _start(self, incidents: list[Incident], session: AsyncSession, outcome: _Outcome) -> None:
         """First step: freeze the policy onto the incident, and arm auto-resolve."""
-        service = await session.get(Service, incident.service_id)
-        policy = None
-        if service is not None and service.escalation_policy_id:
-            policy = await session.get(EscalationPolicy, service.escalation_policy_id)
-        incident.escalation_snapshot = snapshot_of(policy)
-        if service is not None and service.auto_resolve_seconds:
-            deadline = incident.last_alert_at + timedelta(seconds=service.auto_resolve_seconds)
-            outcome.following.append((state.auto_resolve_member(incident.id), to_millis(deadline)))
-
-    async def _page_tier(
-        self, session: AsyncSession, incident: Incident, now: datetime, outcome: _Outcome
-    ) -> None:
-        snapshot = incident.escalation_snapshot or {}
-        tiers: list[dict[str, Any]] = snapshot.get("tiers") or []
-        step, run = incident.escalation_step, incident.escalation_run
-        if not tiers:
-            incident.escalation_due_at = None
-            self._entry(session, incident, "escalated", "No escalation policy: nobody is paged", {}, outcome)
+        if not incidents:
             return
-        loop, tier = divmod(step, len(tiers))
-        users = await self._targets(session, incident.tenant_id, tiers[tier].get("targets", []), now)
-        paged = await enqueue_pages(
-            session,
-            incident,
-            users,
-            kind=PAGE,
-            key=f"{incident.id}:{run}:{step}",
-            run=run,
-            tier=tier,
-            loop=loop,
-            now=now,
-        )
-        outcome.enqueued = paged.notifications > 0
-        repeat = f" (repeat {loop} of {snapshot.get('repeat_count', 0)})" if loop else ""
-        if paged.user_names:
-            message = f"Escalated to tier {tier + 1}{repeat}: {', '.join(paged.user_names)}"
-        else:
-            message = f"Escalated to tier {tier + 1}{repeat}: nobody is on call there"
-        following = step + 1
-        incident.escalation_step = following
-        if following < len(tiers) * (int(snapshot.get("repeat_count", 0)) + 1):
-            delay = int(tiers[tier].get("delay_seconds", 0))
-            due = (incident.escalation_due_at or now) + timedelta(seconds=delay)
-            incident.escalation_due_at = due
-            outcome.following.append((state.step_member(incident.id, run, following), to_millis(due)))
-            message += f"; tier {following % len(tiers) + 1} in {_duration(delay)} unless acknowledged"
-        else:
-            incident.escalation_due_at = None
-            message += "; this is the last tier"
-        details = {
-            "tier": str(tier + 1),
-            "loop": str(loop),
-            "user_ids": ",".join(users),
-            "policy_id": str(snapshot.get("policy_id", "")),
+        services = {
+            s.id: s
+            for s in await session.scalars(
+                select(Service).where(Service.id.in_({i.service_id for i in incidents}))
+            )
         }
-        self._entry(session, incident, "escalated", message, details, outcome)
+        policy_ids = {s.escalation_policy_id for s in services.values() if s.escalation_policy_id}
+        policies = {}
+        if policy_ids:
+            policies = {
+                p.id: p
+                for p in await session.scalars(
+                    select(EscalationPolicy).where(EscalationPolicy.id.in_(policy_ids))
+                )
+            }
+        for incident in incidents:
+            service = services.get(incident.service_id)
+            policy_id = service.escalation_policy_id if service else None
+            incident.escalation_snapshot = snapshot_of(policies.get(policy_id or ""))
+            if service is not None and service.auto_resolve_seconds:
+                deadline = incident.last_alert_at + timedelta(seconds=service.auto_resolve_seconds)
+                outcome.following.append((state.auto_resolve_member(incident.id), to_millis(deadline)))
 
-    async def _targets(
-        self, session: AsyncSession, tenant_id: str, targets: list[dict[str, str]], at: datetime
+    async def _page_tiers(
+        self, session: AsyncSession, incidents: list[Incident], now: datetime, outcome: _Outcome
+    ) -> None:
+        """Page the current tier of each incident, and move each to its next step."""
+        schedules = await self._schedules(session, incidents)
+        requests: list[PageRequest] = []
+        paging: list[tuple[Incident, list[dict[str, Any]], int, int, list[str]]] = []
+        for incident in incidents:
+            tiers: list[dict[str, Any]] = (incident.escalation_snapshot or {}).get("tiers") or []
+            if not tiers:
+                incident.escalation_due_at = None
+                self._entry(
+                    session, incident, "escalated", "No escalation policy: nobody is paged", {}, outcome
+                )
+                continue
+            loop, tier = divmod(incident.escalation_step, len(tiers))
+            users = self._targets(tiers[tier].get("targets", []), schedules, incident.tenant_id, now)
+            key = f"{incident.id}:{incident.escalation_run}:{incident.escalation_step}"
+            requests.append(PageRequest(incident, users, PAGE, key, incident.escalation_run, tier, loop))
+            paging.append((incident, tiers, tier, loop, users))
+        for (incident, tiers, tier, loop, users), paged in zip(
+            paging, await enqueue_pages(session, requests, now), strict=True
+        ):
+            outcome.enqueued = outcome.enqueued or paged.notifications > 0
+            snapshot = incident.escalation_snapshot or {}
+            repeat = f" (repeat {loop} of {snapshot.get('repeat_count', 0)})" if loop else ""
+            who = ", ".join(paged.user_names) if paged.user_names else "nobody is on call there"
+            message = f"Escalated to tier {tier + 1}{repeat}: {who}"
+            following = incident.escalation_step + 1
+            incident.escalation_step = following
+            if following < len(tiers) * (int(snapshot.get("repeat_count", 0)) + 1):
+                delay = int(tiers[tier].get("delay_seconds", 0))
+                due = (incident.escalation_due_at or now) + timedelta(seconds=delay)
+                incident.escalation_due_at = due
+                outcome.following.append(
+                    (state.step_member(incident.id, incident.escalation_run, following), to_millis(due))
+                )
+                message += f"; tier {following % len(tiers) + 1} in {_duration(delay)} unless acknowledged"
+            else:
+                incident.escalation_due_at = None
+                message += "; this is the last tier"
+            details = {
+                "tier": str(tier + 1),
+                "loop": str(loop),
+                "user_ids": ",".join(users),
+                "policy_id": str(snapshot.get("policy_id", "")),
+            }
+            self._entry(session, incident, "escalated", message, details, outcome)
+
+    async def _schedules(
+        self, session: AsyncSession, incidents: list[Incident]
+    ) -> dict[str, tuple[str, Schedule]]:
+        """Every schedule the current tiers of these incidents name, loaded once: id -> (tenant, schedule)."""
+        wanted: set[str] = set()
+        for incident in incidents:
+            tiers = (incident.escalation_snapshot or {}).get("tiers") or []
+            if tiers:
+                tier = tiers[incident.escalation_step % len(tiers)]
+                wanted.update(t["id"] for t in tier.get("targets", []) if t.get("type") == "schedule")
+        if not wanted:
+            return {}
+        rows = await session.scalars(select(OnCallSchedule).where(OnCallSchedule.id.in_(wanted)))
+        return {row.id: (row.tenant_id, from_json(row.time_zone, row.layers, row.overrides)) for row in rows}
+
+    def _targets(
+        self,
+        targets: list[dict[str, str]],
+        schedules: dict[str, tuple[str, Schedule]],
+        tenant_id: str,
+        at: datetime,
     ) -> list[str]:
         """User ids a tier pages: its users, and whoever is on call now in its schedules."""
         users: list[str] = []
-        schedule_ids = [t["id"] for t in targets if t.get("type") == "schedule"]
-        schedules = {}
-        if schedule_ids:
-            schedules = {
-                s.id: s
-                for s in await session.scalars(
-                    select(OnCallSchedule).where(
-                        OnCallSchedule.tenant_id == tenant_id, OnCallSchedule.id.in_(schedule_ids)
-                    )
-                )
-            }
         for target in targets:
             if target.get("type") == "user":
                 users.append(target["id"])
-            elif (row := schedules.get(target.get("id", ""))) is not None:
-                on_call = who_is_on_call(from_json(row.time_zone, row.layers, row.overrides), at)
+            elif (found := schedules.get(target.get("id", ""))) is not None and found[0] == tenant_id:
+                on_call = who_is_on_call(found[1], at)
                 if on_call:
                     users.append(on_call)
         return list(dict.fromkeys(users))
