@@ -11,11 +11,12 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from oncall_server import __version__, catalog, tenancy
+from oncall_server import __version__, catalog, directory, escalation_policies, tenancy
 from oncall_server.clock import SystemClock
 from oncall_server.config import Settings
 from oncall_server.errors import OncallError
 from oncall_server.integrations import Integrations
+from oncall_server.plugins import Plugins
 from oncall_server.storage import migrate
 from oncall_server.storage.engine import create_engine, session_factory
 
@@ -133,6 +134,9 @@ async def _cmd_integration_create(args: argparse.Namespace) -> int:
     return await _with_db(args, work)
 
 
+BOOTSTRAP_EMAIL = "oncall@bootstrap.invalid"
+
+
 async def _cmd_bootstrap(args: argparse.Namespace) -> int:
     """Tenant, service, webhook integration and API token in one go, reusing names that exist."""
 
@@ -147,6 +151,8 @@ async def _cmd_bootstrap(args: argparse.Namespace) -> int:
             service = await catalog.create_service(
                 sessions, clock, tenant.id, catalog.ServiceFields(name=args.service)
             )
+        if not service.escalation_policy_id:
+            service = await _first_policy(sessions, clock, tenant.id, service.id)
         integration, key = await Integrations(sessions, clock).create(
             tenant.id, service.id, args.integration, "webhook", []
         )
@@ -156,6 +162,7 @@ async def _cmd_bootstrap(args: argparse.Namespace) -> int:
             {
                 "tenant_id": tenant.id,
                 "service_id": service.id,
+                "escalation_policy_id": service.escalation_policy_id or "",
                 "integration_id": integration.id,
                 "integration_key": key,
                 "api_token": secret,
@@ -164,6 +171,39 @@ async def _cmd_bootstrap(args: argparse.Namespace) -> int:
         return 0
 
     return await _with_db(args, work)
+
+
+async def _first_policy(sessions: Any, clock: Any, tenant_id: str, service_id: str) -> Any:
+    """So the first incident pages someone: an "On-call" user paged to the server log, in a policy."""
+    users = await directory.list_users(sessions, tenant_id, 1000, None)
+    user = next((u.user for u in users if u.user.email == BOOTSTRAP_EMAIL), None)
+    if user is None:
+        user = (
+            await directory.create_user(
+                sessions, clock, tenant_id, directory.UserFields(name="On-call", email=BOOTSTRAP_EMAIL)
+            )
+        ).user
+        await directory.add_contact_method(
+            sessions,
+            clock,
+            Plugins().load(),
+            tenant_id,
+            user.id,
+            directory.ContactMethodFields(type="log", address="server log"),
+        )
+    policy = await escalation_policies.create_policy(
+        sessions,
+        clock,
+        tenant_id,
+        escalation_policies.PolicySpec(
+            name=f"Default for {service_id[-8:]}",
+            description="Created by bootstrap: pages the On-call user in the server log.",
+            tiers=[escalation_policies.TierSpec(300, [escalation_policies.TargetSpec("user", user.id)])],
+        ),
+    )
+    return await catalog.update_service(
+        sessions, clock, tenant_id, service_id, {"escalation_policy_id": policy.id}
+    )
 
 
 async def _cmd_incidents_list(args: argparse.Namespace) -> int:

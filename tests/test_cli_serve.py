@@ -1,4 +1,4 @@
-"""The README flow in real processes: serve on embedded defaults, bootstrap, curl, list, SIGTERM."""
+"""The README flow in real processes: serve on embedded defaults, bootstrap, curl, page, list, SIGTERM."""
 
 from __future__ import annotations
 
@@ -85,6 +85,10 @@ async def test_serve_on_embedded_defaults_then_sigterm_exits_cleanly() -> None:
             {"title": "CPU usage critical on client-server-01", "severity": "critical", "dedup_key": "cpu-1"},
         )
         assert status == 202, body
+        # bootstrap gave the service a policy paging an "On-call" user through the log channel.
+        await _wait_for_line(
+            server.stderr, rf"page notification=\S+ kind=page .*incident={body['incident_id']}", seen
+        )
 
         lister = await asyncio.create_subprocess_exec(
             *CLI,
