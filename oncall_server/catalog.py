@@ -15,6 +15,7 @@ from oncall_server.errors import AlreadyExists, FailedPrecondition, InvalidArgum
 from oncall_server.escalation_policies import check_policy_reference
 from oncall_server.ids import is_valid_id, uuid7
 from oncall_server.storage.engine import write_transaction
+from oncall_server.storage.listing import tenant_page
 from oncall_server.storage.models import Incident, Integration, MaintenanceWindow, Service
 
 CRITICALITIES = ("critical", "high", "medium", "low")
@@ -95,9 +96,7 @@ async def get_service(session: AsyncSession, tenant_id: str, service_id: str) ->
 async def list_services(
     sessions: async_sessionmaker[AsyncSession], tenant_id: str, page_size: int, after: str | None
 ) -> list[Service]:
-    query = select(Service).where(Service.tenant_id == tenant_id).order_by(Service.id).limit(page_size)
-    if after:
-        query = query.where(Service.id > after)
+    query = tenant_page(Service, tenant_id, page_size, after)
     async with sessions() as session:
         return list((await session.scalars(query)).all())
 

@@ -31,6 +31,7 @@ from oncall_server.errors import AlreadyExists, FailedPrecondition, InvalidArgum
 from oncall_server.ids import is_valid_id, uuid7
 from oncall_server.plugins import Plugins
 from oncall_server.storage.engine import write_transaction
+from oncall_server.storage.listing import tenant_page
 from oncall_server.storage.models import (
     ContactMethod,
     EscalationPolicy,
@@ -204,9 +205,7 @@ async def get_users(session: AsyncSession, tenant_id: str, user_ids: Sequence[st
 async def list_users(
     sessions: async_sessionmaker[AsyncSession], tenant_id: str, page_size: int, after: str | None
 ) -> list[UserRecord]:
-    query = select(User).where(User.tenant_id == tenant_id).order_by(User.id).limit(page_size)
-    if after:
-        query = query.where(User.id > after)
+    query = tenant_page(User, tenant_id, page_size, after)
     async with sessions() as session:
         return await _records(session, (await session.scalars(query)).all())
 

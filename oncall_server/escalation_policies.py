@@ -30,6 +30,7 @@ from oncall_server.clock import Clock
 from oncall_server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from oncall_server.ids import is_valid_id, uuid7
 from oncall_server.storage.engine import write_transaction
+from oncall_server.storage.listing import tenant_page
 from oncall_server.storage.models import EscalationPolicy, Service
 
 MAX_NAME = 200
@@ -202,14 +203,7 @@ async def get_policy(
 async def list_policies(
     sessions: async_sessionmaker[AsyncSession], tenant_id: str, page_size: int, after: str | None
 ) -> list[EscalationPolicy]:
-    query = (
-        select(EscalationPolicy)
-        .where(EscalationPolicy.tenant_id == tenant_id)
-        .order_by(EscalationPolicy.id)
-        .limit(page_size)
-    )
-    if after:
-        query = query.where(EscalationPolicy.id > after)
+    query = tenant_page(EscalationPolicy, tenant_id, page_size, after)
     async with sessions() as session:
         return list((await session.scalars(query)).all())
 

@@ -26,6 +26,7 @@ from oncall_server.clock import Clock
 from oncall_server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from oncall_server.ids import is_valid_id, uuid7
 from oncall_server.storage.engine import write_transaction
+from oncall_server.storage.listing import tenant_page
 from oncall_server.storage.models import EscalationPolicy, OnCallSchedule
 
 MAX_NAME = 200
@@ -205,14 +206,7 @@ async def get_schedule(
 async def list_schedules(
     sessions: async_sessionmaker[AsyncSession], tenant_id: str, page_size: int, after: str | None
 ) -> list[OnCallSchedule]:
-    query = (
-        select(OnCallSchedule)
-        .where(OnCallSchedule.tenant_id == tenant_id)
-        .order_by(OnCallSchedule.id)
-        .limit(page_size)
-    )
-    if after:
-        query = query.where(OnCallSchedule.id > after)
+    query = tenant_page(OnCallSchedule, tenant_id, page_size, after)
     async with sessions() as session:
         return list((await session.scalars(query)).all())
 
