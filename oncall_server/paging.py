@@ -110,17 +110,9 @@ class Escalator:
         created = [c for c in committed if c.created]
         if not created:
             return
-        async with self.sessions() as session:
-            rows = await session.execute(
-                select(
-                    Incident.id, Incident.escalation_run, Incident.escalation_step, Incident.escalation_due_at
-                ).where(Incident.id.in_([c.incident_id for c in created]))
-            )
-            items = [
-                (state.step_member(i, run, step), to_millis(due))
-                for i, run, step, due in rows.all()
-                if due is not None
-            ]
+        # The writer opened them with run 1, step 0, due at commit: no need to read that back.
+        due_ms = to_millis(self.clock.now())
+        items = [(state.step_member(c.incident_id, 1, 0), due_ms) for c in created]
         await self.due.add(items)
         self.wake()
 

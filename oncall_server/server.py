@@ -7,6 +7,7 @@ finish (up to ``drain_seconds``), flush the ingest writer, close.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Callable, Coroutine
@@ -52,6 +53,7 @@ from oncall_server.grpc_api.servicers import (
 )
 
 log = logging.getLogger(__name__)
+GC_GEN0_THRESHOLD = 20_000
 
 SERVICE_NAMES = [
     ingest_service_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
@@ -235,4 +237,10 @@ class Server:
 
 async def serve(settings: Settings) -> None:
     server = await Server.create(settings)
+    # Startup objects (modules, the app, compiled SQL) never die: keep the collector off them, and
+    # collect young objects less often: per-request garbage is short-lived, and gen-0 passes cost
+    # ~14% of ingest CPU at the default threshold (bench profile).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
     await server.run_until_signalled()
