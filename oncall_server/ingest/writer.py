@@ -34,6 +34,7 @@ from oncall_server.errors import Unavailable
 from oncall_server.ids import uuid7
 from oncall_server.ingest.coordination import Coordinator, Decision, DecisionRequest, GroupWindow, Repair
 from oncall_server.ingest.model import AlertState, IncidentStatus, IngestResult, Outcome, PreparedAlert
+from oncall_server.storage.engine import write_lock
 from oncall_server.storage.models import Alert, AlertDelivery, Incident, MaintenanceWindow, TimelineEntry
 
 log = logging.getLogger(__name__)
@@ -172,7 +173,7 @@ class GroupCommitWriter:
         await self._decide(slots)
         for attempt in range(1, _MAX_ATTEMPTS + 1):
             try:
-                async with self.engine.begin() as conn:
+                async with write_lock(self.engine), self.engine.begin() as conn:
                     batch = _Batch(conn, self._dialect, self.clock.now())
                     repairs, committed = await batch.write(slots)
                 break
