@@ -1,4 +1,4 @@
-"""On-Call ingest benchmark harness (issue 6): scenarios 1, 2, 3, 4, 4b and 7; 5 and 6 are placeholders.
+"""On-Call benchmark harness (issue 6): ingest (1, 2, 3, 4, 4b, 7) and paging (5, 6) scenarios.
 
 One command starts everything on loopback with free ports and temp directories, drives load from
 separate processes (wrk for HTTP, several grpc.aio processes for gRPC), prints a table and writes
@@ -10,7 +10,8 @@ JSON (default bench/results/latest.json):
 
 Targets, each its own process: ``oncall-server serve`` on SQLite + embedded Redis, and on
 PostgreSQL (a scratch database, created and dropped) + Redis (a db number other than 0, flushed);
-a no-op grpc.aio IngestService; a no-op aiohttp JSON handler; Alertmanager if installed.
+a no-op grpc.aio IngestService; a no-op aiohttp JSON handler; Alertmanager if installed; for the
+paging scenarios, a webhook receiver (bench/receiver.py) that records when each page arrives.
 Ratios are taken within one run (target and baseline measured back to back), then the median over
 runs is reported with min-max. Nothing asserts on speed; the exit status is non-zero only when a
 scenario crashes or a measurement stores nothing.
@@ -34,9 +35,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loadgen import LoadError, LoadSettings, measure_grpc, measure_wrk, seed_grpc, wrk_available
-from sysinfo import CpuSample, machine_info, spread
-from targets import Alertmanager, NoopGrpc, NoopHttp, OncallServer, pg_query
+from loadgen import LoadError, LoadSettings, _profile, measure_grpc, measure_wrk, seed_grpc, wrk_available
+from paging_bench import (
+    FAR_PREFIX,
+    MEASURED_PREFIX,
+    configure_paging,
+    cpu_between,
+    run_paced_load,
+    seed_pending,
+    startup_timings,
+    take,
+)
+from sysinfo import CpuSample, cpu_seconds, machine_info, percentile, spread
+from targets import Alertmanager, NoopGrpc, NoopHttp, OncallServer, PageReceiver, _tail, pg_query
 
 BENCH = Path(__file__).resolve().parent
 APT_HINT = "apt-get install -y wrk prometheus-alertmanager"
@@ -51,14 +62,19 @@ TITLES = {
     "6": "Escalation lag with 100,000 pending steps",
     "7": "Growth: CPU per alert, RSS and Redis memory vs open alerts",
 }
-# (ratio name, lower bound) per scenario; checked on the median ratio.
-GOALS: dict[str, list[tuple[str, float]]] = {
+# (figure name, bound[, "<=" for an upper bound; default ">="]) per scenario; checked on the median
+# over runs of the named per-run figure (a ratio for 1-4b, a latency in ms for 5 and 6).
+GOALS: dict[str, list[tuple[str, float] | tuple[str, float, str]]] = {
     "1": [("{b} / noop gRPC", 0.6)],
     "2": [("{b} / noop gRPC", 0.8)],
     "3": [("{b} / noop aiohttp", 0.6)],
     "4": [("{b} gRPC x100 / Alertmanager x100", 1.0), ("{b} HTTP x100 / Alertmanager x100", 1.0)],
     "4b": [("{b} / noop streaming", 0.6)],
+    "5": [("{b} ingest -> page p99 ms", 50.0, "<=")],
+    "6": [("{b} escalation lag p99 ms", 500.0, "<=")],
 }
+# Our server for the paging scenarios: the webhook channel may reach the loopback receiver.
+PAGING_ENV = {"ONCALL_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8"}
 
 
 _T0 = time.monotonic()
@@ -80,6 +96,9 @@ class Context:
     failures: list[str] = field(default_factory=list)
     scenario: str = ""
     run: int = 0
+    # alerts/s of scenario 1 per backend (median), for scenario 5's half rate
+    max_rate: dict[str, float] = field(default_factory=dict)
+    max_rate_source: dict[str, str] = field(default_factory=dict)
 
     def note(self, text: str) -> None:
         if text not in self.notes:
@@ -131,6 +150,14 @@ class Context:
             yield am
         finally:
             am.stop()
+
+    def release(self, backend: str) -> None:
+        """Stop a reused server of ``backend`` (it restarts when needed). Two live servers on the
+        PostgreSQL backend share one Redis db, and with it the escalation scheduler's due set: the
+        other server's scheduler would claim (and drop, finding no such incident) our steps."""
+        target = self.live.pop(backend, None)
+        if target is not None:
+            target.stop()
 
     def close(self) -> None:
         for target in self.live.values():
@@ -307,34 +334,353 @@ def scenario_4(ctx: Context) -> RunResult:
     return m, ratios
 
 
-# --- scenarios 5 and 6: EXTENSION POINTS for the paging issue ------------------------------------------
+# --- scenarios 5 and 6: paging, to a local webhook receiver ---------------------------------------------
 
 
 class Pending(Exception):
     """A scenario whose feature is not built yet: reported as pending, never a failure."""
 
 
-def scenario_5(ctx: Context) -> RunResult:
-    """EXTENSION POINT (paging issue): ingest -> first page latency.
+@contextlib.contextmanager
+def page_receiver() -> Iterator[PageReceiver]:
+    receiver = _start(PageReceiver())
+    try:
+        yield receiver
+    finally:
+        receiver.stop()
 
-    To implement: start a local aiohttp receiver (loopback, free port) that records the arrival time
-    of each notification keyed by dedup key; bootstrap a service whose escalation policy pages a user
-    with a webhook contact method pointing at that receiver; drive gRPC IngestAlert with distinct
-    keys at half of scenario 1's median rate for this backend (an open-loop pacer in load_grpc.py);
-    report p50/p99 of (arrival - call start). Goal: p99 <= 50 ms. Register it by raising nothing and
-    returning (measurements, ratios) like the others; add ("...", goal) to GOALS with an upper bound.
-    """
-    raise Pending("paging is being built (scenario 5 lands with the paging issue)")
+
+def paging_server(ctx: Context, backend: str, receiver: PageReceiver, **env: str) -> OncallServer:
+    """A fresh server whose bootstrap service pages ``receiver`` (configured through the gRPC API)."""
+    ctx.release(backend)
+    server = new_server(ctx, backend)
+    server.extra_env = {**PAGING_ENV, **env, **server.extra_env}
+    log(f"  starting {server.name} (paging the receiver) ...")
+    _start(server)
+    try:
+        configure_paging(
+            server.grpc_target, server.creds["api_token"], server.creds["service_id"], receiver.url
+        )
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def _latencies(values: list[float], missing: int) -> dict[str, float]:
+    """p50/p99/max in ms; pages that never arrived count as infinitely late (so p99 says so)."""
+    ordered = sorted(values) + [math.inf] * missing
+    return {
+        "p50_ms": percentile(ordered, 50),
+        "p99_ms": percentile(ordered, 99),
+        "max_ms": ordered[-1] if ordered else float("nan"),
+    }
+
+
+def _wait_pages(receiver: PageReceiver, expected: int, deadline: float, stalled_after: float) -> float:
+    """Poll the receiver until ``expected`` pages arrived, ``deadline`` (monotonic) passed, or nothing
+    arrived for ``stalled_after`` seconds; returns when it stopped (monotonic)."""
+    last, last_change = -1, time.monotonic()
+    while True:
+        now = time.monotonic()
+        count = receiver.count()
+        if count != last:
+            last, last_change = count, now
+        if count >= expected or now >= deadline or now - last_change >= stalled_after:
+            return now
+        time.sleep(0.1)
+
+
+def delivery_facts(server: OncallServer) -> dict[str, Any]:
+    """Outbox rows by status and attempts (retries show why a page was late), and log warnings."""
+    rows = server.sql(
+        "SELECT status, attempts, count(*), max(last_error) FROM notifications GROUP BY status, attempts"
+    )
+    return {
+        "notifications": {f"{status} after {attempts} attempt(s)": n for status, attempts, n, _ in rows},
+        "retried_notifications": sum(n for _s, attempts, n, _e in rows if attempts > 1),
+        "notification_errors": sorted({e for *_rest, e in rows if e}),
+        "server_log_problems": server.log_problems(),
+    }
+
+
+def _cores(cpu: dict[str, float], seconds: float) -> dict[str, float]:
+    return {role: round(100 * value / seconds, 1) for role, value in cpu.items()} if seconds > 0 else {}
+
+
+def half_max_rate(ctx: Context, backend: str) -> float:
+    """Half of scenario 1's median alerts/s for this backend; measured briefly if 1 did not run.
+    ``--page-rate`` overrides it (a fixed rate, e.g. to see the latency of a lightly loaded server)."""
+    if ctx.args.page_rate:
+        ctx.max_rate[backend] = 2 * ctx.args.page_rate
+        ctx.max_rate_source[backend] = "--page-rate (fixed)"
+        return float(ctx.args.page_rate)
+    if backend not in ctx.max_rate:
+        load = LoadSettings(
+            warmup=min(1.0, ctx.load.warmup),
+            duration=min(5.0, ctx.load.duration),
+            grpc_clients=ctx.load.grpc_clients,
+            grpc_concurrency=ctx.load.grpc_concurrency,
+        )
+        log(f"  scenario 1 did not run: measuring the maximum rate of oncall/{backend} ({load.duration:g} s)")
+        with ctx.ours(backend) as server:
+            m = grpc_on_load(ctx, f"{server.name} max (scenario 1 load)", server, load, keys="distinct")
+        ctx.max_rate[backend] = m["alerts_per_s"]
+        ctx.max_rate_source[backend] = (
+            f"a {load.duration:g} s scenario-1 window in this scenario "
+            f"({ctx.load.grpc_clients} x {ctx.load.grpc_concurrency} calls in flight)"
+        )
+    return ctx.max_rate[backend] / 2
+
+
+def scenario_5(ctx: Context) -> RunResult:
+    """Ingest -> first page: open-loop gRPC IngestAlert at half of scenario 1's rate, distinct keys,
+    each alert's title = its dedup key; latency = the page's arrival at the receiver - the call's start."""
+    m: dict[str, dict[str, Any]] = {}
+    figures: dict[str, float | None] = {}
+    with page_receiver() as receiver:
+        for backend in ctx.backends:
+            rate = half_max_rate(ctx, backend)
+            server = paging_server(ctx, backend, receiver)
+            try:
+                m[server.name] = page_latency(ctx, server, receiver, rate)
+            finally:
+                server.stop()
+            r = m[server.name]
+            figures[f"{server.name} ingest -> page p99 ms"] = r["p99_ms"]
+            figures[f"{server.name} ingest -> page p50 ms"] = r["p50_ms"]
+            figures[f"{server.name} pages / alerts sent"] = r["pages"] / r["sent"] if r["sent"] else None
+    return m, figures
+
+
+def page_latency(ctx: Context, server: OncallServer, receiver: PageReceiver, rate: float) -> dict[str, Any]:
+    label = server.name
+    receiver.reset()
+
+    def watch() -> dict[str, list[int]]:
+        return {**server.watched(), "receiver": [receiver.pid]}
+
+    profile_path = ctx.profile_path(label)
+    result = run_paced_load(
+        server.grpc_target,
+        server.key,
+        rate=rate,
+        prefix=ctx.prefix(),
+        warmup=ctx.load.warmup,
+        duration=ctx.load.duration,
+        watch=watch,
+        profile=(lambda seconds: _profile(server.pid, seconds, profile_path)) if profile_path else None,
+    )
+    window = [row for row in result["window"] if row[2] is not None]  # answered calls
+    expected = result["warmup_sent"] + result["sent"] - result["errors"]
+    drain = ctx.args.page_drain
+    _wait_pages(receiver, expected, time.monotonic() + drain, stalled_after=min(drain, 10.0))
+    got = receiver.records()
+    arrival = {title: at for at, title, _nid, _iid in got["records"]}
+    latencies = [(arrival[title] - sent) * 1000 for title, sent, _ms in window if title in arrival]
+    missing = len(window) - len(latencies)
+    started = window[0][1] if window else 0.0
+    worst = sorted(
+        ((arrival[title] - sent) * 1000, sent - started) for title, sent, _ms in window if title in arrival
+    )[-10:]
+    cpu = result["cpu"]
+    seconds = result["window_seconds"]
+    sent = len(window)
+    calls = sorted(ms for _t, _s, ms in window)
+    m: dict[str, Any] = {
+        "alerts": sent,
+        "seconds": seconds,
+        "alerts_per_s": sent / seconds if seconds else 0.0,
+        "target_rate": rate,
+        "sent": sent,
+        "pages": len(latencies),
+        "missing": missing,
+        **_latencies(latencies, missing),
+        "call_p50_ms": percentile(calls, 50),
+        "call_p99_ms": percentile(calls, 99),
+        "server_us_per_alert": 1e6 * cpu.get("server", 0.0) / sent if sent else float("nan"),
+        "all_us_per_alert": 1e6 * sum(v for k, v in cpu.items() if k != "receiver") / sent
+        if sent
+        else float("nan"),
+        "cpu_seconds": {
+            **{k: round(v, 3) for k, v in cpu.items()},
+            "generator": round(result["cpu_seconds"], 3),
+        },
+        "core_pct": {**_cores(cpu, seconds), "generator": round(100 * result["cpu_seconds"] / seconds, 1)},
+        "errors": result["errors"],
+        "error_sample": result["error_sample"],
+        "duplicates": got["duplicates"],
+        "pacer_late_ms_max": result["pacer_late_ms_max"],
+        "warmup_sent": result["warmup_sent"],
+        "rss_bytes": server.rss(),
+        "worst": [{"ms": round(ms, 1), "sent_at_s": round(at, 3)} for ms, at in reversed(worst)],
+        **delivery_facts(server),
+    }
+    with open("/proc/loadavg") as f:
+        m["loadavg_1m"] = float(f.read().split()[0])
+    c = m["core_pct"]
+    log(
+        f"    {label:20} {rate:7,.0f} alerts/s offered, pages {m['pages']:,}/{sent:,}  page p50 "
+        f"{m['p50_ms']:7.1f} ms  p99 {m['p99_ms']:7.1f} ms  max {m['max_ms']:7.1f} ms  (ingest call p99 "
+        f"{m['call_p99_ms']:.1f} ms)  cores: server {c.get('server', 0):.0f}% "
+        f"redis {c.get('redis', 0):.0f}% db {c.get('db', 0):.0f}% receiver {c.get('receiver', 0):.0f}% "
+        f"generator {c.get('generator', 0):.0f}%"
+        + (f"  ERRORS {m['errors']}: {m['error_sample']}" if m["errors"] else "")
+        + (
+            f"  RETRIED {m['retried_notifications']}: {m['notification_errors']}"
+            if m["retried_notifications"]
+            else ""
+        )
+    )
+    if server.proc is None or server.proc.poll() is not None:
+        raise LoadError(f"{label}: the server process died:\n{_tail(server.log)}")
+    if sent and not latencies:
+        raise LoadError(f"{label}: no page reached the receiver in {drain:g} s:\n{_tail(server.log)}")
+    if missing:
+        ctx.note(
+            f"scenario 5, {label}: {missing} of {sent} alerts had no page within {drain:g} s (counted as inf)"
+        )
+    return m
 
 
 def scenario_6(ctx: Context) -> RunResult:
-    """EXTENSION POINT (paging issue): escalation lag with 100,000 pending steps.
+    """Escalation lag with N pending steps: seed the incidents in SQL while the server is stopped, start
+    it (its rebuild loads every pending step into Redis), and time the measured steps' pages."""
+    m: dict[str, dict[str, Any]] = {}
+    figures: dict[str, float | None] = {}
+    with page_receiver() as receiver:
+        for backend in ctx.backends:
+            server = paging_server(ctx, backend, receiver, ONCALL_LOG_LEVEL="INFO")
+            try:
+                m[server.name] = escalation_lag(ctx, server, receiver)
+            finally:
+                server.stop()
+            r = m[server.name]
+            figures[f"{server.name} escalation lag p99 ms"] = r["p99_ms"]
+            figures[f"{server.name} escalation lag p50 ms"] = r["p50_ms"]
+            figures[f"{server.name} pages / steps due"] = r["pages"] / r["due"] if r["due"] else None
+            figures[f"{server.name} rebuild s ({r['pending']:,} pending)"] = r["rebuild_s"]
+    return m, figures
 
-    To implement: seed 100,000 incidents whose escalation steps fall due over a short window (bulk
-    SQL, like scenario 7's seeding), point the channel at the local receiver of scenario 5, and
-    report p50/p99 of (arrival - due time). Goal: p99 <= 500 ms.
-    """
-    raise Pending("paging is being built (scenario 6 lands with the paging issue)")
+
+def escalation_lag(ctx: Context, server: OncallServer, receiver: PageReceiver) -> dict[str, Any]:
+    a = ctx.args
+    label = server.name
+    server.stop_process()
+    log(f"    seeding {a.pending:,} pending escalation steps ({a.pending_measured:,} due in the window) ...")
+    seed = seed_pending(
+        server.sqlalchemy_url,
+        server.creds["tenant_id"],
+        server.creds["service_id"],
+        total=a.pending,
+        measured=a.pending_measured,
+        start_in=a.pending_start,
+        window=a.pending_window,
+    )
+    log(f"    seeded in {seed['seconds']:.1f} s; starting {label} ...")
+    receiver.reset()
+    server.launch()
+    # Start-up: wait for the rebuild's log line (or the window), then the CPU it took from process start.
+    timings = startup_timings(server.log)
+    while timings["rebuilt_at"] is None and time.time() < seed["due_start"] - 0.5:
+        time.sleep(0.05)
+        timings = startup_timings(server.log)
+    startup_cpu = cpu_seconds(server.pid)
+    rebuilt_at = timings["rebuilt_at"]
+    if rebuilt_at is None:
+        ctx.note(f"scenario 6, {label}: no 'scheduler set rebuilt' log line before the window started")
+    elif rebuilt_at > seed["due_start"]:
+        ctx.note(f"scenario 6, {label}: the rebuild ended after the first step was due")
+    due_set = server.redis_client().zcard("oncall:{sched}:due")
+
+    def watch() -> dict[str, list[int]]:
+        return {**server.watched(), "receiver": [receiver.pid]}
+
+    time.sleep(max(0.0, seed["due_start"] - 0.2 - time.time()))
+    pids = watch()
+    before, began = take(pids), time.monotonic()
+    profile_path = ctx.profile_path(label)
+    spy = (
+        _profile(server.pid, seed["due_end"] - time.time() + 1.0, profile_path)
+        if profile_path and server.proc
+        else None
+    )
+    drain = a.page_drain
+    until = time.monotonic() + (seed["due_end"] - time.time()) + drain
+    stopped = _wait_pages(receiver, a.pending_measured, until, stalled_after=drain)
+    # CPU over the due window (and any catch-up after it), not the idle wait for stragglers.
+    cpu = cpu_between(before, take(pids))
+    seconds = stopped - began
+    if spy is not None:
+        spy.wait(60)
+    got = receiver.records()
+    lags, early, worst = [], 0, []
+    for arrived, title, _nid, _iid in got["records"]:
+        if title.startswith(MEASURED_PREFIX):
+            due_s = int(title.split(":")[1]) / 1000
+            lags.append((arrived - due_s) * 1000)
+            worst.append((lags[-1], due_s - seed["due_start"]))
+        elif title.startswith(FAR_PREFIX):
+            early += 1
+    worst = sorted(worst)[-10:]
+    missing = a.pending_measured - len(lags)
+    m: dict[str, Any] = {
+        "alerts": len(lags),
+        "seconds": round(seconds, 3),
+        "alerts_per_s": a.pending_measured / a.pending_window if a.pending_window else 0.0,
+        "pending": a.pending,
+        "due": a.pending_measured,
+        "pages": len(lags),
+        "missing": missing,
+        "early_pages": early,
+        **_latencies(lags, missing),
+        "server_us_per_alert": 1e6 * cpu.get("server", 0.0) / len(lags) if lags else float("nan"),
+        "all_us_per_alert": 1e6 * sum(v for k, v in cpu.items() if k != "receiver") / len(lags)
+        if lags
+        else float("nan"),
+        "cpu_seconds": {k: round(v, 3) for k, v in cpu.items()},
+        "core_pct": _cores(cpu, seconds),
+        "errors": early + got["duplicates"],
+        "error_sample": f"{early} pages of steps not yet due" if early else "",
+        "duplicates": got["duplicates"],
+        "seed_seconds": seed["seconds"],
+        "ready_s": server.ready_at - server.launched_at,
+        "rebuild_s": rebuilt_at - timings["scheduler_running_at"] if rebuilt_at else None,
+        "rebuilt_after_launch_s": rebuilt_at - server.launched_at if rebuilt_at else None,
+        "restored": timings["restored"],
+        "startup_cpu_s": startup_cpu,
+        "due_set_at_window": due_set,
+        "window_s": a.pending_window,
+        "rss_bytes": server.rss(),
+        "worst": [{"ms": round(ms, 1), "due_at_s": round(at, 3)} for ms, at in reversed(worst)],
+        **delivery_facts(server),
+    }
+    with open("/proc/loadavg") as f:
+        m["loadavg_1m"] = float(f.read().split()[0])
+    c = m["core_pct"]
+    log(
+        f"    {label:20} pages {m['pages']:,}/{m['due']:,} with {a.pending:,} pending  "
+        f"lag p50 {m['p50_ms']:7.1f} ms  p99 {m['p99_ms']:7.1f} ms  max {m['max_ms']:7.1f} ms  "
+        f"ready {m['ready_s']:.1f} s, rebuild "
+        f"{_num(m['rebuild_s'], '.2f')} s ({_num(m['restored'])} restored; due set {due_set:,})  cores: "
+        f"server {c.get('server', 0):.0f}% redis {c.get('redis', 0):.0f}% db {c.get('db', 0):.0f}% "
+        f"receiver {c.get('receiver', 0):.0f}%"
+        + (f"  early pages {early}" if early else "")
+        + (
+            f"  RETRIED {m['retried_notifications']}: {m['notification_errors']}"
+            if m["retried_notifications"]
+            else ""
+        )
+    )
+    if server.proc is None or server.proc.poll() is not None:
+        raise LoadError(f"{label}: the server process died:\n{_tail(server.log)}")
+    if not lags:
+        raise LoadError(f"{label}: no escalation page reached the receiver:\n{_tail(server.log)}")
+    if missing:
+        ctx.note(
+            f"scenario 6, {label}: {missing} of {m['due']} due steps paged nothing in time (counted as inf)"
+        )
+    return m
 
 
 # --- scenario 7: growth ---------------------------------------------------------------------------------
@@ -487,6 +833,29 @@ SCENARIOS: dict[str, Callable[[Context], RunResult]] = {
 # --- summaries, goals, table ----------------------------------------------------------------------------
 
 
+# Per-measurement figures of the paging scenarios, summarised (median, min-max) when present.
+EXTRA_KEYS = (
+    "max_ms",
+    "sent",
+    "pages",
+    "missing",
+    "target_rate",
+    "call_p50_ms",
+    "call_p99_ms",
+    "pacer_late_ms_max",
+    "pending",
+    "due",
+    "early_pages",
+    "seed_seconds",
+    "ready_s",
+    "rebuild_s",
+    "rebuilt_after_launch_s",
+    "restored",
+    "startup_cpu_s",
+    "due_set_at_window",
+)
+
+
 def summarize(runs: list[RunResult]) -> dict[str, Any]:
     labels: list[str] = []
     names: list[str] = []
@@ -500,9 +869,12 @@ def summarize(runs: list[RunResult]) -> dict[str, Any]:
             key: spread([x[key] for x in ms])
             for key in ("alerts_per_s", "p50_ms", "p99_ms", "server_us_per_alert", "all_us_per_alert")
         }
+        for key in EXTRA_KEYS:
+            if any(key in x for x in ms):
+                targets[label][key] = spread([x.get(key) for x in ms])
         targets[label]["core_pct"] = {
             role: spread([x["core_pct"].get(role, 0.0) for x in ms])["median"]
-            for role in ("server", "redis", "db", "generator")
+            for role in ("server", "redis", "db", "generator", "receiver")
         }
         targets[label]["errors"] = sum(x["errors"] for x in ms)
     ratios = {name: spread([r.get(name) for _, r in runs]) for name in names}  # type: ignore[misc]
@@ -515,7 +887,9 @@ def evaluate_goals(results: dict[str, Any], backends: list[str]) -> list[dict[st
         summary = results["scenarios"].get(sid, {}).get("summary")
         if not summary:
             continue
-        for pattern, bound in specs:
+        for spec in specs:
+            pattern, bound = spec[0], spec[1]
+            op = spec[2] if len(spec) > 2 else ">="  # type: ignore[misc]
             for backend in backends:
                 name = pattern.format(b=f"oncall/{backend}")
                 value = summary["ratios"].get(name, {}).get("median")
@@ -526,8 +900,8 @@ def evaluate_goals(results: dict[str, Any], backends: list[str]) -> list[dict[st
                         "scenario": sid,
                         "what": name,
                         "value": value,
-                        "goal": f">= {bound}",
-                        "met": value >= bound,
+                        "goal": f"{op} {bound:g}",
+                        "met": value <= bound if op == "<=" else value >= bound,
                     }
                 )
     growth = results["scenarios"].get("7", {}).get("result", {})
@@ -632,6 +1006,9 @@ def render(results: dict[str, Any]) -> str:
         summary = entry.get("summary")
         if not summary:
             continue
+        if sid in ("5", "6"):
+            lines += _render_paging(sid, summary, entry.get("note", ""))
+            continue
         lines.append(
             "| target | alerts/s | p50 ms | p99 ms | server µs/alert | +Redis+DB µs/alert "
             "| server % core | Redis % | DB % | generator % | errors |"
@@ -667,6 +1044,58 @@ def render(results: dict[str, Any]) -> str:
     if results.get("notes"):
         lines.append("Notes: " + " ".join(f"({i + 1}) {n}" for i, n in enumerate(results["notes"])))
     return "\n".join(lines)
+
+
+def _render_paging(sid: str, summary: dict[str, Any], note: str) -> list[str]:
+    """Scenarios 5 and 6: latency to the receiver, pages against what was due, CPU."""
+    if sid == "5":
+        lines = [
+            "| target | offered alerts/s | pages / alerts | page p50 ms | p99 ms | max ms "
+            "| ingest call p50 / p99 ms | server µs/alert | +Redis+DB µs/alert | server % core "
+            "| Redis % | DB % "
+            "| receiver % | generator % | errors |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for label, t in summary["targets"].items():
+            c = t["core_pct"]
+            lines.append(
+                f"| {label} | {_range(t['alerts_per_s'])} "
+                f"| {_num(t['pages']['median'])} / {_num(t['sent']['median'])} "
+                f"| {_range(t['p50_ms'], ',.1f')} | {_range(t['p99_ms'], ',.1f')} "
+                f"| {_range(t['max_ms'], ',.1f')} "
+                f"| {_num(t['call_p50_ms']['median'], ',.1f')} / {_num(t['call_p99_ms']['median'], ',.1f')} "
+                f"| {_range(t['server_us_per_alert'], ',.0f')} "
+                f"| {_num(t['all_us_per_alert']['median'], ',.0f')} "
+                f"| {c['server']:.0f} | {c['redis']:.0f} | {c['db']:.0f} | {c['receiver']:.0f} "
+                f"| {c['generator']:.0f} | {t['errors']} |"
+            )
+    else:
+        lines = [
+            "| target | pending steps | pages / steps due | lag p50 ms | p99 ms | max ms "
+            "| server ready s | rebuild s (members) | seeding s | server µs/page | server % core | Redis % "
+            "| DB % | receiver % | errors |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for label, t in summary["targets"].items():
+            c = t["core_pct"]
+            lines.append(
+                f"| {label} | {_num(t['pending']['median'])} | {_num(t['pages']['median'])} / "
+                f"{_num(t['due']['median'])} | {_range(t['p50_ms'], ',.1f')} | {_range(t['p99_ms'], ',.1f')} "
+                f"| {_range(t['max_ms'], ',.1f')} | {_range(t['ready_s'], '.1f')} "
+                f"| {_range(t['rebuild_s'], '.2f')} ({_num(t['restored']['median'])}) "
+                f"| {_range(t['seed_seconds'], '.1f')} | {_range(t['server_us_per_alert'], ',.0f')} "
+                f"| {c['server']:.0f} | {c['redis']:.0f} | {c['db']:.0f} | {c['receiver']:.0f} "
+                f"| {t['errors']} |"
+            )
+    if note:
+        lines += ["", note]
+    if summary["ratios"]:
+        lines += ["", "| figure (per run) | median (min-max) |", "|---|---:|"]
+        for name, s in summary["ratios"].items():
+            if s.get("n"):
+                lines.append(f"| {name} | {_range(s, ',.2f')} |")
+    lines.append("")
+    return lines
 
 
 def _render_growth(growth: dict[str, Any]) -> list[str]:
@@ -752,6 +1181,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--settle-timeout", type=float, default=600.0, help="growth: most seconds to wait for an idle server"
     )
+    parser.add_argument(
+        "--page-drain",
+        type=float,
+        default=None,
+        help="5, 6: most seconds to wait for late pages (30; quick 10)",
+    )
+    parser.add_argument(
+        "--page-rate", type=float, default=None, help="5: alerts/s instead of half of scenario 1's rate"
+    )
+    parser.add_argument(
+        "--pending", type=int, default=None, help="6: pending escalation steps seeded (100000; quick 5000)"
+    )
+    parser.add_argument(
+        "--pending-measured", type=int, default=None, help="6: of which due in the window (2000; quick 200)"
+    )
+    parser.add_argument(
+        "--pending-window", type=float, default=None, help="6: seconds they fall due over (20; quick 2)"
+    )
+    parser.add_argument(
+        "--pending-start",
+        type=float,
+        default=None,
+        help="6: seconds from server start to the first due step (15; quick 4)",
+    )
+    parser.add_argument(
+        "--pending-runs", type=int, default=None, help="6: runs per backend (default: --runs)"
+    )
     parser.add_argument("--no-alertmanager", dest="alertmanager", action="store_false")
     parser.add_argument(
         "--reuse-servers",
@@ -795,6 +1251,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.growth_runs = args.growth_runs or (1 if quick else 3)
     if args.reuse_servers is None:
         args.reuse_servers = quick
+    args.page_drain = args.page_drain or (10.0 if quick else 30.0)
+    args.pending = args.pending or (5000 if quick else 100_000)
+    args.pending_measured = min(args.pending, args.pending_measured or (200 if quick else 2000))
+    args.pending_window = args.pending_window or (2.0 if quick else 20.0)
+    args.pending_start = args.pending_start or (4.0 if quick else 15.0)
+    args.pending_runs = args.pending_runs or args.runs
     args.only = [x.strip() for x in args.only.split(",") if x.strip()] or ORDER
     unknown = sorted(set(args.only) - set(ORDER))
     if unknown:
@@ -802,6 +1264,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.postgres and args.redis.rstrip("/").endswith("/0"):
         parser.error("--redis must name a db number other than 0 (it is flushed)")
     return args
+
+
+def paging_note(ctx: Context, sid: str, runs: int) -> str:
+    a = ctx.args
+    if sid == "5":
+        rates = "; ".join(
+            f"oncall/{b}: {ctx.max_rate[b] / 2:,.0f} alerts/s = half of {ctx.max_rate[b]:,.0f} from "
+            f"{ctx.max_rate_source.get(b, '?')}"
+            for b in ctx.backends
+            if b in ctx.max_rate
+        )
+        if a.page_rate:
+            rates = f"{a.page_rate:,.0f} alerts/s on every backend (--page-rate; not half of scenario 1's)"
+        return (
+            f"Open-loop gRPC IngestAlert from one process, a new incident per alert, {a.warmup:g} s warm-up "
+            f"+ {a.duration:g} s measured, {runs} run(s), a fresh server per run. Offered rate: {rates}. "
+            "Page latency = arrival at the webhook receiver (wall clock) - the IngestAlert call's start; a "
+            f"page missing after {a.page_drain:g} s counts as infinite. CPU is over the measured window."
+        )
+    if sid == "6":
+        return (
+            f"{a.pending:,} triggered incidents seeded in SQL (Core, chunks of 5,000) with the server "
+            f"stopped, each with its first escalation step pending: {a.pending_measured:,} due evenly over "
+            f"{a.pending_window:g} s from {a.pending_start:g} s after the seeding ended (≈ server start), "
+            f"the rest 1-2 h later. {runs} run(s) per backend, a fresh database per run. Lag = page arrival "
+            "- due time; rebuild = the scheduler's start-up load of every pending step into Redis "
+            "(server log: "
+            "'scheduler running' to 'scheduler set rebuilt'); server ready = process start to /healthz 200. "
+            "CPU is from the first due step until the last page (or the drain timeout)."
+        )
+    return ""
 
 
 def _service_versions(ctx: Context, machine: dict[str, Any]) -> None:
@@ -898,6 +1391,13 @@ def main(argv: list[str] | None = None) -> int:
             "growth_roles": args.growth_roles,
             "backends": backends,
             "fresh_server_per_run": not args.reuse_servers,
+            "page_drain": args.page_drain,
+            "page_rate": args.page_rate or "half of scenario 1",
+            "pending": args.pending,
+            "pending_measured": args.pending_measured,
+            "pending_window": args.pending_window,
+            "pending_start": args.pending_start,
+            "pending_runs": args.pending_runs,
         },
         "scenarios": {},
         "notes": ctx.notes,
@@ -918,11 +1418,21 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 runs: list[RunResult] = []
                 entry["runs"] = runs
-                for run in range(args.runs):
+                count = args.pending_runs if sid == "6" else args.runs
+                for run in range(count):
                     ctx.run = run
-                    log(f"  run {run + 1}/{args.runs}")
+                    log(f"  run {run + 1}/{count}")
                     runs.append(SCENARIOS[sid](ctx))
                 entry["summary"] = summarize(runs)
+                if sid == "1":
+                    for backend in backends:
+                        rate = (
+                            entry["summary"]["targets"].get(f"oncall/{backend}", {}).get("alerts_per_s", {})
+                        )
+                        if rate.get("n"):
+                            ctx.max_rate[backend] = rate["median"]
+                            ctx.max_rate_source[backend] = "scenario 1 of this invocation (median)"
+                entry["note"] = paging_note(ctx, sid, count)
                 entry["status"] = "ok" if entry["summary"]["targets"] else "skipped"
                 if not entry["summary"]["targets"]:
                     entry["reason"] = "wrk not installed"

@@ -4,6 +4,7 @@
   PostgreSQL (a scratch database it creates and drops) + an external Redis (a db number other than 0,
   flushed first).
 * :class:`NoopGrpc` / :class:`NoopHttp` - the do-nothing baselines (bench/noop_grpc.py, bench/noop_http.py).
+* :class:`PageReceiver` - bench/receiver.py, the webhook the paging scenarios (5, 6) page.
 * :class:`Alertmanager` - Debian's ``prometheus-alertmanager``, in memory, temp storage, no cluster.
 """
 
@@ -129,9 +130,18 @@ class OncallServer:
         self.grpc_port = 0
         self.http_port = 0
         self.creds: dict[str, str] = {}
+        self.env: dict[str, str] = {}
+        self.launched_at = 0.0
+        self.ready_at = 0.0
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> OncallServer:
+        self.prepare()
+        self.launch()
+        return self
+
+    def prepare(self) -> None:
+        """The database (a scratch one on PostgreSQL; Redis flushed) and ``oncall-server bootstrap``."""
         if self.backend == "postgresql":
             assert self.admin_url and self.redis_url
             from oncall_server.testing import create_scratch_postgres
@@ -140,35 +150,66 @@ class OncallServer:
             import redis
 
             redis.Redis.from_url(self.redis_url).flushdb()
-        self.grpc_port, self.http_port = free_port(), free_port()
-        env = _clean_env(
+        self.env = _clean_env(
             {
                 "ONCALL_DATA_DIR": str(self.data_dir),
                 "ONCALL_DATABASE_URL": self.database_url,
                 "ONCALL_REDIS_URL": self.redis_url if self.backend == "postgresql" else "",
-                "ONCALL_GRPC_LISTEN": f"127.0.0.1:{self.grpc_port}",
-                "ONCALL_HTTP_LISTEN": f"127.0.0.1:{self.http_port}",
                 "ONCALL_ACCESS_LOG": "false",
                 "ONCALL_LOG_LEVEL": "WARNING",
                 "ONCALL_DRAIN_SECONDS": "2",
             }
         )
-        env.update(self.extra_env)
+        self.env.update(self.extra_env)
         if self.source:
             src = Path(self.source).resolve()
-            env["PYTHONPATH"] = os.pathsep.join([str(src), str(src / "adapters"), env.get("PYTHONPATH", "")])
-        cli = [sys.executable, "-m", "oncall_server.cli"]
+            self.env["PYTHONPATH"] = os.pathsep.join(
+                [str(src), str(src / "adapters"), self.env.get("PYTHONPATH", "")]
+            )
         # cwd: the data dir, so ``-m`` does not put the caller's directory first on sys.path (--server-src)
         boot = subprocess.run(
-            [*cli, "bootstrap", "--json"], env=env, capture_output=True, text=True, cwd=self.data_dir
+            [*self.cli, "bootstrap", "--json"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            cwd=self.data_dir,
         )
         if boot.returncode != 0:
             raise StartError(f"oncall-server bootstrap failed:\n{boot.stderr}")
         self.creds = json.loads(boot.stdout)
+
+    def launch(self) -> None:
+        """``oncall-server serve`` on fresh free ports; returns once /healthz answers 200.
+
+        ``launched_at`` / ``ready_at`` (wall clock) say how long start-up took; call
+        :meth:`stop_process` and ``launch`` again to restart on the same database and data dir.
+        """
+        self.grpc_port, self.http_port = free_port(), free_port()
+        self.env["ONCALL_GRPC_LISTEN"] = f"127.0.0.1:{self.grpc_port}"
+        self.env["ONCALL_HTTP_LISTEN"] = f"127.0.0.1:{self.http_port}"
+        self.launched_at = time.time()
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([*cli, "serve"], env=env, stdout=log, stderr=log, cwd=self.data_dir)
+            self.proc = subprocess.Popen(
+                [*self.cli, "serve"], env=self.env, stdout=log, stderr=log, cwd=self.data_dir
+            )
         _wait_http(f"http://127.0.0.1:{self.http_port}/healthz", self.proc, self.log)
-        return self
+        self.ready_at = time.time()
+
+    def stop_process(self) -> None:
+        """Stop ``serve`` only: the database, data dir (embedded Redis's AOF) and credentials stay."""
+        _stop(self.proc)
+        self.proc = None
+
+    @property
+    def cli(self) -> list[str]:
+        return [sys.executable, "-m", "oncall_server.cli"]
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The server's database, for bulk seeding (scenario 6)."""
+        if self.backend == "sqlite":
+            return f"sqlite+aiosqlite:///{(self.data_dir / 'oncall.db').resolve()}"
+        return self.database_url
 
     def stop(self) -> None:
         _stop(self.proc)
@@ -239,10 +280,23 @@ class OncallServer:
 
     def open_alerts(self) -> int:
         query = "SELECT count(*) AS n FROM alerts WHERE open_dedup_key IS NOT NULL"
+        return int(self.sql(query)[0][0])
+
+    def sql(self, query: str) -> list[tuple[Any, ...]]:
+        """Rows of a read-only query on the server's database (no parameters)."""
         if self.backend == "sqlite":
             with contextlib.closing(sqlite3.connect(self.data_dir / "oncall.db", timeout=60)) as conn:
-                return int(conn.execute(query).fetchone()[0])
-        return int(pg_query(self.database_url, query)[0]["n"])
+                return [tuple(row) for row in conn.execute(query).fetchall()]
+        return [tuple(row) for row in pg_query(self.database_url, query)]
+
+    def log_problems(self, limit: int = 10) -> list[str]:
+        """The server log's last WARNING/ERROR lines (and traceback ends), for the JSON."""
+        try:
+            lines = self.log.read_text(errors="replace").splitlines()
+        except OSError:
+            return []
+        keep = [line for line in lines if " WARNING " in line or " ERROR " in line or "Error:" in line]
+        return keep[-limit:]
 
     def redis_memory(self) -> dict[str, int | None]:
         """Redis ``used_memory`` (the whole instance), the summed MEMORY USAGE of every key in our
@@ -316,6 +370,32 @@ class NoopHttp(_Script):
     @property
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/api/webhooks/ingest"
+
+
+class PageReceiver(_Script):
+    """bench/receiver.py: the webhook the paging scenarios page; records each page's arrival time."""
+
+    script = "receiver.py"
+    name = "page receiver"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/page"
+
+    def records(self, since: int = 0) -> dict[str, Any]:
+        """``{"records": [[arrival wall s, title, notification id, incident id], ...], "count": n,
+        "duplicates": d}``."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/records?since={since}", timeout=30) as r:
+            return dict(json.loads(r.read()))
+
+    def count(self) -> int:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/records?since=999999999", timeout=30) as r:
+            return int(json.loads(r.read())["count"])
+
+    def reset(self) -> None:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/reset", method="POST")
+        with urllib.request.urlopen(request, timeout=30):
+            pass
 
 
 ALERTMANAGER_CONFIG = """\

@@ -1,0 +1,341 @@
+"""Paging scenarios (5 and 6) helpers: point the bootstrap service at the page receiver, seed pending
+escalation steps in bulk, drive the open-loop ingest load, and read start-up timings from the log.
+
+* :func:`configure_paging` - through the real gRPC API with the bootstrap API token: a user with a
+  ``webhook`` contact method (the receiver's URL, a signing secret), a one-tier policy targeting
+  them, and ``UpdateService`` of the bootstrap service to that policy (bootstrap's own default
+  policy pages an "On-call" user through the ``log`` channel; it stays, unused).
+* :func:`seed_pending` - SQLAlchemy Core bulk inserts (chunks in one transaction each) of triggered
+  incidents at run 1, step 0, no policy snapshot (the scheduler snapshots the service's policy at the
+  first step), as the ingest writer leaves them, with ``escalation_due_at`` in the future. The
+  measured ones are inserted last, their due times counted from the end of seeding, so "due N s
+  after the server starts" holds however long the bulk took.
+* :func:`run_paced_load` - one ``bench/load_paging.py`` process (open loop), CPU sampled around its
+  measured window.
+* :func:`startup_timings` - "scheduler running" and "scheduler set rebuilt from SQL" from the server
+  log (needs ``ONCALL_LOG_LEVEL=INFO``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sysinfo import CpuSample
+
+BENCH = Path(__file__).resolve().parent
+TIER_DELAY_SECONDS = 3600  # one tier; the next (none) would be an hour later: only the first page counts
+MEASURED_PREFIX = "due:"
+FAR_PREFIX = "far:"
+
+
+def configure_paging(grpc_target: str, api_token: str, service_id: str, receiver_url: str) -> dict[str, str]:
+    """User + webhook contact method + one-tier policy, and the service switched to that policy."""
+    import grpc
+    from google.protobuf import duration_pb2, field_mask_pb2
+
+    from oncall_server.api.v1 import (
+        catalog_service_pb2,
+        catalog_service_pb2_grpc,
+        escalation_policy_pb2,
+        escalation_policy_service_pb2,
+        escalation_policy_service_pb2_grpc,
+        service_pb2,
+        user_pb2,
+        user_service_pb2,
+        user_service_pb2_grpc,
+    )
+
+    auth = [("authorization", f"Bearer {api_token}")]
+    with grpc.insecure_channel(grpc_target) as channel:
+        grpc.channel_ready_future(channel).result(timeout=30)
+        users = user_service_pb2_grpc.UserServiceStub(channel)
+        user = users.CreateUser(
+            user_service_pb2.CreateUserRequest(
+                user=user_pb2.User(name="Bench pager", email="pager@bench.invalid")
+            ),
+            metadata=auth,
+            timeout=30,
+        ).user
+        method = users.AddContactMethod(
+            user_service_pb2.AddContactMethodRequest(
+                user_id=user.id,
+                contact_method=user_pb2.ContactMethod(
+                    type="webhook", address=receiver_url, secret="bench-signing-secret"
+                ),
+            ),
+            metadata=auth,
+            timeout=30,
+        ).contact_method
+        policy = (
+            escalation_policy_service_pb2_grpc.EscalationPolicyServiceStub(channel)
+            .CreateEscalationPolicy(
+                escalation_policy_service_pb2.CreateEscalationPolicyRequest(
+                    escalation_policy=escalation_policy_pb2.EscalationPolicy(
+                        name="Bench: page the receiver",
+                        tiers=[
+                            escalation_policy_pb2.EscalationTier(
+                                delay=duration_pb2.Duration(seconds=TIER_DELAY_SECONDS),
+                                targets=[
+                                    escalation_policy_pb2.EscalationTarget(
+                                        type=escalation_policy_pb2.ESCALATION_TARGET_TYPE_USER, id=user.id
+                                    )
+                                ],
+                            )
+                        ],
+                    )
+                ),
+                metadata=auth,
+                timeout=30,
+            )
+            .escalation_policy
+        )
+        service = (
+            catalog_service_pb2_grpc.CatalogServiceStub(channel)
+            .UpdateService(
+                catalog_service_pb2.UpdateServiceRequest(
+                    service=service_pb2.Service(id=service_id, escalation_policy_id=policy.id),
+                    update_mask=field_mask_pb2.FieldMask(paths=["escalation_policy_id"]),
+                ),
+                metadata=auth,
+                timeout=30,
+            )
+            .service
+        )
+    if service.escalation_policy_id != policy.id:
+        raise RuntimeError(f"UpdateService left the policy at {service.escalation_policy_id!r}")
+    return {"user_id": user.id, "contact_method_id": method.id, "escalation_policy_id": policy.id}
+
+
+# --- scenario 6: pending steps in bulk -------------------------------------------------------------------
+
+
+def _incident_row(
+    tenant_id: str, service_id: str, title: str, now: datetime, due: datetime
+) -> dict[str, Any]:
+    from oncall_server.ids import uuid7
+
+    return {
+        "id": uuid7(),
+        "tenant_id": tenant_id,
+        "service_id": service_id,
+        "title": title,
+        "severity": 1,  # critical
+        "status": "triggered",
+        "source": "bench",
+        "source_ref": "",
+        "dedup_key": None,
+        "description": "seeded by bench/harness.py scenario 6",
+        "details": {},
+        "alert_count": 1,
+        "assigned_to": "",
+        "created_at": now,
+        "updated_at": now,
+        "last_alert_at": now,
+        "acknowledged_at": None,
+        "acknowledged_by": "",
+        "resolved_at": None,
+        "resolved_by": "",
+        "resolution_summary": "",
+        "escalation_snapshot": None,
+        "escalation_run": 1,
+        "escalation_step": 0,
+        "escalation_due_at": due,
+    }
+
+
+async def _seed(
+    url: str,
+    tenant_id: str,
+    service_id: str,
+    *,
+    total: int,
+    measured: int,
+    start_in: float,
+    window: float,
+    far_from: float,
+    far_to: float,
+    chunk: int,
+) -> dict[str, Any]:
+    from sqlalchemy import insert
+
+    from oncall_server.storage.engine import create_engine
+    from oncall_server.storage.models import Incident
+
+    engine = create_engine(url)
+    table = Incident.__table__
+    started = time.time()
+    far = total - measured
+    try:
+        now = datetime.now(UTC)
+        base = now.timestamp()
+        for first in range(0, far, chunk):
+            rows = []
+            for i in range(first, min(far, first + chunk)):
+                due_s = base + far_from + (far_to - far_from) * i / max(1, far - 1)
+                due = datetime.fromtimestamp(due_s, UTC)
+                rows.append(_incident_row(tenant_id, service_id, f"{FAR_PREFIX}{i}", now, due))
+            async with engine.begin() as conn:
+                await conn.execute(insert(table), rows)
+        # The measured steps last: their due times count from now, just before the server starts.
+        now = datetime.now(UTC)
+        due_start = now.timestamp() + start_in
+        due_ms_list = [round((due_start + window * i / max(1, measured)) * 1000) for i in range(measured)]
+        for first in range(0, measured, chunk):
+            rows = []
+            for i in range(first, min(measured, first + chunk)):
+                due = datetime.fromtimestamp(due_ms_list[i] / 1000, UTC)
+                rows.append(
+                    _incident_row(tenant_id, service_id, f"{MEASURED_PREFIX}{due_ms_list[i]}:{i}", now, due)
+                )
+            async with engine.begin() as conn:
+                await conn.execute(insert(table), rows)
+    finally:
+        await engine.dispose()
+    return {
+        "seconds": round(time.time() - started, 2),
+        "rows": total,
+        "measured": measured,
+        "due_start": due_ms_list[0] / 1000 if due_ms_list else due_start,
+        "due_end": due_ms_list[-1] / 1000 if due_ms_list else due_start,
+    }
+
+
+def seed_pending(
+    url: str,
+    tenant_id: str,
+    service_id: str,
+    *,
+    total: int,
+    measured: int,
+    start_in: float,
+    window: float,
+    far_from: float = 3600.0,
+    far_to: float = 7200.0,
+    chunk: int = 5000,
+) -> dict[str, Any]:
+    """Insert ``total`` triggered incidents with a pending first step: ``total - measured`` due
+    ``far_from``..``far_to`` s from now, then ``measured`` due evenly over ``window`` s starting
+    ``start_in`` s after seeding ends. Titles: ``due:<due ms>:<n>`` (measured), ``far:<n>``."""
+    return asyncio.run(
+        _seed(
+            url,
+            tenant_id,
+            service_id,
+            total=total,
+            measured=measured,
+            start_in=start_in,
+            window=window,
+            far_from=far_from,
+            far_to=far_to,
+            chunk=chunk,
+        )
+    )
+
+
+_LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) \w+ [\w.]+: (.*)$")
+
+
+def startup_timings(log: Path) -> dict[str, Any]:
+    """Wall times of the last start's "scheduler running" and "scheduler set rebuilt" log lines."""
+    out: dict[str, Any] = {"scheduler_running_at": None, "rebuilt_at": None, "restored": None}
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        match = _LOG_LINE.match(line)
+        if not match:
+            continue
+        stamp = time.mktime(time.strptime(match.group(1), "%Y-%m-%d %H:%M:%S")) + int(match.group(2)) / 1000
+        message = match.group(3)
+        if message == "scheduler running":
+            out.update(scheduler_running_at=stamp, rebuilt_at=None, restored=None)
+        elif message.startswith("scheduler set rebuilt from SQL"):
+            found = re.search(r"(\d+) member", message)
+            out.update(rebuilt_at=stamp, restored=int(found.group(1)) if found else None)
+    return out
+
+
+# --- scenario 5: open-loop ingest ------------------------------------------------------------------------
+
+
+def take(pids: dict[str, list[int]]) -> dict[str, CpuSample]:
+    """CPU seconds of each role's processes now."""
+    return {role: CpuSample.take(p) for role, p in pids.items()}
+
+
+def cpu_between(before: dict[str, CpuSample], after: dict[str, CpuSample]) -> dict[str, float]:
+    return {role: after[role].since(before.get(role, CpuSample({}))) for role in after}
+
+
+def run_paced_load(
+    target: str,
+    key: str,
+    *,
+    rate: float,
+    prefix: str,
+    warmup: float,
+    duration: float,
+    watch: Any,
+    profile: Any = None,
+) -> dict[str, Any]:
+    """One load_paging.py process; returns its JSON plus the watched processes' CPU in the window.
+
+    ``watch()`` gives ``{role: [pids]}``; ``profile`` (optional) is called with the window length at
+    the window's start and returns a process to wait for (py-spy).
+    """
+    fd, out = tempfile.mkstemp(prefix="bench-paging-", suffix=".json")
+    os.close(fd)
+    os.unlink(out)
+    cmd = [
+        sys.executable,
+        str(BENCH / "load_paging.py"),
+        f"--target={target}",
+        f"--key={key}",
+        f"--rate={rate}",
+        f"--prefix={prefix}",
+        f"--warmup={warmup}",
+        f"--duration={duration}",
+        f"--out={out}",
+    ]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        line = proc.stdout.readline()
+        if line.strip() != "ready":
+            raise RuntimeError(f"paging load process did not connect to {target} (got {line!r})")
+        t0 = time.monotonic() + 0.05
+        proc.stdin.write(f"go {t0}\n")
+        proc.stdin.flush()
+        start, end = t0 + warmup, t0 + warmup + duration
+        time.sleep(max(0.0, start - time.monotonic()))
+        pids = watch()
+        before = take(pids)
+        spy = profile(duration) if profile else None
+        time.sleep(max(0.0, end - time.monotonic()))
+        cpu = cpu_between(before, take(pids))
+        proc.stdin.close()
+        proc.wait(timeout=120)
+        if spy is not None:
+            spy.wait(60)
+        if proc.returncode != 0 or not Path(out).exists():
+            raise RuntimeError(f"paging load process failed (exit {proc.returncode})")
+        result = json.loads(Path(out).read_text())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        Path(out).unlink(missing_ok=True)
+    result["cpu"] = cpu
+    result["window_seconds"] = duration
+    return result
