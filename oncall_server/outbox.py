@@ -205,6 +205,7 @@ class Dispatcher:
 
     async def run_forever(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
+            self._wakeup.clear()  # before the work: a wake-up during it must not be lost
             try:
                 handled = await self.run_once()
             except Exception:
@@ -212,7 +213,6 @@ class Dispatcher:
                 handled = 0
             if handled >= self.batch_size:
                 continue
-            self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), self.poll_seconds)
 

@@ -127,6 +127,7 @@ class Escalator:
         await self.rebuild()
         last_sweep = asyncio.get_running_loop().time()
         while not stopping.is_set():
+            self._wakeup.clear()  # before the work: a wake-up during it must not be lost
             try:
                 handled = await self.tick()
                 if asyncio.get_running_loop().time() - last_sweep >= self.sweep_seconds:
@@ -137,7 +138,6 @@ class Escalator:
                 handled = 0
             if handled >= self.batch_size:
                 continue
-            self._wakeup.clear()
             timeout = self.poll_seconds
             with contextlib.suppress(Exception):
                 next_ms = await self.due.next_due_ms()
