@@ -6,18 +6,25 @@ UUIDv7 keeps inserts at the right edge of the primary-key index and lets
 
 from __future__ import annotations
 
-import os
+import random
 import time
 import uuid
 
+_VERSION_AND_VARIANT = 0x7 << 76 | 0b10 << 62
+
 
 def uuid7() -> str:
-    """A new UUIDv7 as its canonical 36-character string."""
+    """A new UUIDv7 as its canonical 36-character string.
+
+    The 74 random bits come from ``random`` (reseeded from the OS after a fork),
+    not ``os.urandom``: ids must be unique, not secret, and two ``getrandom``
+    system calls per id were 7% of the server's time under load.
+    """
     millis = time.time_ns() // 1_000_000 & ((1 << 48) - 1)
-    rand_a = int.from_bytes(os.urandom(2), "big") & 0xFFF
-    rand_b = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
-    value = millis << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b
-    return str(uuid.UUID(int=value))
+    bits = random.getrandbits(74)
+    value = millis << 80 | _VERSION_AND_VARIANT | (bits >> 62) << 64 | bits & ((1 << 62) - 1)
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def is_valid_id(value: str) -> bool:

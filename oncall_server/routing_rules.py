@@ -7,9 +7,10 @@ loaded, never per alert.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,7 +173,9 @@ def _as_text(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
-def _failure(rule: RoutingRule, severity: Severity, title: str, payload: object) -> str | None:
+def _failure(
+    rule: RoutingRule, severity: Severity, title: str, payload: Callable[[], object]
+) -> str | None:
     if rule.kind == "severity_filter":
         assert rule.minimum_severity is not None
         if severity.at_least(rule.minimum_severity):
@@ -183,7 +186,7 @@ def _failure(rule: RoutingRule, severity: Severity, title: str, payload: object)
             (title.lower(), rule.contains.lower()) if rule.ignore_case else (title, rule.contains)
         )
         return None if needle in haystack else f"title does not contain {json.dumps(rule.contains)}"
-    value = _lookup(payload, rule.path)
+    value = _lookup(payload(), rule.path)
     dotted = ".".join(rule.path)
     if value is _MISSING:
         return f"field {dotted} is missing"
@@ -206,8 +209,17 @@ def _failure(rule: RoutingRule, severity: Severity, title: str, payload: object)
     return f"field {dotted} does not match {json.dumps(rule.value)}"
 
 
-def evaluate(rules: Sequence[RoutingRule], *, severity: Severity, title: str, payload: object) -> Drop | None:
-    """None if the alert passes every rule, else the first failing rule and why."""
+def evaluate(
+    rules: Sequence[RoutingRule], *, severity: Severity, title: str, payload: Callable[[], object]
+) -> Drop | None:
+    """None if the alert passes every rule, else the first failing rule and why.
+
+    ``payload`` is called (once) only if a field rule needs it: parsing the raw JSON again
+    for every alert of an integration with no field rules was pure overhead.
+    """
+    if not rules:
+        return None
+    payload = functools.cache(payload)
     for index, rule in enumerate(rules):
         reason = _failure(rule, severity, title, payload)
         if reason is not None:

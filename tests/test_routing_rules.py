@@ -21,7 +21,7 @@ PAYLOAD = {
 def verdict(
     rule: dict[str, Any], severity: Severity = Severity.HIGH, title: str = "Disk full on web-1"
 ) -> str | None:
-    drop = evaluate(parse_rules([rule]), severity=severity, title=title, payload=PAYLOAD)
+    drop = evaluate(parse_rules([rule]), severity=severity, title=title, payload=lambda: PAYLOAD)
     return None if drop is None else drop.reason
 
 
@@ -84,12 +84,12 @@ def test_every_rule_must_pass_and_the_first_failure_is_reported() -> None:
             {"title_match": {"contains": "never"}},
         ]
     )
-    drop = evaluate(rules, severity=Severity.HIGH, title="Disk", payload=PAYLOAD)
+    drop = evaluate(rules, severity=Severity.HIGH, title="Disk", payload=lambda: PAYLOAD)
     assert drop is not None
     assert (drop.rule_index, drop.rule) == (1, "team-db")
-    unnamed = evaluate(rules[2:], severity=Severity.HIGH, title="Disk", payload=PAYLOAD)
+    unnamed = evaluate(rules[2:], severity=Severity.HIGH, title="Disk", payload=lambda: PAYLOAD)
     assert unnamed is not None and unnamed.rule == 'title contains "never"'
-    assert evaluate([], severity=Severity.INFO, title="", payload=None) is None
+    assert evaluate([], severity=Severity.INFO, title="", payload=lambda: None) is None
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ neither knows how alerts are stored.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -106,7 +107,7 @@ class IngestPipeline:
                     context.routing_rules,
                     severity=event.severity,
                     title=event.title,
-                    payload=_payload_of(event),
+                    payload=functools.partial(_payload_of, event),
                 )
             )
             if drop is not None:
