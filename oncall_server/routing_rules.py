@@ -173,9 +173,7 @@ def _as_text(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
-def _failure(
-    rule: RoutingRule, severity: Severity, title: str, payload: Callable[[], object]
-) -> str | None:
+def _failure(rule: RoutingRule, severity: Severity, title: str, payload: Callable[[], object]) -> str | None:
     if rule.kind == "severity_filter":
         assert rule.minimum_severity is not None
         if severity.at_least(rule.minimum_severity):
