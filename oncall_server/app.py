@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from oncall_server.changes import Change, ChangeFeed
+from oncall_server.changes import ChangeFeed
 from oncall_server.clock import Clock, SystemClock
 from oncall_server.config import Settings
 from oncall_server.due_set import DueSet
@@ -20,7 +20,7 @@ from oncall_server.incidents import Incidents
 from oncall_server.ingest.coordination import Coordinator
 from oncall_server.ingest.drops import DropLog
 from oncall_server.ingest.pipeline import IngestPipeline
-from oncall_server.ingest.writer import CommittedIncident, GroupCommitWriter
+from oncall_server.ingest.writer import GroupCommitWriter
 from oncall_server.integrations import Integrations
 from oncall_server.outbox import Dispatcher
 from oncall_server.paging import Escalator
@@ -107,14 +107,15 @@ class App:
         incidents.on_enqueued = dispatcher.wake
         escalator.on_enqueued = dispatcher.wake
 
-        async def committed(batch: list[CommittedIncident]) -> None:
-            await changes.publish(
-                [Change(c.tenant_id, c.service_id, c.incident_id, c.entry_id) for c in batch]
-            )
-            await escalator.incidents_committed(batch)
-
+        escalator.claim_until = dispatcher.claim_until
+        escalator.on_claimed = dispatcher.take
         writer = GroupCommitWriter(
-            engine, coordinator, clock, batch_size=settings.write_batch_size, on_commit=committed
+            engine,
+            coordinator,
+            clock,
+            batch_size=settings.write_batch_size,
+            changes=changes,
+            escalations=escalator,
         )
         integrations = Integrations(sessions, clock)
         pipeline = IngestPipeline(

@@ -3,6 +3,8 @@
 Every committed change to an incident is published on a Redis pub/sub
 channel per tenant, so watchers connected to any replica see changes made by
 every replica. Messages carry ids only; watchers read the state from SQL.
+One message carries all of a tenant's changes from one commit: a batch of
+500 paged incidents is one PUBLISH, not 500.
 """
 
 from __future__ import annotations
@@ -33,12 +35,18 @@ class ChangeFeed:
     async def publish(self, changes: list[Change]) -> None:
         if not changes:
             return
+        by_tenant: dict[str, list[tuple[str, str, str]]] = {}
+        for change in changes:
+            by_tenant.setdefault(change.tenant_id, []).append(
+                (change.service_id, change.incident_id, change.entry_id)
+            )
+        if len(by_tenant) == 1:
+            [(tenant_id, items)] = by_tenant.items()
+            await self.redis.publish(_channel(tenant_id), json.dumps(items))
+            return
         async with self.redis.pipeline(transaction=False) as pipe:
-            for change in changes:
-                pipe.publish(
-                    _channel(change.tenant_id),
-                    json.dumps({"s": change.service_id, "i": change.incident_id, "e": change.entry_id}),
-                )
+            for tenant_id, items in by_tenant.items():
+                pipe.publish(_channel(tenant_id), json.dumps(items))
             await pipe.execute()
 
     async def subscribe(self, tenant_id: str) -> AsyncIterator[Change]:
@@ -49,8 +57,8 @@ class ChangeFeed:
             async for message in pubsub.listen():
                 if message.get("type") != "message":
                     continue
-                data = json.loads(message["data"])
-                yield Change(tenant_id, data["s"], data["i"], data["e"])
+                for service_id, incident_id, entry_id in json.loads(message["data"]):
+                    yield Change(tenant_id, service_id, incident_id, entry_id)
         finally:
             await pubsub.unsubscribe()
             await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -249,9 +249,21 @@ class Incidents:
                 {"assigned_to": user.id, "previous": previous},
             )
             session.add(entry)
-            [paged] = await enqueue_pages(
+            [paged], _ = await enqueue_pages(
                 session,
-                [PageRequest(incident, [user.id], ASSIGNED, f"{incident.id}:assign:{entry.id}", 0, 0, 0)],
+                session.get_bind().dialect.name,
+                [
+                    PageRequest(
+                        incident.tenant_id,
+                        incident.id,
+                        [user.id],
+                        ASSIGNED,
+                        f"{incident.id}:assign:{entry.id}",
+                        0,
+                        0,
+                        0,
+                    )
+                ],
                 now,
             )
         await self._publish(incident, entry)

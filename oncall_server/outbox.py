@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from sqlalchemy import Table, and_, bindparam, exists, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -56,7 +57,8 @@ def incident_url(public_url: str, incident_id: str) -> str:
 class PageRequest:
     """One decision to page people about an incident (an escalation step, a reassignment)."""
 
-    incident: Incident
+    tenant_id: str
+    incident_id: str
     user_ids: Sequence[str]
     kind: str
     key: str  # names the decision; with user, contact method and delay it forms the dedup key
@@ -73,48 +75,100 @@ class Paged:
     notifications: int
 
 
-async def enqueue_pages(session: AsyncSession, requests: Sequence[PageRequest], now: datetime) -> list[Paged]:
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """The columns of a claimed outbox row the dispatcher needs (plain values, not an ORM object)."""
+
+    id: str
+    tenant_id: str
+    incident_id: str
+    kind: str
+    tier: int
+    loop: int
+    user_id: str
+    contact_method_id: str
+    channel: str
+    attempts: int
+    next_attempt_at: datetime
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: Any) -> OutboxRow:
+        """From a mapping (an inserted row's values) or a result row."""
+        get = row.__getitem__ if isinstance(row, dict) else row._mapping.__getitem__
+        return cls(*(get(name) for name in _OUTBOX_COLUMNS))
+
+
+_OUTBOX_COLUMNS = [f.name for f in dataclasses.fields(OutboxRow)]
+
+
+class Executor(Protocol):
+    """An ``AsyncSession`` or an ``AsyncConnection``: paging runs in either's transaction."""
+
+    async def execute(self, statement: Any, parameters: Any = None, /) -> Any: ...
+
+
+async def enqueue_pages(
+    executor: Executor,
+    dialect: str,
+    requests: Sequence[PageRequest],
+    now: datetime,
+    *,
+    claim_until: datetime | None = None,
+) -> tuple[list[Paged], list[OutboxRow]]:
     """Write one outbox row per (user, notification rule) in the caller's transaction.
 
     Rows are unique on ``dedup_key``, so the same decision enqueued twice
     pages nobody twice. A user without rules is paged on every contact method
     at once. One call serves a whole batch of steps: three reads and one insert.
+
+    With ``claim_until`` the rows due now are written already claimed (leased
+    to this process until then) and returned, so the caller's dispatcher sends
+    them straight after the commit without a claim transaction of its own; if
+    this process dies first, the lease runs out and any dispatcher sends them.
     """
     ids = list({user_id for request in requests for user_id in request.user_ids})
     if not ids:
-        return [Paged([], 0) for _ in requests]
-    users = {u.id: u for u in await session.scalars(select(User).where(User.id.in_(ids)))}
-    methods: dict[str, list[ContactMethod]] = {}
-    method_by_id: dict[str, ContactMethod] = {}
-    for method in await session.scalars(
-        select(ContactMethod).where(ContactMethod.user_id.in_(ids)).order_by(ContactMethod.id)
+        return [Paged([], 0) for _ in requests], []
+    users = {
+        row.id: row
+        for row in await executor.execute(select(User.id, User.tenant_id, User.name).where(User.id.in_(ids)))
+    }
+    methods: dict[str, list[str]] = {}
+    channel_of: dict[str, str] = {}
+    for method_id, user_id, channel in await executor.execute(
+        select(ContactMethod.id, ContactMethod.user_id, ContactMethod.type)
+        .where(ContactMethod.user_id.in_(ids))
+        .order_by(ContactMethod.id)
     ):
-        methods.setdefault(method.user_id, []).append(method)
-        method_by_id[method.id] = method
+        methods.setdefault(user_id, []).append(method_id)
+        channel_of[method_id] = channel
     rules: dict[str, list[tuple[str, int]]] = {}
-    for rule in await session.scalars(
-        select(NotificationRule).where(NotificationRule.user_id.in_(ids)).order_by(NotificationRule.id)
+    for user_id, method_id, delay in await executor.execute(
+        select(NotificationRule.user_id, NotificationRule.contact_method_id, NotificationRule.delay_seconds)
+        .where(NotificationRule.user_id.in_(ids))
+        .order_by(NotificationRule.id)
     ):
-        if rule.contact_method_id in method_by_id:
-            rules.setdefault(rule.user_id, []).append((rule.contact_method_id, rule.delay_seconds))
+        if method_id in channel_of:
+            rules.setdefault(user_id, []).append((method_id, delay))
     rows: list[dict[str, Any]] = []
     results: list[Paged] = []
     for request in requests:
-        incident = request.incident
         names: list[str] = []
         before = len(rows)
         for user_id in dict.fromkeys(request.user_ids):
             user = users.get(user_id)
-            if user is None or user.tenant_id != incident.tenant_id:
+            if user is None or user.tenant_id != request.tenant_id:
                 continue
             names.append(user.name)
-            chosen = rules.get(user_id) or [(m.id, 0) for m in methods.get(user_id, [])]
+            chosen = rules.get(user_id) or [(method_id, 0) for method_id in methods.get(user_id, [])]
             for method_id, delay in chosen:
+                claimed = claim_until is not None and delay == 0
                 rows.append(
                     {
                         "id": uuid7(),
-                        "tenant_id": incident.tenant_id,
-                        "incident_id": incident.id,
+                        "tenant_id": request.tenant_id,
+                        "incident_id": request.incident_id,
                         "kind": request.kind,
                         "dedup_key": f"{request.key}:{user_id}:{method_id}:{delay}",
                         "escalation_run": request.run,
@@ -122,24 +176,32 @@ async def enqueue_pages(session: AsyncSession, requests: Sequence[PageRequest], 
                         "loop": request.loop,
                         "user_id": user_id,
                         "contact_method_id": method_id,
-                        "channel": method_by_id[method_id].type,
-                        "status": "pending",
-                        "attempts": 0,
+                        "channel": channel_of[method_id],
+                        "status": "sending" if claimed else "pending",
+                        "attempts": 1 if claimed else 0,
                         "next_attempt_at": now + timedelta(seconds=delay),
-                        "lease_until": None,
+                        "lease_until": claim_until if claimed else None,
                         "last_error": "",
                         "created_at": now,
                         "sent_at": None,
                     }
                 )
         results.append(Paged(names, len(rows) - before))
-    if rows:
-        dialect = session.get_bind().dialect.name
-        dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        await session.execute(
-            dialect_insert(Notification).on_conflict_do_nothing(index_elements=["dedup_key"]), rows
+    if not rows:
+        return results, []
+    inserted = {
+        row_id
+        for (row_id,) in await executor.execute(
+            _insert_notifications(dialect).returning(Notification.id), rows
         )
-    return results
+    }
+    claimed_rows = [OutboxRow.of(row) for row in rows if row["status"] == "sending" and row["id"] in inserted]
+    return results, claimed_rows
+
+
+def _insert_notifications(dialect: str) -> Any:
+    dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return dialect_insert(Notification).on_conflict_do_nothing(index_elements=["dedup_key"])
 
 
 def _deliverable() -> Any:
@@ -157,9 +219,50 @@ def _deliverable() -> Any:
     )
 
 
+def _claimable(now: datetime) -> Any:
+    return and_(
+        Notification.next_attempt_at <= now,
+        or_(
+            Notification.status == "pending",
+            and_(Notification.status == "sending", Notification.lease_until < now),
+        ),
+    )
+
+
+# What a page says, for a batch of claimed rows in one query (user and method may have been deleted).
+_CONTENT = (
+    select(
+        Notification.id,
+        Incident.id.label("incident_id"),
+        Incident.tenant_id,
+        Incident.service_id,
+        Incident.title,
+        Incident.severity,
+        Incident.status,
+        Incident.description,
+        Incident.source,
+        Incident.source_ref,
+        Incident.details,
+        Service.name.label("service_name"),
+        User.id.label("user_id"),
+        User.name.label("user_name"),
+        User.email.label("user_email"),
+        ContactMethod.id.label("contact_method_id"),
+        ContactMethod.type.label("contact_type"),
+        ContactMethod.address,
+        ContactMethod.secret,
+    )
+    .join(Incident, Incident.id == Notification.incident_id)
+    .outerjoin(Service, Service.id == Incident.service_id)
+    .outerjoin(User, User.id == Notification.user_id)
+    .outerjoin(ContactMethod, ContactMethod.id == Notification.contact_method_id)
+    .where(Notification.id.in_(bindparam("ids", expanding=True)))
+)
+
+
 @dataclass(slots=True)
 class _Delivery:
-    row: Notification
+    row: OutboxRow
     page: Page | None
     destination: Destination | None
     error: str = ""
@@ -169,7 +272,12 @@ class _Delivery:
 
 
 class Dispatcher:
-    """Sends claimed outbox rows through the channel plugins, and records what happened."""
+    """Sends claimed outbox rows through the channel plugins, and records what happened.
+
+    Rows come two ways: claimed by :meth:`run_once` (retries, expired leases, rows written by
+    processes without a dispatcher, delayed notification rules), or handed over by
+    :meth:`take` right after the transaction that wrote them already claimed.
+    """
 
     def __init__(
         self,
@@ -185,6 +293,7 @@ class Dispatcher:
         retry_max_seconds: float = 300.0,
         poll_seconds: float = 0.5,
         batch_size: int = 200,
+        max_handed_over: int = 5000,
     ) -> None:
         self.sessions = sessions
         self.clock = clock
@@ -197,114 +306,118 @@ class Dispatcher:
         self.retry_max_seconds = retry_max_seconds
         self.poll_seconds = poll_seconds
         self.batch_size = batch_size
+        self.max_handed_over = max_handed_over
+        self.running = False
         self._wakeup = asyncio.Event()
-        self.on_sent: list[Callable[[Notification], None]] = []
+        self._handed_over: set[asyncio.Task[None]] = set()
+        self._handed_over_rows = 0
 
     def wake(self) -> None:
         self._wakeup.set()
 
+    def claim_until(self) -> datetime | None:
+        """A lease for rows a transaction of this process writes for :meth:`take`; None when they
+        should be left pending instead: no dispatcher loop runs here, or sends are backing up."""
+        if not self.running or self._handed_over_rows >= self.max_handed_over:
+            return None
+        return self.clock.now() + self.lease
+
+    def take(self, rows: Sequence[OutboxRow]) -> None:
+        """Send rows its caller's committed transaction wrote already claimed; returns at once."""
+        if not rows:
+            return
+        self._handed_over_rows += len(rows)
+        task = asyncio.create_task(self._deliver_handed_over(list(rows)))
+        self._handed_over.add(task)
+        task.add_done_callback(self._handed_over.discard)
+
+    async def _deliver_handed_over(self, rows: list[OutboxRow]) -> None:
+        try:
+            await self._deliver(rows)
+        except Exception:  # the rows stay leased; after the lease any dispatcher retries them
+            log.exception("sending %d page(s) failed; they are retried when their lease ends", len(rows))
+        finally:
+            self._handed_over_rows -= len(rows)
+
     async def run_forever(self, stopping: asyncio.Event) -> None:
-        while not stopping.is_set():
-            self._wakeup.clear()  # before the work: a wake-up during it must not be lost
-            try:
-                handled = await self.run_once()
-            except Exception:
-                log.exception("notification dispatch failed; retrying")
-                handled = 0
-            if handled >= self.batch_size:
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self.poll_seconds)
+        self.running = True
+        try:
+            while not stopping.is_set():
+                self._wakeup.clear()  # before the work: a wake-up during it must not be lost
+                try:
+                    handled = await self.run_once()
+                except Exception:
+                    log.exception("notification dispatch failed; retrying")
+                    handled = 0
+                if handled >= self.batch_size:
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), self.poll_seconds)
+        finally:
+            self.running = False
+            if self._handed_over:
+                await asyncio.gather(*self._handed_over, return_exceptions=True)
 
     async def run_once(self) -> int:
         """Claim, send and record one batch; returns how many rows it handled."""
         claimed = await self._claim()
-        if not claimed:
-            return 0
-        deliveries = await self._prepare(claimed)
-        await asyncio.gather(*(self._send(d) for d in deliveries))
-        await self._record(deliveries)
+        if claimed:
+            await self._deliver(claimed)
         return len(claimed)
 
-    async def _claim(self) -> list[Notification]:
+    async def _deliver(self, rows: list[OutboxRow]) -> None:
+        deliveries = await self._prepare(rows)
+        await asyncio.gather(*(self._send(d) for d in deliveries))
+        await self._record(deliveries)
+
+    async def _claim(self) -> list[OutboxRow]:
         now = self.clock.now()
-        claimable = and_(
-            Notification.next_attempt_at <= now,
-            or_(
-                Notification.status == "pending",
-                and_(Notification.status == "sending", Notification.lease_until < now),
-            ),
-        )
         async with write_transaction(self.sessions) as session:
             # Rows their incident no longer wants (acknowledged, resolved, a newer run) are cancelled.
             await session.execute(
                 update(Notification)
-                .where(claimable, ~_deliverable())
+                .where(_claimable(now), ~_deliverable())
                 .values(status="cancelled", last_error="the incident no longer escalates")
                 .execution_options(synchronize_session=False)
             )
             candidates = (
                 select(Notification.id)
-                .where(claimable, _deliverable())
+                .where(_claimable(now), _deliverable())
                 .order_by(Notification.next_attempt_at)
                 .limit(self.batch_size)
                 .with_for_update(skip_locked=True, of=Notification)
             )
-            rows = await session.scalars(
+            result = await session.execute(
                 update(Notification)
                 .where(Notification.id.in_(candidates.scalar_subquery()))
                 .values(status="sending", lease_until=now + self.lease, attempts=Notification.attempts + 1)
-                .returning(Notification)
+                .returning(*(getattr(Notification, name) for name in _OUTBOX_COLUMNS))
                 .execution_options(synchronize_session=False)
             )
-            return list(rows.all())
+            return [OutboxRow.of(row) for row in result.all()]
 
-    async def _prepare(self, claimed: list[Notification]) -> list[_Delivery]:
-        incident_ids = {n.incident_id for n in claimed}
+    async def _prepare(self, claimed: list[OutboxRow]) -> list[_Delivery]:
         async with self.sessions() as session:
-            incidents = {
-                i.id: i for i in await session.scalars(select(Incident).where(Incident.id.in_(incident_ids)))
-            }
-            services = {
-                s.id: s
-                for s in await session.scalars(
-                    select(Service).where(Service.id.in_({i.service_id for i in incidents.values()}))
-                )
-            }
-            users = {
-                u.id: u
-                for u in await session.scalars(select(User).where(User.id.in_({n.user_id for n in claimed})))
-            }
-            methods = {
-                m.id: m
-                for m in await session.scalars(
-                    select(ContactMethod).where(ContactMethod.id.in_({n.contact_method_id for n in claimed}))
-                )
+            content = {
+                row.id: row for row in await session.execute(_CONTENT, {"ids": [n.id for n in claimed]})
             }
         out = []
         for row in claimed:
-            incident, user, method = (
-                incidents[row.incident_id],
-                users.get(row.user_id),
-                methods.get(row.contact_method_id),
-            )
-            if user is None or method is None:
+            found = content[row.id]
+            if found.user_id is None or found.contact_method_id is None:
                 out.append(
                     _Delivery(
-                        row,
-                        None,
-                        None,
-                        "the user or contact method was deleted",
-                        False,
-                        "",
-                        incident.service_id,
+                        row, None, None, "the user or contact method was deleted", False, "", found.service_id
                     )
                 )
                 continue
-            service = services.get(incident.service_id)
-            page = build_page(row, incident, service, user, self.public_url)
-            destination = Destination(method.id, method.type, method.address, method.secret)
-            out.append(_Delivery(row, page, destination, user_name=user.name, service_id=incident.service_id))
+            page = build_page(row, found, self.public_url)
+            destination = Destination(
+                found.contact_method_id, found.contact_type, found.address, found.secret
+            )
+            out.append(
+                _Delivery(row, page, destination, user_name=found.user_name, service_id=found.service_id)
+            )
         return out
 
     async def _send(self, delivery: _Delivery) -> None:
@@ -386,10 +499,6 @@ class Dispatcher:
             await session.execute(_RECORD_OUTCOME, updates)
             await session.execute(insert(TimelineEntry), entries)
         await self.changes.publish(changes)
-        for delivery in deliveries:
-            if not delivery.error:
-                for listener in self.on_sent:
-                    listener(delivery.row)
 
 
 _notifications = cast(Table, Notification.__table__)
@@ -407,25 +516,23 @@ _RECORD_OUTCOME = (
 )
 
 
-def build_page(
-    row: Notification, incident: Incident, service: Service | None, user: User, public_url: str
-) -> Page:
-    """The message content the spec asks for, from the incident as it is now."""
-    details = incident.details or {}
+def build_page(row: OutboxRow, content: Any, public_url: str) -> Page:
+    """The message content the spec asks for, from the incident as it is now (a ``_CONTENT`` row)."""
+    details = content.details or {}
     return Page(
         notification_id=row.id,
         kind=row.kind,
-        tenant_id=incident.tenant_id,
-        incident_id=incident.id,
-        incident_url=incident_url(public_url, incident.id),
-        title=incident.title,
-        severity=Severity(incident.severity).label,
-        status=incident.status,
-        service_id=incident.service_id,
-        service_name=service.name if service else "",
-        description=incident.description,
-        source=incident.source,
-        source_ref=incident.source_ref,
+        tenant_id=content.tenant_id,
+        incident_id=content.incident_id,
+        incident_url=incident_url(public_url, content.incident_id),
+        title=content.title,
+        severity=Severity(content.severity).label,
+        status=content.status,
+        service_id=content.service_id,
+        service_name=content.service_name or "",
+        description=content.description,
+        source=content.source,
+        source_ref=content.source_ref,
         device_name=str(details.get("device_name", "")),
         detection_type=str(details.get("detection_type", "")),
         mitre_technique=str(details.get("mitre_technique", "")),
@@ -433,8 +540,8 @@ def build_page(
         defend_url=str(details.get("defend_url", "")),
         tier=row.tier + 1 if row.kind == PAGE else 0,
         loop=row.loop,
-        user_id=user.id,
-        user_name=user.name,
-        user_email=user.email,
+        user_id=content.user_id,
+        user_name=content.user_name,
+        user_email=content.user_email,
         created_at=row.created_at,
     )

@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import Table, bindparam, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from oncall_server import escalation_state as state
 from oncall_server.changes import Change, ChangeFeed
@@ -28,8 +28,8 @@ from oncall_server.due_set import DueSet
 from oncall_server.ids import uuid7
 from oncall_server.incidents import OPEN_ALERT_STATES, Incidents
 from oncall_server.ingest.model import AlertState, IncidentStatus
-from oncall_server.ingest.writer import CommittedIncident
-from oncall_server.outbox import PAGE, PageRequest, enqueue_pages
+from oncall_server.ingest.writer import NewIncident, StartedEscalations
+from oncall_server.outbox import PAGE, Executor, OutboxRow, PageRequest, enqueue_pages
 from oncall_server.schedules import Schedule, from_json, who_is_on_call
 from oncall_server.storage.engine import write_transaction
 from oncall_server.storage.models import (
@@ -48,10 +48,58 @@ log = logging.getLogger(__name__)
 class _Outcome:
     following: list[tuple[str, int]] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
-    enqueued: bool = False
+    entries: list[dict[str, Any]] = field(default_factory=list)  # timeline rows, inserted in one statement
+    claimed: list[OutboxRow] = field(default_factory=list)  # written claimed: this process sends them
+    enqueued: bool = False  # rows left pending for a dispatcher to claim
 
 
-def snapshot_of(policy: EscalationPolicy | None) -> dict[str, Any]:
+_ESCALATING_COLUMNS = (
+    Incident.id,
+    Incident.tenant_id,
+    Incident.service_id,
+    Incident.status,
+    Incident.escalation_snapshot,
+    Incident.escalation_run,
+    Incident.escalation_step,
+    Incident.escalation_due_at,
+    Incident.last_alert_at,
+)
+
+
+@dataclass(slots=True)
+class _Escalating:
+    """What a step reads of an incident and advances: plain columns, not an ORM object.
+
+    A claim is hundreds of incidents; loading, tracking and flushing them as ORM
+    objects cost more than everything else a step does.
+    """
+
+    id: str
+    tenant_id: str
+    service_id: str
+    status: str
+    snapshot: dict[str, Any] | None
+    run: int
+    step: int
+    due_at: datetime | None
+    last_alert_at: datetime
+    started: bool = False  # the snapshot was taken by this step and must be written
+
+
+_incidents = cast(Table, Incident.__table__)
+_ADVANCE_VALUES: dict[str, Any] = {
+    "escalation_step": bindparam("b_step"),
+    "escalation_due_at": bindparam("b_due"),
+}
+_ADVANCE = update(_incidents).where(_incidents.c.id == bindparam("b_id")).values(**_ADVANCE_VALUES)
+_START = (
+    update(_incidents)
+    .where(_incidents.c.id == bindparam("b_id"))
+    .values(**_ADVANCE_VALUES, escalation_snapshot=bindparam("b_snapshot"))
+)
+
+
+def snapshot_of(policy: Any) -> dict[str, Any]:
     """The policy as the incident will follow it; ``{}`` means nobody is paged."""
     if policy is None:
         return {}
@@ -99,22 +147,53 @@ class Escalator:
         self.sweep_seconds = sweep_seconds
         self._limit = asyncio.Semaphore(concurrency)
         self._wakeup = asyncio.Event()
+        self._dialect = sessions.kw["bind"].dialect.name
         self.on_enqueued: Callable[[], None] = lambda: None
+        # Set by the app to the local dispatcher's claim_until / take: pages due now skip its claim.
+        self.claim_until: Callable[[], datetime | None] = lambda: None
+        self.on_claimed: Callable[[Sequence[OutboxRow]], None] = lambda rows: None
         self.steps_run = 0
 
     def wake(self) -> None:
         self._wakeup.set()
 
-    async def incidents_committed(self, committed: list[CommittedIncident]) -> None:
-        """Post-commit listener of the ingest writer: new incidents start escalating now."""
-        created = [c for c in committed if c.created]
-        if not created:
-            return
-        # The writer opened them with run 1, step 0, due at commit: no need to read that back.
-        due_ms = to_millis(self.clock.now())
-        items = [(state.step_member(c.incident_id, 1, 0), due_ms) for c in created]
-        await self.due.add(items)
-        self.wake()
+    async def start_in_transaction(
+        self, conn: AsyncConnection, created: Sequence[NewIncident], now: datetime
+    ) -> StartedEscalations:
+        """Tier 1 of incidents the ingest writer is creating, in the writer's transaction.
+
+        The policy snapshot, the first pages (written claimed for this process's dispatcher)
+        and the next step commit with the incident itself: no scheduler round trip before
+        the first page, and no window in which the incident exists without its escalation.
+        """
+        incidents = [
+            _Escalating(
+                c.incident_id,
+                c.tenant_id,
+                c.service_id,
+                IncidentStatus.TRIGGERED.value,
+                None,
+                1,
+                0,
+                now,
+                c.last_alert_at,
+            )
+            for c in created
+        ]
+        outcome = _Outcome()
+        await self._start(incidents, conn, outcome)
+        await self._page_tiers(conn, incidents, now, outcome)
+        return outcome
+
+    async def escalations_started(self, started: StartedEscalations) -> None:
+        """After the writer's commit: hand the pages over and schedule the next steps."""
+        assert isinstance(started, _Outcome)
+        self.on_claimed(started.claimed)
+        if started.enqueued:
+            self.on_enqueued()
+        if started.following:
+            await self.due.add(started.following)
+            self.wake()
 
     async def schedule(self, incident: Incident) -> None:
         """After an action changed the incident's next step: tell Redis (SQL already knows)."""
@@ -185,10 +264,11 @@ class Escalator:
                 await self._run_steps({member: step})
             return
         self.steps_run += len(steps)
-        await self.due.finish(list(steps), outcome.following)
-        await self.changes.publish(outcome.changes)
+        self.on_claimed(outcome.claimed)
         if outcome.enqueued:
             self.on_enqueued()
+        await self.due.finish(list(steps), outcome.following)
+        await self.changes.publish(outcome.changes)
 
     async def _run_auto_resolve(self, member: str, incident_id: str) -> None:
         async with self._limit:
@@ -204,102 +284,114 @@ class Escalator:
         async with write_transaction(self.sessions) as session:
             # Locked in id order, so two replicas' batches cannot deadlock on PostgreSQL.
             incidents = {
-                incident.id: incident
-                for incident in await session.scalars(
-                    select(Incident)
+                row.id: _Escalating(*row)
+                for row in await session.execute(
+                    select(*_ESCALATING_COLUMNS)
                     .where(Incident.id.in_({incident_id for incident_id, _, _ in steps}))
                     .order_by(Incident.id)
                     .with_for_update()
                 )
             }
             now = self.clock.now()
-            to_page: list[Incident] = []
+            to_page: list[_Escalating] = []
             for incident_id, run, step in steps:
                 incident = incidents.get(incident_id)
                 if (
                     incident is None
-                    or incident.escalation_run != run
-                    or incident.escalation_step != step
-                    or incident.escalation_due_at is None
+                    or incident.run != run
+                    or incident.step != step
+                    or incident.due_at is None
                 ):
                     continue  # fenced: an ack, a resolve or another replica got here first
                 if step == state.ACK_TIMEOUT_STEP:
                     if incident.status == IncidentStatus.ACKNOWLEDGED.value:
-                        await self._retrigger(session, incident, now, outcome)
+                        await self._retrigger(session, incident_id, now, outcome)
                 elif incident.status == IncidentStatus.TRIGGERED.value:
                     to_page.append(incident)
             if to_page:
-                await self._start([i for i in to_page if i.escalation_snapshot is None], session, outcome)
+                await self._start([i for i in to_page if i.snapshot is None], session, outcome)
                 await self._page_tiers(session, to_page, now, outcome)
+            if outcome.entries:
+                await session.execute(insert(TimelineEntry), outcome.entries)
         return outcome
 
-    async def _start(self, incidents: list[Incident], session: AsyncSession, outcome: _Outcome) -> None:
+    async def _start(self, incidents: list[_Escalating], session: Executor, outcome: _Outcome) -> None:
         """First step: freeze the policy onto the incident, and arm auto-resolve."""
         if not incidents:
             return
         services = {
-            s.id: s
-            for s in await session.scalars(
-                select(Service).where(Service.id.in_({i.service_id for i in incidents}))
+            row.id: row
+            for row in await session.execute(
+                select(Service.id, Service.escalation_policy_id, Service.auto_resolve_seconds).where(
+                    Service.id.in_({i.service_id for i in incidents})
+                )
             )
         }
         policy_ids = {s.escalation_policy_id for s in services.values() if s.escalation_policy_id}
         policies = {}
         if policy_ids:
             policies = {
-                p.id: p
-                for p in await session.scalars(
-                    select(EscalationPolicy).where(EscalationPolicy.id.in_(policy_ids))
+                row.id: row
+                for row in await session.execute(
+                    select(
+                        EscalationPolicy.id,
+                        EscalationPolicy.name,
+                        EscalationPolicy.repeat_count,
+                        EscalationPolicy.tiers,
+                    ).where(EscalationPolicy.id.in_(policy_ids))
                 )
             }
         for incident in incidents:
             service = services.get(incident.service_id)
             policy_id = service.escalation_policy_id if service else None
-            incident.escalation_snapshot = snapshot_of(policies.get(policy_id or ""))
+            incident.snapshot = snapshot_of(policies.get(policy_id or ""))
+            incident.started = True
             if service is not None and service.auto_resolve_seconds:
                 deadline = incident.last_alert_at + timedelta(seconds=service.auto_resolve_seconds)
                 outcome.following.append((state.auto_resolve_member(incident.id), to_millis(deadline)))
 
     async def _page_tiers(
-        self, session: AsyncSession, incidents: list[Incident], now: datetime, outcome: _Outcome
+        self, session: Executor, incidents: list[_Escalating], now: datetime, outcome: _Outcome
     ) -> None:
         """Page the current tier of each incident, and move each to its next step."""
         schedules = await self._schedules(session, incidents)
         requests: list[PageRequest] = []
-        paging: list[tuple[Incident, list[dict[str, Any]], int, int, list[str]]] = []
+        paging: list[tuple[_Escalating, list[dict[str, Any]], int, int, list[str]]] = []
         for incident in incidents:
-            tiers: list[dict[str, Any]] = (incident.escalation_snapshot or {}).get("tiers") or []
+            tiers: list[dict[str, Any]] = (incident.snapshot or {}).get("tiers") or []
             if not tiers:
-                incident.escalation_due_at = None
-                self._entry(
-                    session, incident, "escalated", "No escalation policy: nobody is paged", {}, outcome
-                )
+                incident.due_at = None
+                self._entry(incident, "escalated", "No escalation policy: nobody is paged", {}, outcome)
                 continue
-            loop, tier = divmod(incident.escalation_step, len(tiers))
+            loop, tier = divmod(incident.step, len(tiers))
             users = self._targets(tiers[tier].get("targets", []), schedules, incident.tenant_id, now)
-            key = f"{incident.id}:{incident.escalation_run}:{incident.escalation_step}"
-            requests.append(PageRequest(incident, users, PAGE, key, incident.escalation_run, tier, loop))
+            key = f"{incident.id}:{incident.run}:{incident.step}"
+            requests.append(
+                PageRequest(incident.tenant_id, incident.id, users, PAGE, key, incident.run, tier, loop)
+            )
             paging.append((incident, tiers, tier, loop, users))
-        for (incident, tiers, tier, loop, users), paged in zip(
-            paging, await enqueue_pages(session, requests, now), strict=True
-        ):
-            outcome.enqueued = outcome.enqueued or paged.notifications > 0
-            snapshot = incident.escalation_snapshot or {}
+        all_paged, claimed = await enqueue_pages(
+            session, self._dialect, requests, now, claim_until=self.claim_until()
+        )
+        outcome.claimed.extend(claimed)
+        outcome.enqueued = outcome.enqueued or sum(p.notifications for p in all_paged) > len(claimed)
+        for (incident, tiers, tier, loop, users), paged in zip(paging, all_paged, strict=True):
+            snapshot = incident.snapshot or {}
             repeat = f" (repeat {loop} of {snapshot.get('repeat_count', 0)})" if loop else ""
             who = ", ".join(paged.user_names) if paged.user_names else "nobody is on call there"
             message = f"Escalated to tier {tier + 1}{repeat}: {who}"
-            following = incident.escalation_step + 1
-            incident.escalation_step = following
+            following = incident.step + 1
+            incident.step = following
             if following < len(tiers) * (int(snapshot.get("repeat_count", 0)) + 1):
                 delay = int(tiers[tier].get("delay_seconds", 0))
-                due = (incident.escalation_due_at or now) + timedelta(seconds=delay)
-                incident.escalation_due_at = due
+                due = (incident.due_at or now) + timedelta(seconds=delay)
+                incident.due_at = due
                 outcome.following.append(
-                    (state.step_member(incident.id, incident.escalation_run, following), to_millis(due))
+                    (state.step_member(incident.id, incident.run, following), to_millis(due))
                 )
                 message += f"; tier {following % len(tiers) + 1} in {_duration(delay)} unless acknowledged"
             else:
-                incident.escalation_due_at = None
+                incident.due_at = None
                 message += "; this is the last tier"
             details = {
                 "tier": str(tier + 1),
@@ -307,21 +399,43 @@ class Escalator:
                 "user_ids": ",".join(users),
                 "policy_id": str(snapshot.get("policy_id", "")),
             }
-            self._entry(session, incident, "escalated", message, details, outcome)
+            self._entry(incident, "escalated", message, details, outcome)
+        advanced = [i for i in incidents if not i.started]
+        if advanced:
+            await session.execute(
+                _ADVANCE, [{"b_id": i.id, "b_step": i.step, "b_due": i.due_at} for i in advanced]
+            )
+        started = [i for i in incidents if i.started]
+        if started:
+            await session.execute(
+                _START,
+                [
+                    {"b_id": i.id, "b_step": i.step, "b_due": i.due_at, "b_snapshot": i.snapshot}
+                    for i in started
+                ],
+            )
 
     async def _schedules(
-        self, session: AsyncSession, incidents: list[Incident]
+        self, session: Executor, incidents: list[_Escalating]
     ) -> dict[str, tuple[str, Schedule]]:
         """Every schedule the current tiers of these incidents name, loaded once: id -> (tenant, schedule)."""
         wanted: set[str] = set()
         for incident in incidents:
-            tiers = (incident.escalation_snapshot or {}).get("tiers") or []
+            tiers = (incident.snapshot or {}).get("tiers") or []
             if tiers:
-                tier = tiers[incident.escalation_step % len(tiers)]
+                tier = tiers[incident.step % len(tiers)]
                 wanted.update(t["id"] for t in tier.get("targets", []) if t.get("type") == "schedule")
         if not wanted:
             return {}
-        rows = await session.scalars(select(OnCallSchedule).where(OnCallSchedule.id.in_(wanted)))
+        rows = await session.execute(
+            select(
+                OnCallSchedule.id,
+                OnCallSchedule.tenant_id,
+                OnCallSchedule.time_zone,
+                OnCallSchedule.layers,
+                OnCallSchedule.overrides,
+            ).where(OnCallSchedule.id.in_(wanted))
+        )
         return {row.id: (row.tenant_id, from_json(row.time_zone, row.layers, row.overrides)) for row in rows}
 
     def _targets(
@@ -343,9 +457,10 @@ class Escalator:
         return list(dict.fromkeys(users))
 
     async def _retrigger(
-        self, session: AsyncSession, incident: Incident, now: datetime, outcome: _Outcome
+        self, session: AsyncSession, incident_id: str, now: datetime, outcome: _Outcome
     ) -> None:
         """The acknowledgement timed out without a resolve: triggered again, from tier 1."""
+        incident = await session.get_one(Incident, incident_id)
         incident.status = IncidentStatus.TRIGGERED.value
         incident.acknowledged_at, incident.acknowledged_by = None, ""
         incident.updated_at = now
@@ -356,7 +471,6 @@ class Escalator:
         )
         state.restart(incident, now)
         self._entry(
-            session,
             incident,
             "unacknowledged",
             "Acknowledgement timed out without a resolve: escalation restarts",
@@ -393,25 +507,26 @@ class Escalator:
 
     def _entry(
         self,
-        session: AsyncSession,
-        incident: Incident,
+        incident: _Escalating | Incident,
         kind: str,
         message: str,
         details: dict[str, str],
         outcome: _Outcome,
     ) -> None:
-        entry = TimelineEntry(
-            id=uuid7(),
-            tenant_id=incident.tenant_id,
-            incident_id=incident.id,
-            kind=kind,
-            actor="system",
-            message=message,
-            details=details,
-            created_at=self.clock.now(),
+        entry_id = uuid7()
+        outcome.entries.append(
+            {
+                "id": entry_id,
+                "tenant_id": incident.tenant_id,
+                "incident_id": incident.id,
+                "kind": kind,
+                "actor": "system",
+                "message": message,
+                "details": details,
+                "created_at": self.clock.now(),
+            }
         )
-        session.add(entry)
-        outcome.changes.append(Change(incident.tenant_id, incident.service_id, incident.id, entry.id))
+        outcome.changes.append(Change(incident.tenant_id, incident.service_id, incident.id, entry_id))
 
     async def rebuild(self) -> None:
         """Refill the sorted set from SQL (startup, or Redis lost it): every pending step and auto-resolve."""

@@ -19,16 +19,17 @@ import asyncio
 import functools
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from oncall_server.changes import Change, ChangeFeed
 from oncall_server.clock import Clock, to_millis
 from oncall_server.errors import Unavailable
 from oncall_server.ids import uuid7
@@ -45,15 +46,31 @@ _MAX_ATTEMPTS = 4
 _MAX_RELOADS = 5
 
 
-@dataclass(slots=True)
-class CommittedIncident:
-    """An incident a batch opened or touched, for post-commit listeners (watchers, escalation)."""
+@dataclass(frozen=True, slots=True)
+class NewIncident:
+    """An incident this batch creates: its escalation starts in the same transaction."""
 
+    incident_id: str
     tenant_id: str
     service_id: str
-    incident_id: str
-    entry_id: str
-    created: bool
+    last_alert_at: datetime
+
+
+class StartedEscalations(Protocol):
+    """What starting escalations added to the batch: timeline rows to insert, changes to publish."""
+
+    entries: list[dict[str, Any]]
+    changes: list[Change]
+
+
+class EscalationStarter(Protocol):
+    """The escalation scheduler, as the writer sees it (the writer knows nothing of policies)."""
+
+    async def start_in_transaction(
+        self, conn: AsyncConnection, created: Sequence[NewIncident], now: datetime
+    ) -> StartedEscalations: ...
+
+    async def escalations_started(self, started: StartedEscalations) -> None: ...
 
 
 @dataclass(slots=True)
@@ -78,9 +95,6 @@ class _Slot:
     result: IngestResult | None = None
 
 
-CommitListener = Callable[[list[CommittedIncident]], Awaitable[None]]
-
-
 class GroupCommitWriter:
     """Owns the ingest transaction of one process."""
 
@@ -91,13 +105,15 @@ class GroupCommitWriter:
         clock: Clock,
         *,
         batch_size: int = 500,
-        on_commit: CommitListener | None = None,
+        changes: ChangeFeed | None = None,
+        escalations: EscalationStarter | None = None,
     ) -> None:
         self.engine = engine
         self.coordinator = coordinator
         self.clock = clock
         self.batch_size = batch_size
-        self.on_commit = on_commit
+        self.changes = changes
+        self.escalations = escalations
         self._queue: asyncio.Queue[_Request | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._dialect = engine.dialect.name
@@ -144,7 +160,7 @@ class GroupCommitWriter:
     async def _process(self, requests: list[_Request]) -> None:
         slots = [_Slot(alert) for req in requests for alert in req.alerts]
         try:
-            committed = await self._write(slots)
+            changes, started = await self._write(slots)
         except Exception as exc:  # every caller must hear back, whatever failed
             log.exception("ingest batch of %d alerts failed", len(slots))
             error = (
@@ -155,12 +171,14 @@ class GroupCommitWriter:
                     req.future.set_exception(error)
             return
         self.batches_committed += 1
-        # Before answering: a caller that heard "accepted" can count on escalation being scheduled.
-        if self.on_commit and committed:
-            try:
-                await self.on_commit(committed)
-            except Exception:  # SQL holds the due step; the scheduler's sweep picks it up
-                log.exception("post-commit listener failed")
+        # Before answering: a caller that heard "accepted" can count on the next step being scheduled.
+        try:
+            if started is not None and self.escalations is not None:
+                await self.escalations.escalations_started(started)
+            if self.changes is not None:
+                await self.changes.publish(changes)
+        except Exception:  # SQL holds the next step; the scheduler's sweep picks it up
+            log.exception("post-commit work of an ingest batch failed")
         position = 0
         for req in requests:
             results = [slot.result for slot in slots[position : position + len(req.alerts)]]
@@ -168,14 +186,14 @@ class GroupCommitWriter:
             if not req.future.done():
                 req.future.set_result([r for r in results if r is not None])
 
-    async def _write(self, slots: list[_Slot]) -> list[CommittedIncident]:
+    async def _write(self, slots: list[_Slot]) -> tuple[list[Change], StartedEscalations | None]:
         await self._mark_suppressed(slots)
         await self._decide(slots)
         for attempt in range(1, _MAX_ATTEMPTS + 1):
             try:
                 async with write_lock(self.engine), self.engine.begin() as conn:
-                    batch = _Batch(conn, self._dialect, self.clock.now())
-                    repairs, committed = await batch.write(slots)
+                    batch = _Batch(conn, self._dialect, self.clock.now(), self.escalations)
+                    await batch.write(slots)
                 break
             except DBAPIError as exc:
                 if attempt == _MAX_ATTEMPTS or not _is_retryable(exc):
@@ -183,10 +201,13 @@ class GroupCommitWriter:
                 log.warning("ingest batch conflict (attempt %d), retrying: %s", attempt, exc.orig)
                 await asyncio.sleep(0.01 * attempt)
         try:
-            await self.coordinator.repair(repairs)
+            await self.coordinator.repair(batch.repairs)
         except Exception:  # SQL is committed; the next batch's upserts correct Redis again
             log.exception("could not repair Redis after a batch")
-        return committed
+        changes = list(batch.touched.values())
+        if batch.started is not None:
+            changes.extend(batch.started.changes)
+        return changes, batch.started
 
     async def _mark_suppressed(self, slots: list[_Slot]) -> None:
         services = {s.alert.service_id for s in slots}
@@ -353,15 +374,20 @@ def _statements(dialect: str) -> _Statements:
 class _Batch:
     """The SQL statements of one batch, inside one transaction."""
 
-    def __init__(self, conn: AsyncConnection, dialect: str, now: datetime) -> None:
+    def __init__(
+        self, conn: AsyncConnection, dialect: str, now: datetime, escalations: EscalationStarter | None
+    ) -> None:
         self.conn = conn
         self.dialect = dialect
         self.now = now
+        self.escalations = escalations
         self.timeline: list[dict[str, Any]] = []
         self.repairs: list[Repair] = []
-        self.touched: dict[str, CommittedIncident] = {}
+        self.touched: dict[str, Change] = {}  # per incident, its latest timeline entry
+        self.created: list[NewIncident] = []
+        self.started: StartedEscalations | None = None
 
-    async def write(self, slots: list[_Slot]) -> tuple[list[Repair], list[CommittedIncident]]:
+    async def write(self, slots: list[_Slot]) -> None:
         for slot in slots:
             slot.result = None
         await self._write_unpaged(slots)
@@ -380,9 +406,11 @@ class _Batch:
         inserted = await self._upsert_keyed(keyed)
         inserted += await self._insert_keyless(keyless)
         await self._open_incidents(inserted)
+        if self.created and self.escalations is not None:
+            self.started = await self.escalations.start_in_transaction(self.conn, self.created, self.now)
+            self.timeline.extend(self.started.entries)
         if self.timeline:
             await self.conn.execute(insert(TimelineEntry), self.timeline)
-        return self.repairs, list(self.touched.values())
 
     def _alert_row(self, slot: _Slot, incident_id: str | None, state: AlertState) -> dict[str, Any]:
         a, e = slot.alert, slot.alert.event
@@ -489,7 +517,6 @@ class _Batch:
                 "alert_merged",
                 f"{len(merged)} duplicate alert(s) merged",
                 {"count": str(len(merged)), "alert_id": _result_alert_id(merged[0])},
-                created=False,
             )
         return inserted
 
@@ -583,7 +610,7 @@ class _Batch:
                     "resolved_at": None,
                     "resolved_by": "",
                     "resolution_summary": "",
-                    # Escalation starts now: the scheduler pages tier 1 as soon as it hears.
+                    # Step 0, due now: the escalation starter advances it in this transaction.
                     "escalation_due_at": self.now,
                 }
             )
@@ -644,6 +671,10 @@ class _Batch:
         grouped = members
         if created:
             opener = members[0]
+            last_alert_at = max(s.alert.received_at for s in members)
+            self.created.append(
+                NewIncident(incident_id, opener.alert.tenant_id, opener.alert.service_id, last_alert_at)
+            )
             opener.result = IngestResult(
                 Outcome.CREATED, opener.alert_id, incident_id, opener.alert.event.dedup_key or ""
             )
@@ -653,7 +684,6 @@ class _Batch:
                 "triggered",
                 opener.alert.event.title,
                 {"alert_id": opener.alert_id},
-                created=True,
             )
             grouped = members[1:]
         for slot in grouped:
@@ -667,7 +697,6 @@ class _Batch:
                 "alert_grouped",
                 f"{len(grouped)} alert(s) grouped",
                 {"count": str(len(grouped)), "alert_id": grouped[0].alert_id},
-                created=False,
             )
 
     def _record(
@@ -677,8 +706,6 @@ class _Batch:
         kind: str,
         message: str,
         details: dict[str, str],
-        *,
-        created: bool,
     ) -> None:
         entry_id = uuid7()
         self.timeline.append(
@@ -693,11 +720,4 @@ class _Batch:
                 "created_at": self.now,
             }
         )
-        previous = self.touched.get(incident_id)
-        self.touched[incident_id] = CommittedIncident(
-            slot.alert.tenant_id,
-            slot.alert.service_id,
-            incident_id,
-            entry_id,
-            created or (previous.created if previous else False),
-        )
+        self.touched[incident_id] = Change(slot.alert.tenant_id, slot.alert.service_id, incident_id, entry_id)
