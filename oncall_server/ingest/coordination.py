@@ -31,24 +31,38 @@ end
 _DECIDE = (
     _LIB
     + """
--- KEYS: dedup hash, group key, ready marker
--- ARGV: dedup key ('' = none), fallback incident id, grouping window ms (0 = none), alert time ms
-if redis.call('EXISTS', KEYS[3]) == 0 then return {'reload', ''} end
-if ARGV[1] ~= '' then
-  local existing = redis.call('HGET', KEYS[1], ARGV[1])
-  if existing then return {'dedup', existing} end
+-- One service's alerts of a batch, in order, so later alerts see earlier ones.
+-- KEYS: dedup hash, ready marker, group keys for severities 1..5
+-- ARGV: per alert five values: severity (1-5), dedup key ('' = none), fallback incident id,
+--       grouping window ms (0 = none), alert time ms
+-- Returns outcome, incident id for each alert.
+local out = {}
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  for i = 1, #ARGV, 5 do out[#out + 1] = 'reload'; out[#out + 1] = '' end
+  return out
 end
-local incident = ARGV[2]
-local outcome = 'new'
-local window = tonumber(ARGV[3])
-if window > 0 then
-  local now = tonumber(ARGV[4])
-  local current, expires = window_of(redis.call('GET', KEYS[2]))
-  if current and expires > now then incident = current; outcome = 'grouped' end
-  redis.call('SET', KEYS[2], incident .. '|' .. (now + window), 'PX', window + 3600000)
+for i = 1, #ARGV, 5 do
+  local key = ARGV[i + 1]
+  local existing = false
+  if key ~= '' then existing = redis.call('HGET', KEYS[1], key) end
+  if existing then
+    out[#out + 1] = 'dedup'; out[#out + 1] = existing
+  else
+    local incident = ARGV[i + 2]
+    local outcome = 'new'
+    local window = tonumber(ARGV[i + 3])
+    if window > 0 then
+      local group = KEYS[2 + tonumber(ARGV[i])]
+      local now = tonumber(ARGV[i + 4])
+      local current, expires = window_of(redis.call('GET', group))
+      if current and expires > now then incident = current; outcome = 'grouped' end
+      redis.call('SET', group, incident .. '|' .. (now + window), 'PX', window + 3600000)
+    end
+    if key ~= '' then redis.call('HSET', KEYS[1], key, incident) end
+    out[#out + 1] = outcome; out[#out + 1] = incident
+  end
 end
-if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], ARGV[1], incident) end
-return {outcome, incident}
+return out
 """
 )
 
@@ -169,22 +183,44 @@ class Coordinator:
         self._load = redis.register_script(_LOAD)
 
     async def decide(self, requests: Sequence[DecisionRequest]) -> list[Decision]:
-        """Decide every alert of a batch in order, so later alerts see earlier ones."""
+        """Decide every alert of a batch: one script call per service, its alerts in order."""
         if not requests:
             return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for req in requests:
-                await self._decide(
-                    keys=[
-                        dedup_hash(req.service_id),
-                        group_key(req.service_id, req.severity),
-                        ready_key(req.service_id),
-                    ],
-                    args=[req.dedup_key or "", req.fallback_incident_id, req.grouping_window_ms, req.at_ms],
-                    client=pipe,
-                )
-            replies: list[Any] = await pipe.execute()
-        return [Decision(_text(r[0]), _text(r[1])) for r in replies]
+        by_service: dict[str, list[int]] = {}
+        for index, req in enumerate(requests):
+            by_service.setdefault(req.service_id, []).append(index)
+        calls = []
+        for service_id, indexes in by_service.items():
+            args: list[str | int] = []
+            for index in indexes:
+                req = requests[index]
+                if req.severity not in SEVERITY_LEVELS:  # it picks a KEYS slot: never let it stray
+                    raise ValueError(f"severity {req.severity} is not 1-5")
+                args += [
+                    req.severity,
+                    req.dedup_key or "",
+                    req.fallback_incident_id,
+                    req.grouping_window_ms,
+                    req.at_ms,
+                ]
+            keys = [
+                dedup_hash(service_id),
+                ready_key(service_id),
+                *(group_key(service_id, s) for s in SEVERITY_LEVELS),
+            ]
+            calls.append((keys, args))
+        if len(calls) == 1:
+            replies = [await self._decide(keys=calls[0][0], args=calls[0][1])]
+        else:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for keys, args in calls:
+                    await self._decide(keys=keys, args=args, client=pipe)
+                replies = await pipe.execute()
+        decisions: list[Decision | None] = [None] * len(requests)
+        for indexes, reply in zip(by_service.values(), replies, strict=True):
+            for position, index in enumerate(indexes):
+                decisions[index] = Decision(_text(reply[2 * position]), _text(reply[2 * position + 1]))
+        return [d for d in decisions if d is not None]
 
     async def repair(self, repairs: Iterable[Repair]) -> None:
         """Point Redis at the incidents SQL committed where they differ from its decision."""
