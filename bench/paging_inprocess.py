@@ -1,0 +1,96 @@
+"""Ingest + tier-1 paging cost per new incident, in process (no network, no load generator).
+
+Opens the real App (SQLite, or a scratch PostgreSQL database), gives its service a one-tier policy
+paging a ``log`` user, marks the dispatcher as running so tier-1 pages are handed over as in a
+server, and submits N new-incident alerts to the group-commit writer in batches of B. Prints
+process CPU µs per incident (SQLite's work included; PostgreSQL's server is another process) and
+wall µs, with the hand-over's sends drained. What the profile-and-fix loop of docs/performance.md
+measured; asserts nothing.
+
+    .venv/bin/python bench/paging_inprocess.py --incidents 2000 --batch 64 [--postgres URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+from oncall_server.app import App
+from oncall_server.config import Settings
+from oncall_server.ingest.model import NormalizedEvent, PreparedAlert
+from oncall_server.redis_embedded import EmbeddedRedis
+from oncall_server.severity import Severity
+from oncall_server.testing import (
+    add_policy,
+    add_user,
+    bootstrap,
+    create_scratch_postgres,
+    drop_scratch_postgres,
+)
+
+
+async def measure(database_url: str, redis_url: str, data_dir: Path, incidents: int, batch: int) -> None:
+    app = await App.open(Settings(data_dir=data_dir, database_url=database_url, redis_url=redis_url))
+    try:
+        tenant = await bootstrap(app)
+        user_id = await add_user(app, tenant.tenant_id, "Alice")
+        await add_policy(app, tenant.tenant_id, [(300, [("user", user_id)])], service_id=tenant.service_id)
+        app.dispatcher.running = True  # pages due now are written claimed and handed over, as in `serve`
+        now = app.clock.now()
+        cpu, wall = time.process_time(), time.perf_counter()
+        for start in range(0, incidents, batch):
+            alerts = [
+                PreparedAlert(
+                    tenant.tenant_id,
+                    tenant.service_id,
+                    tenant.integration_id,
+                    0,
+                    NormalizedEvent(
+                        title=f"disk full {i}", severity=Severity.HIGH, dedup_key=f"k{i}-{start}"
+                    ),
+                    now,
+                )
+                for i in range(start, min(incidents, start + batch))
+            ]
+            await app.writer.submit(alerts)
+        while app.dispatcher._handed_over:
+            await asyncio.gather(*app.dispatcher._handed_over)
+        cpu_us = (time.process_time() - cpu) / incidents * 1e6
+        wall_us = (time.perf_counter() - wall) / incidents * 1e6
+        backend = app.engine.dialect.name
+        print(
+            f"{backend:10} {incidents} incidents, batches of {batch}: "
+            f"{cpu_us:.0f} µs CPU, {wall_us:.0f} µs wall per incident"
+        )
+    finally:
+        await app.close()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--incidents", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--postgres", help="admin URL of a PostgreSQL server (a scratch database is made)")
+    args = parser.parse_args()
+    logging.getLogger("oncall.notifications").setLevel(logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="bench-paging-", dir="/tmp") as tmp:
+        async with EmbeddedRedis(Path(tmp)) as redis:
+            await measure(
+                f"sqlite+aiosqlite:///{tmp}/bench.db", redis.url, Path(tmp), args.incidents, args.batch
+            )
+            if args.postgres:
+                url = await create_scratch_postgres(args.postgres)
+                try:
+                    await measure(url, redis.url, Path(tmp), args.incidents, args.batch)
+                finally:
+                    await drop_scratch_postgres(args.postgres, url)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
