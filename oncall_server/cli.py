@@ -19,11 +19,21 @@ from oncall_server.integrations import Integrations
 from oncall_server.plugins import Plugins
 from oncall_server.storage import migrate
 from oncall_server.storage.engine import create_engine, session_factory
+from oncall_server.workers import WorkerExited
 
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
-    for name in ("data_dir", "database_url", "redis_url", "grpc_listen", "http_listen", "roles", "log_level"):
+    for name in (
+        "data_dir",
+        "database_url",
+        "redis_url",
+        "grpc_listen",
+        "http_listen",
+        "roles",
+        "log_level",
+        "workers",
+    ):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
@@ -43,9 +53,15 @@ async def _cmd_serve(args: argparse.Namespace) -> int:
     from oncall_server.server import serve
 
     settings = _settings(args)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    process = " [%(process)d]" if settings.workers > 1 else ""
+    logging.basicConfig(
+        level=settings.log_level, format=f"%(asctime)s %(levelname)s{process} %(name)s: %(message)s"
+    )
     try:
-        await serve(settings)
+        await serve(settings, worker_of=args.worker_of)
+    except WorkerExited as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except (RuntimeError, OSError) as exc:  # a port in use, a data directory in use, no Redis binary
         message = str(exc).split(";")[0]
         print(f"error: cannot start: {message}", file=sys.stderr)
@@ -315,6 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-listen", help="host:port (env ONCALL_HTTP_LISTEN; default 127.0.0.1:8080)")
     serve.add_argument("--roles", help="comma-separated roles to run (env ONCALL_ROLES; default all)")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING (env ONCALL_LOG_LEVEL)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="processes sharing the ports, to use more cores (env ONCALL_WORKERS; default 1)",
+    )
+    serve.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)  # set by the first process
     serve.set_defaults(handler=_cmd_serve)
 
     sub.add_parser("migrate", parents=[common], help="create or upgrade the schema").set_defaults(

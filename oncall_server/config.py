@@ -82,6 +82,12 @@ class Settings(BaseSettings):
     smtp_password: SecretStr = Field(default=SecretStr(""), description="SMTP AUTH password.")
     smtp_starttls: bool = Field(default=False, description="Upgrade the SMTP connection with STARTTLS.")
     smtp_timeout_seconds: float = Field(default=10.0, description="Timeout of each SMTP socket operation.")
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Server processes sharing the gRPC and HTTP ports (SO_REUSEPORT), each with every role.",
+    )
     # NoDecode: ONCALL_ROLES=grpc,bus is a comma list, not JSON; the validator splits it.
     roles: Annotated[tuple[str, ...], NoDecode] = Field(
         default=ALL_ROLES, description="Roles this process runs."

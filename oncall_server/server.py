@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
@@ -83,7 +84,8 @@ class GrpcRole:
             interceptors=[ErrorInterceptor()],
             options=[
                 ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-                ("grpc.so_reuseport", 0),
+                # Off, so a second server on the port fails loudly; on for sibling workers.
+                ("grpc.so_reuseport", 1 if app.settings.workers > 1 else 0),
             ],
         )
         ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(app), self.server)
@@ -133,7 +135,7 @@ class GatewayRole:
     async def start(self) -> None:
         await self.runner.setup()
         host, port = split_host_port(self.app.settings.http_listen)
-        site = web.TCPSite(self.runner, host, port, backlog=1024)
+        site = web.TCPSite(self.runner, host, port, backlog=1024, reuse_port=self.app.settings.workers > 1)
         await site.start()
         sockets = self.runner.addresses
         self.port = sockets[0][1] if sockets else port
@@ -223,19 +225,38 @@ class Server:
     def request_stop(self) -> None:
         self._stopping.set()
 
-    async def run_until_signalled(self) -> None:
+    async def run_until_signalled(self, on_ready: Callable[[], None] | None = None) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         await self.start()
         log.info("on-call server ready")
+        if on_ready is not None:
+            on_ready()
         await self._stopping.wait()
         log.info("shutting down: draining in-flight requests")
         await self.stop()
         log.info("stopped cleanly")
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, *, worker_of: int | None = None) -> None:
+    """Run until SIGTERM/SIGINT; with ``settings.workers > 1`` this process also starts and
+    supervises the other workers (``worker_of`` is set in those)."""
+    if settings.workers > 1 and worker_of is None:
+        from oncall_server.workers import serve_with_workers
+
+        await serve_with_workers(settings, run_one=_serve_one)
+        return
+    if worker_of is None:
+        await _serve_one(settings)
+        return
+    from oncall_server.workers import die_with_parent
+
+    die_with_parent(worker_of)
+    await _serve_one(settings, on_ready=lambda: os.kill(worker_of, signal.SIGUSR1))
+
+
+async def _serve_one(settings: Settings, on_ready: Callable[[], None] | None = None) -> None:
     server = await Server.create(settings)
     # Startup objects (modules, the app, compiled SQL) never die: keep the collector off them, and
     # collect young objects less often: per-request garbage is short-lived, and gen-0 passes cost
@@ -243,4 +264,4 @@ async def serve(settings: Settings) -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
-    await server.run_until_signalled()
+    await server.run_until_signalled(on_ready)

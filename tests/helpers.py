@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
+import sys
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -67,3 +71,41 @@ class WebhookReceiver:
     @property
     def bodies(self) -> list[Any]:
         return [body for _, body in self.received]
+
+
+CLI = [sys.executable, "-m", "oncall_server.cli"]
+
+
+async def run_cli(*args: str, data_dir: Path) -> dict[str, str]:
+    """``oncall-server <args> --data-dir D --json`` in a process; its JSON output."""
+    proc = await asyncio.create_subprocess_exec(
+        *CLI,
+        *args,
+        "--data-dir",
+        str(data_dir),
+        "--json",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    result: dict[str, str] = json.loads(out)
+    return result
+
+
+async def wait_for_line(
+    stream: asyncio.StreamReader, pattern: str, seen: list[str], timeout: float = 30
+) -> re.Match[str]:
+    """Read a server's log until a line matches; every line read is appended to ``seen``."""
+
+    async def scan() -> re.Match[str]:
+        while True:
+            line = (await stream.readline()).decode()
+            if not line:
+                raise AssertionError("server exited early:\n" + "".join(seen))
+            seen.append(line)
+            match = re.search(pattern, line)
+            if match:
+                return match
+
+    return await asyncio.wait_for(scan(), timeout)

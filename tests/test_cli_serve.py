@@ -5,49 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import signal
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import post_json
-
-CLI = [sys.executable, "-m", "oncall_server.cli"]
-
-
-async def _run(*args: str, data_dir: Path) -> dict[str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *CLI,
-        *args,
-        "--data-dir",
-        str(data_dir),
-        "--json",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
-    result: dict[str, str] = json.loads(out)
-    return result
-
-
-async def _wait_for_line(
-    stream: asyncio.StreamReader, pattern: str, seen: list[str], timeout: float = 30
-) -> re.Match[str]:
-    async def scan() -> re.Match[str]:
-        while True:
-            line = (await stream.readline()).decode()
-            if not line:
-                raise AssertionError("server exited early:\n" + "".join(seen))
-            seen.append(line)
-            match = re.search(pattern, line)
-            if match:
-                return match
-
-    return await asyncio.wait_for(scan(), timeout)
+from tests.helpers import CLI, post_json, run_cli, wait_for_line
 
 
 @pytest.mark.slow
@@ -69,24 +33,24 @@ async def test_serve_on_embedded_defaults_then_sigterm_exits_cleanly() -> None:
     assert server.stderr is not None
     seen: list[str] = []
     try:
-        grpc_port = (await _wait_for_line(server.stderr, r"gRPC listening on port (\d+)", seen)).group(1)
-        http_port = (
-            await _wait_for_line(server.stderr, r"HTTP gateway listening on port (\d+)", seen)
-        ).group(1)
-        await _wait_for_line(server.stderr, "ready", seen)
+        grpc_port = (await wait_for_line(server.stderr, r"gRPC listening on port (\d+)", seen)).group(1)
+        http_port = (await wait_for_line(server.stderr, r"HTTP gateway listening on port (\d+)", seen)).group(
+            1
+        )
+        await wait_for_line(server.stderr, "ready", seen)
         redis_pid = int((data_dir / "redis" / "redis.pid").read_text())
         assert (data_dir / "redis" / "appendonly.aof").exists() or (
             data_dir / "redis" / "appendonlydir"
         ).exists()
 
-        creds = await _run("bootstrap", data_dir=data_dir)
+        creds = await run_cli("bootstrap", data_dir=data_dir)
         status, body = await post_json(
             f"http://127.0.0.1:{http_port}/api/webhooks/ingest?key={creds['integration_key']}",
             {"title": "CPU usage critical on client-server-01", "severity": "critical", "dedup_key": "cpu-1"},
         )
         assert status == 202, body
         # bootstrap gave the service a policy paging an "On-call" user through the log channel.
-        await _wait_for_line(
+        await wait_for_line(
             server.stderr, rf"page notification=\S+ kind=page .*incident={body['incident_id']}", seen
         )
 
@@ -115,7 +79,7 @@ async def test_serve_on_embedded_defaults_then_sigterm_exits_cleanly() -> None:
         assert row[:4] == [body["incident_id"], "triggered", "critical", "1"]
 
         # An RMM event published on the bus (through the embedded Redis) becomes an incident too.
-        await _run("integration", "create", "RMM", "--type", "rmm", "--tenant", creds["tenant_id"],
+        await run_cli("integration", "create", "RMM", "--type", "rmm", "--tenant", creds["tenant_id"],
                    "--service", creds["service_id"], data_dir=data_dir)  # fmt: skip
         event = {
             "title": "Disk failing",
@@ -123,7 +87,7 @@ async def test_serve_on_embedded_defaults_then_sigterm_exits_cleanly() -> None:
             "alert_id": "r-1",
             "tenant_id": creds["tenant_id"],
         }
-        published = await _run("bus", "publish", "rmm", json.dumps(event), data_dir=data_dir)
+        published = await run_cli("bus", "publish", "rmm", json.dumps(event), data_dir=data_dir)
         assert published["stream"] == "oncall:bus:rmm"
         for _ in range(100):
             target = f"127.0.0.1:{grpc_port}"

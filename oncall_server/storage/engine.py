@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -67,22 +69,68 @@ def _sqlite_begin(connection: Any) -> None:
 SQLITE_IMMEDIATE = "oncall_sqlite_immediate"
 
 
-_sqlite_write_locks: weakref.WeakKeyDictionary[Engine, asyncio.Lock] = weakref.WeakKeyDictionary()
-
-
-def write_lock(engine: AsyncEngine) -> contextlib.AbstractAsyncContextManager[Any]:
-    """Serialises this process's SQLite writers in asyncio instead of in SQLite's busy handler.
+class SqliteWriteLock:
+    """This process's SQLite writers queue on an asyncio lock; processes queue on a file lock.
 
     SQLite has one writer; a connection that finds the lock taken sleeps in its busy handler
     (1, 2, 5 ... 100 ms steps) long after the lock is free, which showed as 1-3 s page latency
-    spikes under load. Queuing on an asyncio lock hands the database over at once. Other
-    processes still meet the busy handler; PostgreSQL needs none of this.
+    spikes under load. Queuing on an asyncio lock hands the database over at once. Between
+    processes (``ONCALL_WORKERS``, or a scheduler-only process beside the server) an ``flock`` on
+    ``<database>-writelock`` does the same: the kernel wakes the next waiter when it is released.
+    Only the task at the head of this process's queue ever waits for the file lock, in a thread.
     """
+
+    def __init__(self, database: str | None) -> None:
+        self._lock = asyncio.Lock()
+        self._fd: int | None = None
+        if database and database != ":memory:" and not database.startswith("file:"):
+            self._fd = os.open(f"{database}-writelock", os.O_RDWR | os.O_CREAT, 0o600)
+            weakref.finalize(self, os.close, self._fd)
+
+    async def __aenter__(self) -> None:
+        await self._lock.acquire()
+        try:
+            if self._fd is not None:
+                await self._lock_file(self._fd)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    async def __aexit__(self, *_exc: object) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._lock.release()
+
+    @staticmethod
+    async def _lock_file(fd: int) -> None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        waiting = asyncio.get_running_loop().run_in_executor(None, fcntl.flock, fd, fcntl.LOCK_EX)
+        try:
+            await asyncio.shield(waiting)
+        except asyncio.CancelledError:
+            # The thread takes the lock anyway: give it back as soon as it does.
+            def give_back(done: asyncio.Future[None]) -> None:
+                if not done.cancelled() and done.exception() is None:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+
+            waiting.add_done_callback(give_back)
+            raise
+
+
+_sqlite_write_locks: weakref.WeakKeyDictionary[Engine, SqliteWriteLock] = weakref.WeakKeyDictionary()
+
+
+def write_lock(engine: AsyncEngine) -> contextlib.AbstractAsyncContextManager[Any]:
+    """What a write transaction holds on SQLite (see :class:`SqliteWriteLock`); PostgreSQL needs none."""
     if engine.dialect.name != "sqlite":
         return contextlib.nullcontext()
     lock = _sqlite_write_locks.get(engine.sync_engine)
     if lock is None:
-        lock = _sqlite_write_locks[engine.sync_engine] = asyncio.Lock()
+        lock = _sqlite_write_locks[engine.sync_engine] = SqliteWriteLock(engine.url.database)
     return lock
 
 
