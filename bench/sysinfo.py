@@ -30,6 +30,21 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def worker_pids(parent: int) -> list[int]:
+    """The sibling server processes ``serve --workers N`` started (their command has ``--worker-of``)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if b"--worker-of" in argv and argv[argv.index(b"--worker-of") + 1] == str(parent).encode():
+                found.append(int(entry))
+    return found
+
+
 def rss_bytes(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/statm") as f:

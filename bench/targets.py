@@ -26,7 +26,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from sysinfo import free_port, rss_bytes
+from sysinfo import free_port, rss_bytes, worker_pids
 
 BENCH = Path(__file__).resolve().parent
 ALERTMANAGER = os.environ.get("BENCH_ALERTMANAGER", "/usr/bin/prometheus-alertmanager")
@@ -273,10 +273,12 @@ class OncallServer:
 
     def watched(self) -> dict[str, list[int]]:
         redis_pid = self.redis_pid()
-        return {"server": [self.pid], "redis": [redis_pid] if redis_pid else [], "db": self.db_pids()}
+        server = [self.pid, *worker_pids(self.pid)]  # ONCALL_WORKERS > 1: every worker's CPU counts
+        return {"server": server, "redis": [redis_pid] if redis_pid else [], "db": self.db_pids()}
 
     def rss(self) -> int | None:
-        return rss_bytes(self.pid)
+        sizes = [rss_bytes(pid) for pid in [self.pid, *worker_pids(self.pid)]]
+        return sum(size for size in sizes if size is not None) or None
 
     def open_alerts(self) -> int:
         query = "SELECT count(*) AS n FROM alerts WHERE open_dedup_key IS NOT NULL"
