@@ -17,8 +17,6 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from oncall_server.storage import sqlite_inline
-
 
 def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
@@ -28,18 +26,15 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     """An async engine with the settings each database needs for correctness.
 
     SQLite gets WAL (readers don't block the writer), enforced foreign keys,
-    a busy wait instead of instant "database is locked" errors, and
+    a busy timeout instead of instant "database is locked" errors, and
     synchronous=FULL so a committed alert survives power loss, not just a
-    process crash. A database file is driven on the event loop's thread
-    (``sqlite_inline``), which waits for a busy database asynchronously.
+    process crash.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            engine = create_async_engine(url, async_creator=sqlite_inline.connector(parsed.database))
-        else:
-            engine = create_async_engine(url, poolclass=NullPool)
+        engine = create_async_engine(url, poolclass=NullPool if parsed.database == ":memory:" else None)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
@@ -50,12 +45,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # The driver's own implicit BEGIN is off: _sqlite_begin issues it, IMMEDIATE when asked.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
-    # An inline connection waits for a busy database itself, without blocking the loop.
-    inline = isinstance(getattr(dbapi_connection, "_connection", None), sqlite_inline.InlineConnection)
     for pragma in (
         "PRAGMA journal_mode=WAL",
         "PRAGMA foreign_keys=ON",
-        "PRAGMA busy_timeout=0" if inline else "PRAGMA busy_timeout=10000",
+        "PRAGMA busy_timeout=10000",
         "PRAGMA synchronous=FULL",
     ):
         cursor.execute(pragma)
