@@ -57,8 +57,7 @@ async def measure(database_url: str, redis_url: str, data_dir: Path, incidents: 
                 for i in range(start, min(incidents, start + batch))
             ]
             await app.writer.submit(alerts)
-        while app.dispatcher._handed_over:
-            await asyncio.gather(*app.dispatcher._handed_over)
+        await app.dispatcher.drain()
         cpu_us = (time.process_time() - cpu) / incidents * 1e6
         wall_us = (time.perf_counter() - wall) / incidents * 1e6
         backend = app.engine.dialect.name

@@ -355,8 +355,12 @@ class Dispatcher:
                     await asyncio.wait_for(self._wakeup.wait(), self.poll_seconds)
         finally:
             self.running = False
-            if self._handed_over:
-                await asyncio.gather(*self._handed_over, return_exceptions=True)
+            await self.drain()
+
+    async def drain(self) -> None:
+        """Until every batch handed over by :meth:`take` is sent and recorded."""
+        while self._handed_over:
+            await asyncio.gather(*self._handed_over, return_exceptions=True)
 
     async def run_once(self) -> int:
         """Claim, send and record one batch; returns how many rows it handled."""

@@ -19,6 +19,7 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from oncall_server import workers
 from oncall_server.api.v1 import (
     catalog_service_pb2,
     catalog_service_pb2_grpc,
@@ -242,18 +243,13 @@ class Server:
 async def serve(settings: Settings, *, worker_of: int | None = None) -> None:
     """Run until SIGTERM/SIGINT; with ``settings.workers > 1`` this process also starts and
     supervises the other workers (``worker_of`` is set in those)."""
-    if settings.workers > 1 and worker_of is None:
-        from oncall_server.workers import serve_with_workers
-
-        await serve_with_workers(settings, run_one=_serve_one)
-        return
-    if worker_of is None:
+    if worker_of is not None:
+        workers.die_with_parent(worker_of)
+        await _serve_one(settings, on_ready=lambda: os.kill(worker_of, signal.SIGUSR1))
+    elif settings.workers > 1:
+        await workers.serve_with_workers(settings, run_one=_serve_one)
+    else:
         await _serve_one(settings)
-        return
-    from oncall_server.workers import die_with_parent
-
-    die_with_parent(worker_of)
-    await _serve_one(settings, on_ready=lambda: os.kill(worker_of, signal.SIGUSR1))
 
 
 async def _serve_one(settings: Settings, on_ready: Callable[[], None] | None = None) -> None:
