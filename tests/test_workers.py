@@ -113,8 +113,14 @@ async def test_a_worker_that_dies_stops_the_set_with_an_error(database_url: str)
     [worker] = worker_pids(server.pid)
     os.kill(worker, signal.SIGKILL)
     assert await asyncio.wait_for(server.wait(), 30) == 1
-    await asyncio.sleep(0.1)
-    assert any(f"worker process {worker} exited with status -9" in line for line in log), "".join(log[-20:])
+
+    async def reported() -> bool:  # the log reader may still be draining the pipe
+        return any(f"worker process {worker} exited with status -9" in line for line in log)
+
+    try:
+        await wait_for(reported)
+    except TimeoutError:
+        raise AssertionError("".join(log[-20:])) from None
 
 
 async def test_workers_need_fixed_ports() -> None:
