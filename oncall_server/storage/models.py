@@ -15,6 +15,7 @@ Redis is wrong or empty:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -61,6 +62,26 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         return None if value is None else value.replace(tzinfo=UTC)
+
+    def bind_processor(self, dialect: Dialect) -> Callable[[datetime | None], Any] | None:
+        """On SQLite, one C-level ``isoformat`` instead of two Python steps per value.
+
+        Ingest binds several timestamps per row; SQLAlchemy's SQLite DATETIME formats each with
+        a ``%``-dict in Python after :meth:`process_bind_param`. The text is the same as its
+        default storage format (``YYYY-MM-DD HH:MM:SS.ffffff``), so stored rows and comparisons
+        are unchanged.
+        """
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+
+        def to_sqlite_text(value: datetime | None) -> str | None:
+            if value is None:
+                return None
+            if value.tzinfo is None:
+                raise ValueError("naive datetime given to a UTC column")
+            return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+        return to_sqlite_text
 
 
 class Base(DeclarativeBase):

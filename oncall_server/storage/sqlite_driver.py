@@ -1,0 +1,119 @@
+"""aiosqlite, one thread hop per statement.
+
+SQLAlchemy's aiosqlite adapter awaits aiosqlite once to make a cursor, once to
+execute, once to fetch the rows and once to close the cursor: four trips to
+the connection's thread and back to the event loop per statement, each a
+queue put, a thread wake-up, a self-pipe write and a GIL hand-over. Profiles
+of ingest showed those trips, not SQLite, as the largest cost of a SQLite
+write (docs/performance.md). This adapter runs execute, fetch and close as
+one function on the connection's thread and hands SQLAlchemy the finished
+rows, so a statement costs one trip. Commit, rollback and server-side
+cursors are aiosqlite's own.
+
+It builds on SQLAlchemy's aiosqlite adapter classes and aiosqlite's
+``Connection._execute`` (the one entry point every aiosqlite call goes
+through), which is why pyproject.toml bounds both versions.
+"""
+
+from __future__ import annotations
+
+import collections
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+import aiosqlite
+from sqlalchemy.connectors.asyncio import AsyncAdapt_dbapi_connection
+from sqlalchemy.dialects.sqlite.aiosqlite import (
+    AsyncAdapt_aiosqlite_connection,
+    AsyncAdapt_aiosqlite_cursor,
+    AsyncAdapt_aiosqlite_dbapi,
+)
+from sqlalchemy.util import EMPTY_DICT
+from sqlalchemy.util.concurrency import await_
+
+_Outcome = tuple[Any, list[Any] | None, int, int | None]
+
+
+def _run(connection: sqlite3.Connection, operation: str, parameters: Any, many: bool) -> _Outcome:
+    """On the connection's thread: the whole statement, rows included."""
+    cursor = connection.cursor()
+    try:
+        if many:
+            cursor.executemany(operation, parameters)
+        elif parameters is None:
+            cursor.execute(operation)
+        else:
+            cursor.execute(operation, parameters)
+        description = cursor.description
+        rows = cursor.fetchall() if description else None
+        return description, rows, cursor.rowcount, cursor.lastrowid
+    finally:
+        cursor.close()
+
+
+class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
+    """A buffered cursor whose statement ran to completion in one trip to the thread."""
+
+    __slots__ = ("_description", "_lastrowid", "_rowcount")
+
+    def __init__(self, adapt_connection: AsyncAdapt_dbapi_connection) -> None:
+        self._adapt_connection = adapt_connection
+        self._connection = adapt_connection._connection
+        self._cursor = None  # type: ignore[assignment]
+        self._soft_closed_memoized = EMPTY_DICT
+        self._rows = collections.deque()
+        self._description: Any = None
+        self._rowcount = -1
+        self._lastrowid: int | None = None
+
+    @property
+    def description(self) -> Any:
+        return self._description
+
+    @property
+    def rowcount(self) -> int:
+        return self._rowcount
+
+    @property
+    def lastrowid(self) -> int:
+        return self._lastrowid or 0
+
+    def execute(self, operation: Any, parameters: Any = None) -> None:
+        self._complete(operation, parameters, many=False)
+
+    def executemany(self, operation: Any, seq_of_parameters: Sequence[Any]) -> None:
+        self._complete(operation, seq_of_parameters, many=True)
+
+    def _complete(self, operation: Any, parameters: Any, *, many: bool) -> None:
+        connection: aiosqlite.Connection = self._connection  # type: ignore[assignment]
+        try:
+            outcome: _Outcome = await_(
+                connection._execute(_run, connection._conn, operation, parameters, many)  # type: ignore[no-untyped-call]
+            )
+        except Exception as error:
+            self._adapt_connection._handle_exception(error)
+        self._description, rows, self._rowcount, self._lastrowid = outcome
+        self._rows = collections.deque(rows) if rows else collections.deque()
+
+    def close(self) -> None:
+        self._rows.clear()
+
+    async def _async_soft_close(self) -> None:
+        """Nothing is open on the thread: the statement closed its cursor there."""
+
+
+class OneHopConnection(AsyncAdapt_aiosqlite_connection):
+    __slots__ = ()
+    _cursor_cls = OneHopCursor
+
+
+class OneHopDBAPI(AsyncAdapt_aiosqlite_dbapi):
+    """Pass as ``module=`` to ``create_async_engine`` for a ``sqlite+aiosqlite`` URL."""
+
+    def __init__(self) -> None:
+        super().__init__(aiosqlite, sqlite3)
+
+    def connect(self, *arg: Any, **kw: Any) -> OneHopConnection:
+        adapted = super().connect(*arg, **kw)
+        return OneHopConnection(self, adapted._connection)

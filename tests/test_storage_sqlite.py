@@ -1,0 +1,82 @@
+"""The SQLite storage layer's own promises: what is on disk, and errors that still name the problem.
+
+The engine uses a one-trip-per-statement aiosqlite adapter and formats timestamps itself; both
+must keep the rows and errors exactly as SQLAlchemy's stock adapter would, or databases written
+by earlier builds would compare wrongly and conflicts would stop being retried.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import insert, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from oncall_server.storage import migrate
+from oncall_server.storage.engine import create_engine
+from oncall_server.storage.models import Tenant
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'oncall.db'}")
+    await migrate.upgrade(engine)
+    yield engine
+    await engine.dispose()
+
+
+async def test_timestamps_are_stored_as_utc_text_in_sqlalchemys_format(engine: AsyncEngine) -> None:
+    paris_summer = timezone(timedelta(hours=2))
+    created = datetime(2026, 3, 29, 3, 30, 0, 5, tzinfo=paris_summer)
+    async with engine.begin() as conn:
+        await conn.execute(insert(Tenant), [{"id": "t1", "name": "Acme", "created_at": created}])
+        stored = (await conn.execute(text("SELECT created_at FROM tenants"))).scalar_one()
+        loaded = (await conn.execute(select(Tenant.created_at))).scalar_one()
+        # A comparison bound by the same type finds the row: the text sorts and matches as before.
+        found = (
+            await conn.execute(select(Tenant.id).where(Tenant.created_at == created.astimezone(UTC)))
+        ).scalar_one_or_none()
+    assert stored == "2026-03-29 01:30:00.000005"
+    assert loaded == created and loaded.tzinfo is UTC
+    assert found == "t1"
+
+
+async def test_naive_timestamps_are_refused(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        with pytest.raises(Exception, match="naive datetime"):
+            await conn.execute(
+                insert(Tenant), [{"id": "t1", "name": "Acme", "created_at": datetime(2026, 1, 1)}]
+            )
+
+
+async def test_constraint_violations_surface_as_integrity_errors_and_roll_back(engine: AsyncEngine) -> None:
+    now = datetime.now(UTC)
+    async with engine.begin() as conn:
+        await conn.execute(insert(Tenant), [{"id": "t1", "name": "Acme", "created_at": now}])
+    with pytest.raises(IntegrityError, match="UNIQUE"):
+        async with engine.begin() as conn:
+            await conn.execute(
+                insert(Tenant),
+                [
+                    {"id": "t2", "name": "Globex", "created_at": now},
+                    {"id": "t3", "name": "Acme", "created_at": now},
+                ],
+            )
+    async with engine.connect() as conn:
+        names = (await conn.execute(select(Tenant.name).order_by(Tenant.name))).scalars().all()
+    assert names == ["Acme"]
+
+
+async def test_returning_rows_of_a_multi_row_insert_come_back_in_full(engine: AsyncEngine) -> None:
+    now = datetime.now(UTC)
+    rows = [{"id": f"t{i:03}", "name": f"tenant {i}", "created_at": now} for i in range(250)]
+    async with engine.begin() as conn:
+        result = await conn.execute(insert(Tenant).returning(Tenant.id), rows)
+        returned = sorted(result.scalars().all())
+        count = (await conn.execute(text("SELECT count(*) FROM tenants"))).scalar_one()
+    assert returned == [r["id"] for r in rows]
+    assert count == 250
