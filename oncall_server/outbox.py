@@ -32,7 +32,7 @@ from oncall_server.ids import uuid7
 from oncall_server.ingest.model import IncidentStatus
 from oncall_server.plugins import Plugins
 from oncall_server.severity import Severity
-from oncall_server.storage.engine import write_transaction
+from oncall_server.storage.engine import single_read, write_transaction
 from oncall_server.storage.models import (
     ContactMethod,
     Incident,
@@ -120,7 +120,7 @@ async def enqueue_pages(
 
     Rows are unique on ``dedup_key``, so the same decision enqueued twice
     pages nobody twice. A user without rules is paged on every contact method
-    at once. One call serves a whole batch of steps: three reads and one insert.
+    at once. One call serves a whole batch of steps: one read and one insert.
 
     With ``claim_until`` the rows due now are written already claimed (leased
     to this process until then) and returned, so the caller's dispatcher sends
@@ -130,27 +130,22 @@ async def enqueue_pages(
     ids = list({user_id for request in requests for user_id in request.user_ids})
     if not ids:
         return [Paged([], 0) for _ in requests], []
-    users = {
-        row.id: row
-        for row in await executor.execute(select(User.id, User.tenant_id, User.name).where(User.id.in_(ids)))
-    }
+    users: dict[str, Any] = {}
     methods: dict[str, list[str]] = {}
     channel_of: dict[str, str] = {}
-    for method_id, user_id, channel in await executor.execute(
-        select(ContactMethod.id, ContactMethod.user_id, ContactMethod.type)
-        .where(ContactMethod.user_id.in_(ids))
-        .order_by(ContactMethod.id)
-    ):
-        methods.setdefault(user_id, []).append(method_id)
-        channel_of[method_id] = channel
+    rule_rows: list[tuple[str, str, str, int]] = []
+    for row in await executor.execute(_PAGING_DIRECTORY, {"ids": ids}):
+        users[row.id] = row
+        if row.method_id is not None and row.method_id not in channel_of:
+            channel_of[row.method_id] = row.channel
+            methods.setdefault(row.id, []).append(row.method_id)
+        if row.rule_id is not None:
+            rule_rows.append((row.rule_id, row.id, row.method_id, row.delay_seconds))
+    for user_methods in methods.values():
+        user_methods.sort()
     rules: dict[str, list[tuple[str, int]]] = {}
-    for user_id, method_id, delay in await executor.execute(
-        select(NotificationRule.user_id, NotificationRule.contact_method_id, NotificationRule.delay_seconds)
-        .where(NotificationRule.user_id.in_(ids))
-        .order_by(NotificationRule.id)
-    ):
-        if method_id in channel_of:
-            rules.setdefault(user_id, []).append((method_id, delay))
+    for _rule_id, user_id, method_id, delay in sorted(rule_rows):
+        rules.setdefault(user_id, []).append((method_id, delay))
     rows: list[dict[str, Any]] = []
     results: list[Paged] = []
     for request in requests:
@@ -197,6 +192,27 @@ async def enqueue_pages(
     }
     claimed_rows = [OutboxRow.of(row) for row in rows if row["status"] == "sending" and row["id"] in inserted]
     return results, claimed_rows
+
+
+# Whom a batch of pages reaches and how, in one query: users, their contact methods (by id) and
+# their notification rules (by id; a method without rules yields one row with rule_id NULL).
+_PAGING_DIRECTORY = (
+    select(
+        User.id,
+        User.tenant_id,
+        User.name,
+        ContactMethod.id.label("method_id"),
+        ContactMethod.type.label("channel"),
+        NotificationRule.id.label("rule_id"),
+        NotificationRule.delay_seconds,
+    )
+    .outerjoin(ContactMethod, ContactMethod.user_id == User.id)
+    .outerjoin(
+        NotificationRule,
+        and_(NotificationRule.contact_method_id == ContactMethod.id, NotificationRule.user_id == User.id),
+    )
+    .where(User.id.in_(bindparam("ids", expanding=True)))
+)
 
 
 def _insert_notifications(dialect: str) -> Any:
@@ -401,10 +417,8 @@ class Dispatcher:
             return [OutboxRow.of(row) for row in result.all()]
 
     async def _prepare(self, claimed: list[OutboxRow]) -> list[_Delivery]:
-        async with self.sessions() as session:
-            content = {
-                row.id: row for row in await session.execute(_CONTENT, {"ids": [n.id for n in claimed]})
-            }
+        async with single_read(self.sessions.kw["bind"]) as conn:
+            content = {row.id: row for row in await conn.execute(_CONTENT, {"ids": [n.id for n in claimed]})}
         out = []
         for row in claimed:
             found = content[row.id]

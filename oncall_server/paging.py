@@ -99,15 +99,30 @@ _START = (
 )
 
 
-def snapshot_of(policy: Any) -> dict[str, Any]:
-    """The policy as the incident will follow it; ``{}`` means nobody is paged."""
-    if policy is None:
+# A service and its escalation policy (NULL columns without one): what a new incident freezes.
+_SERVICES_WITH_POLICY = (
+    select(
+        Service.id,
+        Service.auto_resolve_seconds,
+        EscalationPolicy.id.label("policy_id"),
+        EscalationPolicy.name.label("policy_name"),
+        EscalationPolicy.repeat_count,
+        EscalationPolicy.tiers,
+    )
+    .outerjoin(EscalationPolicy, EscalationPolicy.id == Service.escalation_policy_id)
+    .where(Service.id.in_(bindparam("ids", expanding=True)))
+)
+
+
+def snapshot_of(service: Any) -> dict[str, Any]:
+    """The policy as the incident will follow it (a ``_SERVICES_WITH_POLICY`` row); ``{}`` pages nobody."""
+    if service is None or service.policy_id is None:
         return {}
     return {
-        "policy_id": policy.id,
-        "name": policy.name,
-        "repeat_count": policy.repeat_count,
-        "tiers": policy.tiers,
+        "policy_id": service.policy_id,
+        "name": service.policy_name,
+        "repeat_count": service.repeat_count,
+        "tiers": service.tiers,
     }
 
 
@@ -322,29 +337,12 @@ class Escalator:
         services = {
             row.id: row
             for row in await session.execute(
-                select(Service.id, Service.escalation_policy_id, Service.auto_resolve_seconds).where(
-                    Service.id.in_({i.service_id for i in incidents})
-                )
+                _SERVICES_WITH_POLICY, {"ids": list({i.service_id for i in incidents})}
             )
         }
-        policy_ids = {s.escalation_policy_id for s in services.values() if s.escalation_policy_id}
-        policies = {}
-        if policy_ids:
-            policies = {
-                row.id: row
-                for row in await session.execute(
-                    select(
-                        EscalationPolicy.id,
-                        EscalationPolicy.name,
-                        EscalationPolicy.repeat_count,
-                        EscalationPolicy.tiers,
-                    ).where(EscalationPolicy.id.in_(policy_ids))
-                )
-            }
         for incident in incidents:
             service = services.get(incident.service_id)
-            policy_id = service.escalation_policy_id if service else None
-            incident.snapshot = snapshot_of(policies.get(policy_id or ""))
+            incident.snapshot = snapshot_of(service)
             incident.started = True
             if service is not None and service.auto_resolve_seconds:
                 deadline = incident.last_alert_at + timedelta(seconds=service.auto_resolve_seconds)

@@ -35,7 +35,7 @@ from oncall_server.errors import Unavailable
 from oncall_server.ids import uuid7
 from oncall_server.ingest.coordination import Coordinator, Decision, DecisionRequest, GroupWindow, Repair
 from oncall_server.ingest.model import AlertState, IncidentStatus, IngestResult, Outcome, PreparedAlert
-from oncall_server.storage.engine import write_lock
+from oncall_server.storage.engine import single_read, write_lock
 from oncall_server.storage.models import Alert, AlertDelivery, Incident, MaintenanceWindow, TimelineEntry
 
 log = logging.getLogger(__name__)
@@ -214,7 +214,7 @@ class GroupCommitWriter:
         earliest = min(s.alert.received_at for s in slots)
         latest = max(s.alert.received_at for s in slots)
         mw = MaintenanceWindow
-        async with self.engine.connect() as conn:
+        async with single_read(self.engine) as conn:
             rows = (
                 await conn.execute(
                     select(mw.service_id, mw.start_at, mw.end_at).where(

@@ -107,6 +107,23 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
     __slots__ = ()
     _cursor_cls = OneHopCursor
 
+    def commit(self) -> None:
+        if self._in_transaction():
+            super().commit()
+
+    def rollback(self) -> None:
+        # The pool rolls back every connection it takes back, after a commit too: skip the trip.
+        if self._in_transaction():
+            super().rollback()
+
+    def _in_transaction(self) -> bool:
+        """Whether the thread has anything to commit or roll back (sqlite3 does nothing otherwise).
+
+        Read from this thread while the connection is idle: SQLAlchemy awaited its last statement.
+        """
+        driver: sqlite3.Connection | None = self._connection._connection
+        return driver is not None and driver.in_transaction
+
 
 class OneHopDBAPI(AsyncAdapt_aiosqlite_dbapi):
     """Pass as ``module=`` to ``create_async_engine`` for a ``sqlite+aiosqlite`` URL."""
