@@ -276,6 +276,13 @@ _CONTENT = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class _Outcomes:
+    updates: list[dict[str, Any]]
+    entries: list[dict[str, Any]]
+    changes: list[Change]
+
+
 @dataclass(slots=True)
 class _Delivery:
     row: OutboxRow
@@ -327,6 +334,8 @@ class Dispatcher:
         self._wakeup = asyncio.Event()
         self._handed_over: set[asyncio.Task[None]] = set()
         self._handed_over_rows = 0
+        self._unrecorded: list[tuple[_Outcomes, asyncio.Future[None]]] = []
+        self._recorder: asyncio.Task[None] | None = None
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -458,7 +467,47 @@ class Dispatcher:
         return float(min(self.retry_base_seconds * 2 ** (attempts - 1), self.retry_max_seconds))
 
     async def _record(self, deliveries: list[_Delivery]) -> None:
-        """Every outcome in one transaction: executemany updates and timeline inserts."""
+        """Queue the outcomes for :meth:`_record_queued`; returns once they are committed."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._unrecorded.append((self._outcomes(deliveries), done))
+        if self._recorder is None or self._recorder.done():
+            self._recorder = asyncio.create_task(self._record_queued(), name="outbox-recorder")
+        await done
+
+    async def _record_queued(self) -> None:
+        """Group commit of outcomes: everything queued by the time the write lock is ours, in one
+        transaction of executemany updates and timeline inserts.
+
+        Under load every ingest batch hands its pages over separately; recording each batch's
+        outcomes in its own transaction doubled the write transactions of ingest on SQLite.
+        """
+        while self._unrecorded:
+            taken: list[tuple[_Outcomes, asyncio.Future[None]]] = []
+            try:
+                async with write_transaction(self.sessions) as session:
+                    taken, self._unrecorded = self._unrecorded, []
+                    await session.execute(_RECORD_OUTCOME, [u for o, _ in taken for u in o.updates])
+                    await session.execute(insert(TimelineEntry), [e for o, _ in taken for e in o.entries])
+            except BaseException as exc:
+                cancelled = not isinstance(exc, Exception)
+                if not taken or cancelled:  # nothing must wait for a recorder that is gone
+                    taken, self._unrecorded = taken + self._unrecorded, []
+                for _, done in taken:
+                    if not done.done():
+                        done.set_exception(exc)
+                if cancelled:
+                    raise
+                continue
+            try:
+                await self.changes.publish([c for o, _ in taken for c in o.changes])
+            except Exception:  # committed: watchers see the entries on their next read
+                log.exception("could not publish the outcomes of %d page batch(es)", len(taken))
+            for _, done in taken:
+                if not done.done():
+                    done.set_result(None)
+
+    def _outcomes(self, deliveries: list[_Delivery]) -> _Outcomes:
+        """The outbox updates, timeline entries and change-feed messages of sent (or failed) pages."""
         now = self.clock.now()
         updates: list[dict[str, Any]] = []
         entries: list[dict[str, Any]] = []
@@ -513,10 +562,7 @@ class Dispatcher:
                 outcome["status"] = "pending"
             updates.append(outcome)
             changes.append(Change(row.tenant_id, delivery.service_id, row.incident_id, entry_id))
-        async with write_transaction(self.sessions) as session:
-            await session.execute(_RECORD_OUTCOME, updates)
-            await session.execute(insert(TimelineEntry), entries)
-        await self.changes.publish(changes)
+        return _Outcomes(updates, entries, changes)
 
 
 _notifications = cast(Table, Notification.__table__)
