@@ -32,7 +32,7 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
 from sqlalchemy.util import EMPTY_DICT
 from sqlalchemy.util.concurrency import await_
 
-_Outcome = tuple[Any, list[Any] | None, int, int | None]
+_Outcome = tuple[Any, list[Any], int, int]
 
 
 def _run(connection: sqlite3.Connection, operation: str, parameters: Any, many: bool) -> _Outcome:
@@ -46,8 +46,8 @@ def _run(connection: sqlite3.Connection, operation: str, parameters: Any, many: 
         else:
             cursor.execute(operation, parameters)
         description = cursor.description
-        rows = cursor.fetchall() if description else None
-        return description, rows, cursor.rowcount, cursor.lastrowid
+        rows = cursor.fetchall() if description else []
+        return description, rows, cursor.rowcount, cursor.lastrowid or 0
     finally:
         cursor.close()
 
@@ -65,7 +65,7 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
         self._rows = collections.deque()
         self._description: Any = None
         self._rowcount = -1
-        self._lastrowid: int | None = None
+        self._lastrowid = 0
 
     @property
     def description(self) -> Any:
@@ -77,7 +77,7 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
 
     @property
     def lastrowid(self) -> int:
-        return self._lastrowid or 0
+        return self._lastrowid
 
     def execute(self, operation: Any, parameters: Any = None) -> None:
         self._complete(operation, parameters, many=False)
@@ -94,7 +94,7 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
         except Exception as error:
             self._adapt_connection._handle_exception(error)
         self._description, rows, self._rowcount, self._lastrowid = outcome
-        self._rows = collections.deque(rows) if rows else collections.deque()
+        self._rows = collections.deque(rows)
 
     def close(self) -> None:
         self._rows.clear()
