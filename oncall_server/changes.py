@@ -9,11 +9,12 @@ One message carries all of a tenant's changes from one commit: a batch of
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+
+from oncall_server import json_codec
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,11 +43,11 @@ class ChangeFeed:
             )
         if len(by_tenant) == 1:
             [(tenant_id, items)] = by_tenant.items()
-            await self.redis.publish(_channel(tenant_id), json.dumps(items))
+            await self.redis.publish(_channel(tenant_id), json_codec.dumps(items))
             return
         async with self.redis.pipeline(transaction=False) as pipe:
             for tenant_id, items in by_tenant.items():
-                pipe.publish(_channel(tenant_id), json.dumps(items))
+                pipe.publish(_channel(tenant_id), json_codec.dumps(items))
             await pipe.execute()
 
     async def subscribe(self, tenant_id: str) -> AsyncIterator[Change]:
@@ -57,7 +58,7 @@ class ChangeFeed:
             async for message in pubsub.listen():
                 if message.get("type") != "message":
                     continue
-                for service_id, incident_id, entry_id in json.loads(message["data"]):
+                for service_id, incident_id, entry_id in json_codec.loads(message["data"]):
                     yield Change(tenant_id, service_id, incident_id, entry_id)
         finally:
             await pubsub.unsubscribe()

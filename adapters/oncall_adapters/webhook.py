@@ -6,10 +6,10 @@ found by the spec's auto-extraction rules (oncall_server.extraction).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
+from oncall_server import json_codec
 from oncall_server.errors import InvalidArgument
 from oncall_server.extraction import extract
 from oncall_server.hookspecs import Adapter, AdapterContext, hookimpl
@@ -31,7 +31,7 @@ class WebhookAdapter:
                     raise InvalidArgument.field(
                         f"body[{index}]", "each alert in an array must be a JSON object"
                     )
-                events.append(self._event(item, json.dumps(item, separators=(",", ":")), context))
+                events.append(self._event(item, json_codec.dumps(item), context))
             return events
         if not isinstance(payload, dict):
             raise InvalidArgument.field("body", "must be a JSON object (one alert) or an array of objects")
@@ -55,7 +55,7 @@ class WebhookAdapter:
 def _text(value: Any) -> str:
     if value is None:
         return ""
-    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+    return value if isinstance(value, str) else json_codec.dumps(value)
 
 
 @hookimpl

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import NullPool
 
+from oncall_server import json_codec
 from oncall_server.storage.sqlite_driver import OneHopDBAPI
 
 
@@ -46,11 +47,20 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
             url,
             poolclass=NullPool if parsed.database == ":memory:" else None,
             module=OneHopDBAPI() if parsed.get_driver_name() == "aiosqlite" else None,
+            json_serializer=json_codec.dumps,
+            json_deserializer=json_codec.loads,
         )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
-    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        json_serializer=json_codec.dumps,
+        json_deserializer=json_codec.loads,
+    )
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
