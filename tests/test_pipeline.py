@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -316,3 +317,22 @@ async def test_a_batch_body_is_one_transaction_with_results_in_order(server: Run
     async with server.app.sessions() as session:
         counts = (await session.scalars(select(Incident.alert_count).order_by(Incident.id))).all()
     assert sorted(counts) == [1, 2]
+
+
+async def test_batch_payloads_keep_values_beyond_64_bit_and_non_ascii_text(server: RunningServer) -> None:
+    """Raw payloads and JSON columns go through orjson, which refuses integers beyond 64 bits:
+    those alerts must still be stored, byte-for-value the same as sent."""
+    tenant = await bootstrap(server.app)
+    huge = 2**70
+    sent = [
+        {"title": "counter wrapped", "dedup_key": "big", "severity": "high", "counter": huge},
+        {"title": "Disque plein sur « srv-01 »", "dedup_key": "utf", "severity": "high", "host": "srv-é"},
+    ]
+    answer = await send(server, tenant, sent)
+    assert [r["outcome"] for r in answer["results"]] == ["created", "created"]
+    async with server.app.sessions() as session:
+        rows = {a.dedup_key: a for a in (await session.scalars(select(Alert))).all()}
+    assert json.loads(rows["big"].raw_payload) == sent[0]
+    assert json.loads(rows["utf"].raw_payload) == sent[1]
+    assert rows["utf"].title == sent[1]["title"]
+    assert rows["utf"].details["host"] == "srv-é"
