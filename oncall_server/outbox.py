@@ -19,9 +19,9 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, exists, insert, or_, select, update
+from sqlalchemy import Table, and_, bindparam, exists, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -32,6 +32,8 @@ from oncall_server.ids import uuid7
 from oncall_server.ingest.model import IncidentStatus
 from oncall_server.plugins import Plugins
 from oncall_server.severity import Severity
+from oncall_server.storage import bulk
+from oncall_server.storage.bulk import Executor
 from oncall_server.storage.engine import single_read, write_transaction
 from oncall_server.storage.models import (
     ContactMethod,
@@ -100,12 +102,6 @@ class OutboxRow:
 
 
 _OUTBOX_COLUMNS = [f.name for f in dataclasses.fields(OutboxRow)]
-
-
-class Executor(Protocol):
-    """An ``AsyncSession`` or an ``AsyncConnection``: paging runs in either's transaction."""
-
-    async def execute(self, statement: Any, parameters: Any = None, /) -> Any: ...
 
 
 async def enqueue_pages(
@@ -486,8 +482,8 @@ class Dispatcher:
             try:
                 async with write_transaction(self.sessions) as session:
                     taken, self._unrecorded = self._unrecorded, []
-                    await session.execute(_RECORD_OUTCOME, [u for o, _ in taken for u in o.updates])
-                    await session.execute(insert(TimelineEntry), [e for o, _ in taken for e in o.entries])
+                    await bulk.executemany(session, _RECORD_OUTCOME, [u for o, _ in taken for u in o.updates])
+                    await bulk.insert_rows(session, TimelineEntry, [e for o, _ in taken for e in o.entries])
             except BaseException as exc:
                 cancelled = not isinstance(exc, Exception)
                 if not taken or cancelled:  # nothing must wait for a recorder that is gone

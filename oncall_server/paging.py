@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, insert, select, update
+from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from oncall_server import escalation_state as state
@@ -29,8 +29,10 @@ from oncall_server.ids import uuid7
 from oncall_server.incidents import OPEN_ALERT_STATES, Incidents
 from oncall_server.ingest.model import AlertState, IncidentStatus
 from oncall_server.ingest.writer import NewIncident, StartedEscalations
-from oncall_server.outbox import PAGE, Executor, OutboxRow, PageRequest, enqueue_pages
+from oncall_server.outbox import PAGE, OutboxRow, PageRequest, enqueue_pages
 from oncall_server.schedules import Schedule, from_json, who_is_on_call
+from oncall_server.storage import bulk
+from oncall_server.storage.bulk import Executor
 from oncall_server.storage.engine import write_transaction
 from oncall_server.storage.models import (
     Alert,
@@ -327,7 +329,7 @@ class Escalator:
                 await self._start([i for i in to_page if i.snapshot is None], session, outcome)
                 await self._page_tiers(session, to_page, now, outcome)
             if outcome.entries:
-                await session.execute(insert(TimelineEntry), outcome.entries)
+                await bulk.insert_rows(session, TimelineEntry, outcome.entries)
         return outcome
 
     async def _start(self, incidents: list[_Escalating], session: Executor, outcome: _Outcome) -> None:
@@ -400,12 +402,13 @@ class Escalator:
             self._entry(incident, "escalated", message, details, outcome)
         advanced = [i for i in incidents if not i.started]
         if advanced:
-            await session.execute(
-                _ADVANCE, [{"b_id": i.id, "b_step": i.step, "b_due": i.due_at} for i in advanced]
+            await bulk.executemany(
+                session, _ADVANCE, [{"b_id": i.id, "b_step": i.step, "b_due": i.due_at} for i in advanced]
             )
         started = [i for i in incidents if i.started]
         if started:
-            await session.execute(
+            await bulk.executemany(
+                session,
                 _START,
                 [
                     {"b_id": i.id, "b_step": i.step, "b_due": i.due_at, "b_snapshot": i.snapshot}

@@ -35,6 +35,7 @@ from oncall_server.errors import Unavailable
 from oncall_server.ids import uuid7
 from oncall_server.ingest.coordination import Coordinator, Decision, DecisionRequest, GroupWindow, Repair
 from oncall_server.ingest.model import AlertState, IncidentStatus, IngestResult, Outcome, PreparedAlert
+from oncall_server.storage import bulk
 from oncall_server.storage.engine import single_read, write_lock
 from oncall_server.storage.models import Alert, AlertDelivery, Incident, MaintenanceWindow, TimelineEntry
 
@@ -410,7 +411,7 @@ class _Batch:
             self.started = await self.escalations.start_in_transaction(self.conn, self.created, self.now)
             self.timeline.extend(self.started.entries)
         if self.timeline:
-            await self.conn.execute(insert(TimelineEntry), self.timeline)
+            await bulk.insert_rows(self.conn, TimelineEntry, self.timeline)
 
     def _alert_row(self, slot: _Slot, incident_id: str | None, state: AlertState) -> dict[str, Any]:
         a, e = slot.alert, slot.alert.event
@@ -448,7 +449,7 @@ class _Batch:
                 outcome = Outcome.SUPPRESSED if slot.suppressed else Outcome.RECORDED
                 slot.result = IngestResult(outcome, slot.alert_id, "", slot.alert.event.dedup_key or "")
         if rows:
-            await self.conn.execute(insert(Alert), rows)
+            await bulk.insert_rows(self.conn, Alert, rows)
 
     def _target_incident(self, slot: _Slot) -> tuple[str, AlertState]:
         """The incident a newly inserted alert joins, per the Redis decision."""
@@ -507,7 +508,7 @@ class _Batch:
             if merges and row.occurrence_count > MAX_DELIVERIES_PER_ALERT:
                 prune.append(row.id)
         if delivery_rows:
-            await self.conn.execute(insert(AlertDelivery), delivery_rows)
+            await bulk.insert_rows(self.conn, AlertDelivery, delivery_rows)
         for alert_id in prune:
             await self._prune_deliveries(alert_id)
         for incident_id, merged in merged_per_incident.items():
@@ -553,7 +554,7 @@ class _Batch:
         rows = [self._alert_row(s, *self._target_incident(s)) for s in slots]
         with_key = [r for r in rows if r["idempotency_key"]]
         if not with_key:
-            await self.conn.execute(insert(Alert), rows)
+            await bulk.insert_rows(self.conn, Alert, rows)
             return slots
         fresh = set(
             (await self.conn.execute(_statements(self.dialect).insert_idempotent, rows)).scalars().all()
