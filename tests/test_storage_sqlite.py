@@ -7,6 +7,7 @@ by earlier builds would compare wrongly and conflicts would stop being retried.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -17,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from oncall_server.storage import migrate
-from oncall_server.storage.engine import create_engine
+from oncall_server.storage.engine import SQLITE_IMMEDIATE, create_engine
 from oncall_server.storage.models import Tenant
 
 
@@ -80,3 +81,36 @@ async def test_returning_rows_of_a_multi_row_insert_come_back_in_full(engine: As
         count = (await conn.execute(text("SELECT count(*) FROM tenants"))).scalar_one()
     assert returned == [r["id"] for r in rows]
     assert count == 250
+
+
+async def test_a_transactions_begin_rides_with_its_first_statement(engine: AsyncEngine) -> None:
+    """BEGIN is deferred to the first statement's trip: the transaction must still start there.
+
+    A write transaction (BEGIN IMMEDIATE) holds SQLite's write lock from its first statement,
+    even a read, so another writer cannot slip in between its read and its write; everything
+    after BEGIN is undone by a rollback; and a transaction without statements costs nothing
+    and leaves the connection usable.
+    """
+    now = datetime.now(UTC)
+    database = engine.url.database
+    assert database is not None
+    async with engine.begin() as conn:
+        pass  # nothing to begin or commit
+    async with engine.connect() as conn:
+        immediate = await conn.execution_options(**{SQLITE_IMMEDIATE: True})
+        async with immediate.begin():
+            await immediate.execute(select(Tenant.id))  # a read first
+            other = sqlite3.connect(database, timeout=0)
+            try:
+                with pytest.raises(sqlite3.OperationalError, match="locked"):
+                    other.execute("INSERT INTO tenants (id, name, created_at) VALUES ('x', 'x', 'x')")
+            finally:
+                other.close()
+            await immediate.execute(insert(Tenant), [{"id": "t1", "name": "Acme", "created_at": now}])
+    with pytest.raises(RuntimeError, match="changed my mind"):
+        async with engine.begin() as conn:
+            await conn.execute(insert(Tenant), [{"id": "t2", "name": "Globex", "created_at": now}])
+            await conn.execute(insert(Tenant), [{"id": "t3", "name": "Initech", "created_at": now}])
+            raise RuntimeError("changed my mind")
+    async with engine.connect() as conn:
+        assert (await conn.execute(select(Tenant.id))).scalars().all() == ["t1"]

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import NullPool
 
 from oncall_server import json_codec
-from oncall_server.storage.sqlite_driver import OneHopDBAPI
+from oncall_server.storage.sqlite_driver import OneHopConnection, OneHopDBAPI
 
 
 def is_sqlite(url: str) -> bool:
@@ -87,7 +87,12 @@ def _sqlite_begin(connection: Any) -> None:
     options = connection.get_execution_options()
     if options.get(_SQLITE_NO_BEGIN, False):
         return
-    connection.exec_driver_sql("BEGIN IMMEDIATE" if options.get(SQLITE_IMMEDIATE, False) else "BEGIN")
+    statement = "BEGIN IMMEDIATE" if options.get(SQLITE_IMMEDIATE, False) else "BEGIN"
+    driver = connection.connection.dbapi_connection
+    if isinstance(driver, OneHopConnection):
+        driver.defer_begin(statement)  # runs in the same trip as the transaction's first statement
+    else:
+        connection.exec_driver_sql(statement)
 
 
 SQLITE_IMMEDIATE = "oncall_sqlite_immediate"

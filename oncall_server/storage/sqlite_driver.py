@@ -35,8 +35,12 @@ from sqlalchemy.util.concurrency import await_
 _Outcome = tuple[Any, list[Any], int, int]
 
 
-def _run(connection: sqlite3.Connection, operation: str, parameters: Any, many: bool) -> _Outcome:
-    """On the connection's thread: the whole statement, rows included."""
+def _run(
+    connection: sqlite3.Connection, operation: str, parameters: Any, many: bool, begin: str | None
+) -> _Outcome:
+    """On the connection's thread: the transaction's deferred BEGIN if any, and the whole statement."""
+    if begin is not None:
+        connection.execute(begin)
     cursor = connection.cursor()
     try:
         if many:
@@ -87,9 +91,11 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
 
     def _complete(self, operation: Any, parameters: Any, *, many: bool) -> None:
         connection: aiosqlite.Connection = self._connection  # type: ignore[assignment]
+        adapted = self._adapt_connection
+        begin = adapted.take_deferred_begin() if isinstance(adapted, OneHopConnection) else None
         try:
             outcome: _Outcome = await_(
-                connection._execute(_run, connection._conn, operation, parameters, many)  # type: ignore[no-untyped-call]
+                connection._execute(_run, connection._conn, operation, parameters, many, begin)  # type: ignore[no-untyped-call]
             )
         except Exception as error:
             self._adapt_connection._handle_exception(error)
@@ -104,15 +110,43 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
 
 
 class OneHopConnection(AsyncAdapt_aiosqlite_connection):
-    __slots__ = ()
+    """Statements in one trip each; a transaction's BEGIN travels with its first statement.
+
+    ``storage.engine`` hands BEGIN to :meth:`defer_begin` instead of executing it: a separate
+    trip per transaction was one of ~15 per ingest batch (docs/performance.md). Deferring is
+    safe because a transaction that never runs a statement has nothing to begin, commit or roll
+    back; a BEGIN IMMEDIATE that waits for the write lock now waits in its first statement.
+    """
+
+    __slots__ = ("_deferred_begin",)
     _cursor_cls = OneHopCursor
 
+    def __init__(self, dbapi: Any, connection: Any) -> None:
+        super().__init__(dbapi, connection)
+        self._deferred_begin: str | None = None
+
+    def defer_begin(self, statement: str) -> None:
+        self._deferred_begin = statement
+
+    def take_deferred_begin(self) -> str | None:
+        begin, self._deferred_begin = self._deferred_begin, None
+        return begin
+
+    def cursor(self, server_side: bool = False) -> Any:
+        if server_side:  # aiosqlite's own cursor: BEGIN must be on the connection before it runs
+            begin = self.take_deferred_begin()
+            if begin is not None:
+                self._cursor_cls(self).execute(begin)
+        return super().cursor(server_side)
+
     def commit(self) -> None:
+        self._deferred_begin = None
         if self._in_transaction():
             super().commit()
 
     def rollback(self) -> None:
         # The pool rolls back every connection it takes back, after a commit too: skip the trip.
+        self._deferred_begin = None
         if self._in_transaction():
             super().rollback()
 
