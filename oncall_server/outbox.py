@@ -482,8 +482,13 @@ class Dispatcher:
             try:
                 async with write_transaction(self.sessions) as session:
                     taken, self._unrecorded = self._unrecorded, []
-                    await bulk.executemany(session, _RECORD_OUTCOME, [u for o, _ in taken for u in o.updates])
-                    await bulk.insert_rows(session, TimelineEntry, [e for o, _ in taken for e in o.entries])
+                    await bulk.execute_all(
+                        session,
+                        [
+                            (_RECORD_OUTCOME, [u for o, _ in taken for u in o.updates]),
+                            (bulk.insert_into(TimelineEntry), [e for o, _ in taken for e in o.entries]),
+                        ],
+                    )
             except BaseException as exc:
                 cancelled = not isinstance(exc, Exception)
                 if not taken or cancelled:  # nothing must wait for a recorder that is gone

@@ -51,6 +51,7 @@ class _Outcome:
     following: list[tuple[str, int]] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
     entries: list[dict[str, Any]] = field(default_factory=list)  # timeline rows, inserted in one statement
+    writes: list[tuple[Any, list[dict[str, Any]]]] = field(default_factory=list)  # run with the entries
     claimed: list[OutboxRow] = field(default_factory=list)  # written claimed: this process sends them
     enqueued: bool = False  # rows left pending for a dispatcher to claim
 
@@ -328,8 +329,9 @@ class Escalator:
             if to_page:
                 await self._start([i for i in to_page if i.snapshot is None], session, outcome)
                 await self._page_tiers(session, to_page, now, outcome)
-            if outcome.entries:
-                await bulk.insert_rows(session, TimelineEntry, outcome.entries)
+            await bulk.execute_all(
+                session, [*outcome.writes, (bulk.insert_into(TimelineEntry), outcome.entries)]
+            )
         return outcome
 
     async def _start(self, incidents: list[_Escalating], session: Executor, outcome: _Outcome) -> None:
@@ -353,7 +355,10 @@ class Escalator:
     async def _page_tiers(
         self, session: Executor, incidents: list[_Escalating], now: datetime, outcome: _Outcome
     ) -> None:
-        """Page the current tier of each incident, and move each to its next step."""
+        """Page the current tier of each incident, and move each to its next step.
+
+        The step moves are left in ``outcome.writes``: the caller runs them with the timeline rows.
+        """
         schedules = await self._schedules(session, incidents)
         requests: list[PageRequest] = []
         paging: list[tuple[_Escalating, list[dict[str, Any]], int, int, list[str]]] = []
@@ -402,18 +407,19 @@ class Escalator:
             self._entry(incident, "escalated", message, details, outcome)
         advanced = [i for i in incidents if not i.started]
         if advanced:
-            await bulk.executemany(
-                session, _ADVANCE, [{"b_id": i.id, "b_step": i.step, "b_due": i.due_at} for i in advanced]
+            outcome.writes.append(
+                (_ADVANCE, [{"b_id": i.id, "b_step": i.step, "b_due": i.due_at} for i in advanced])
             )
         started = [i for i in incidents if i.started]
         if started:
-            await bulk.executemany(
-                session,
-                _START,
-                [
-                    {"b_id": i.id, "b_step": i.step, "b_due": i.due_at, "b_snapshot": i.snapshot}
-                    for i in started
-                ],
+            outcome.writes.append(
+                (
+                    _START,
+                    [
+                        {"b_id": i.id, "b_step": i.step, "b_due": i.due_at, "b_snapshot": i.snapshot}
+                        for i in started
+                    ],
+                )
             )
 
     async def _schedules(

@@ -14,6 +14,7 @@ from typing import Any, cast
 
 import pytest
 from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from oncall_server.storage import bulk
@@ -143,3 +144,55 @@ async def test_rows_it_cannot_bind_are_refused_before_anything_is_written(engine
             await bulk.insert_rows(conn, TimelineEntry, [entry, {**entry, "id": "e2", "extra": 1}])
     async with engine.connect() as conn:
         assert (await conn.execute(select(TimelineEntry.id))).all() == []
+
+
+async def test_several_statements_run_in_order_and_fail_together(engine: AsyncEngine) -> None:
+    """execute_all sends its statements together (one trip on SQLite): order and errors must hold."""
+    async with engine.begin() as conn:
+        await bulk.execute_all(
+            conn,
+            [
+                (bulk.insert_into(Incident), [{**_incident(f"i{n}"), **_defaults()} for n in (1, 2)]),
+                (_ESCALATE, [{"b_id": "i2", "b_step": 7, "b_snapshot": {"tiers": []}}]),  # sees the insert
+                (_ESCALATE, []),  # nothing to run
+            ],
+        )
+    entry = _entry("e1", "i1", {}, T0)
+    with pytest.raises(IntegrityError):
+        async with engine.begin() as conn:
+            await bulk.execute_all(
+                conn,
+                [
+                    (bulk.insert_into(TimelineEntry), [entry]),
+                    (bulk.insert_into(TimelineEntry), [{**entry, "message": "same id again"}]),
+                ],
+            )
+    async with engine.connect() as conn:
+        steps = {
+            row.id: row.escalation_step
+            for row in await conn.execute(select(Incident.id, Incident.escalation_step))
+        }
+        entries = (await conn.execute(select(TimelineEntry.id))).all()
+    assert steps == {"i1": 0, "i2": 7}
+    assert entries == []  # the first insert went back with the second
+
+
+def _defaults() -> dict[str, Any]:
+    """The columns with Python-side defaults that a bulk insert must be given."""
+    return {
+        "source": "",
+        "source_ref": "",
+        "dedup_key": None,
+        "description": "",
+        "details": {},
+        "alert_count": 1,
+        "acknowledged_at": None,
+        "acknowledged_by": "",
+        "resolved_at": None,
+        "resolved_by": "",
+        "resolution_summary": "",
+        "escalation_snapshot": None,
+        "escalation_run": 1,
+        "escalation_step": 0,
+        "escalation_due_at": None,
+    }

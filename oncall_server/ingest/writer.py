@@ -58,9 +58,11 @@ class NewIncident:
 
 
 class StartedEscalations(Protocol):
-    """What starting escalations added to the batch: timeline rows to insert, changes to publish."""
+    """What starting escalations added to the batch: statements and timeline rows for the writer to
+    run in its transaction (with its own timeline rows, in one trip on SQLite), changes to publish."""
 
     entries: list[dict[str, Any]]
+    writes: list[tuple[Any, list[dict[str, Any]]]]
     changes: list[Change]
 
 
@@ -407,11 +409,12 @@ class _Batch:
         inserted = await self._upsert_keyed(keyed)
         inserted += await self._insert_keyless(keyless)
         await self._open_incidents(inserted)
+        writes: bulk.Writes = []
         if self.created and self.escalations is not None:
             self.started = await self.escalations.start_in_transaction(self.conn, self.created, self.now)
             self.timeline.extend(self.started.entries)
-        if self.timeline:
-            await bulk.insert_rows(self.conn, TimelineEntry, self.timeline)
+            writes = self.started.writes
+        await bulk.execute_all(self.conn, [*writes, (bulk.insert_into(TimelineEntry), self.timeline)])
 
     def _alert_row(self, slot: _Slot, incident_id: str | None, state: AlertState) -> dict[str, Any]:
         a, e = slot.alert, slot.alert.event

@@ -35,6 +35,21 @@ from sqlalchemy.util.concurrency import await_
 _Outcome = tuple[Any, list[Any], int, int]
 
 
+class StatementScript(str):
+    """Several executemany statements for one trip (``storage.bulk.execute_all``).
+
+    A ``str`` so it passes through SQLAlchemy's ``exec_driver_sql`` (its events, logging and
+    error wrapping) unchanged; the text is the statements joined, for logs and errors.
+    """
+
+    steps: Sequence[tuple[str, Sequence[Any]]]
+
+    def __new__(cls, steps: Sequence[tuple[str, Sequence[Any]]]) -> StatementScript:
+        script = super().__new__(cls, "; ".join(sql for sql, _ in steps))
+        script.steps = steps
+        return script
+
+
 def _run(
     connection: sqlite3.Connection, operation: str, parameters: Any, many: bool, begin: str | None
 ) -> _Outcome:
@@ -43,6 +58,10 @@ def _run(
         connection.execute(begin)
     cursor = connection.cursor()
     try:
+        if isinstance(operation, StatementScript):
+            for sql, rows in operation.steps:
+                cursor.executemany(sql, rows)
+            return None, [], -1, 0
         if many:
             cursor.executemany(operation, parameters)
         elif parameters is None:
