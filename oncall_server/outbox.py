@@ -29,7 +29,7 @@ from oncall_server.changes import Change, ChangeFeed
 from oncall_server.clock import Clock
 from oncall_server.hookspecs import DeliveryError, Destination, Page
 from oncall_server.ids import uuid7
-from oncall_server.ingest.model import IncidentStatus
+from oncall_server.ingest.model import IncidentFacts, IncidentStatus
 from oncall_server.plugins import Plugins
 from oncall_server.severity import Severity
 from oncall_server.storage import bulk
@@ -56,6 +56,30 @@ def incident_url(public_url: str, incident_id: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class PageContent:
+    """Everything a page needs beyond its outbox row, under the names of a ``_CONTENT`` row."""
+
+    tenant_id: str
+    incident_id: str
+    service_id: str
+    service_name: str
+    title: str
+    severity: int
+    status: str
+    description: str
+    source: str
+    source_ref: str
+    details: dict[str, Any]
+    user_id: str
+    user_name: str
+    user_email: str
+    contact_method_id: str
+    contact_type: str
+    address: str
+    secret: str
+
+
+@dataclass(frozen=True, slots=True)
 class PageRequest:
     """One decision to page people about an incident (an escalation step, a reassignment)."""
 
@@ -67,6 +91,7 @@ class PageRequest:
     run: int
     tier: int
     loop: int
+    incident: IncidentFacts | None = None  # given: claimed rows carry their content to the dispatcher
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,15 +118,17 @@ class OutboxRow:
     attempts: int
     next_attempt_at: datetime
     created_at: datetime
+    # Handed over with what the page says: the dispatcher need not read it back.
+    content: PageContent | None = None
 
     @classmethod
-    def of(cls, row: Any) -> OutboxRow:
+    def of(cls, row: Any, content: PageContent | None = None) -> OutboxRow:
         """From a mapping (an inserted row's values) or a result row."""
         get = row.__getitem__ if isinstance(row, dict) else row._mapping.__getitem__
-        return cls(*(get(name) for name in _OUTBOX_COLUMNS))
+        return cls(**{name: get(name) for name in _OUTBOX_COLUMNS}, content=content)
 
 
-_OUTBOX_COLUMNS = [f.name for f in dataclasses.fields(OutboxRow)]
+_OUTBOX_COLUMNS = [f.name for f in dataclasses.fields(OutboxRow) if f.name != "content"]
 
 
 async def enqueue_pages(
@@ -128,12 +155,12 @@ async def enqueue_pages(
         return [Paged([], 0) for _ in requests], []
     users: dict[str, Any] = {}
     methods: dict[str, list[str]] = {}
-    channel_of: dict[str, str] = {}
+    method_of: dict[str, Any] = {}
     rule_rows: list[tuple[str, str, str, int]] = []
     for row in await executor.execute(_PAGING_DIRECTORY, {"ids": ids}):
         users[row.id] = row
-        if row.method_id is not None and row.method_id not in channel_of:
-            channel_of[row.method_id] = row.channel
+        if row.method_id is not None and row.method_id not in method_of:
+            method_of[row.method_id] = row
             methods.setdefault(row.id, []).append(row.method_id)
         if row.rule_id is not None:
             rule_rows.append((row.rule_id, row.id, row.method_id, row.delay_seconds))
@@ -167,7 +194,7 @@ async def enqueue_pages(
                         "loop": request.loop,
                         "user_id": user_id,
                         "contact_method_id": method_id,
-                        "channel": channel_of[method_id],
+                        "channel": method_of[method_id].channel,
                         "status": "sending" if claimed else "pending",
                         "attempts": 1 if claimed else 0,
                         "next_attempt_at": now + timedelta(seconds=delay),
@@ -186,8 +213,39 @@ async def enqueue_pages(
             _insert_notifications(dialect).returning(Notification.id), rows
         )
     }
-    claimed_rows = [OutboxRow.of(row) for row in rows if row["status"] == "sending" and row["id"] in inserted]
+    facts = {request.incident_id: request.incident for request in requests if request.incident is not None}
+    claimed_rows = [
+        OutboxRow.of(row, _content(facts.get(row["incident_id"]), method_of[row["contact_method_id"]]))
+        for row in rows
+        if row["status"] == "sending" and row["id"] in inserted
+    ]
     return results, claimed_rows
+
+
+def _content(facts: IncidentFacts | None, method: Any) -> PageContent | None:
+    """A claimed row's content from the incident in hand and its ``_PAGING_DIRECTORY`` row."""
+    if facts is None:
+        return None
+    return PageContent(
+        facts.tenant_id,
+        facts.incident_id,
+        facts.service_id,
+        facts.service_name,
+        facts.title,
+        facts.severity,
+        facts.status,
+        facts.description,
+        facts.source,
+        facts.source_ref,
+        facts.details,
+        method.id,
+        method.name,
+        method.email,
+        method.method_id,
+        method.channel,
+        method.address,
+        method.secret,
+    )
 
 
 # Whom a batch of pages reaches and how, in one query: users, their contact methods (by id) and
@@ -197,8 +255,11 @@ _PAGING_DIRECTORY = (
         User.id,
         User.tenant_id,
         User.name,
+        User.email,
         ContactMethod.id.label("method_id"),
         ContactMethod.type.label("channel"),
+        ContactMethod.address,
+        ContactMethod.secret,
         NotificationRule.id.label("rule_id"),
         NotificationRule.delay_seconds,
     )
@@ -422,11 +483,16 @@ class Dispatcher:
             return [OutboxRow.of(row) for row in result.all()]
 
     async def _prepare(self, claimed: list[OutboxRow]) -> list[_Delivery]:
-        async with single_read(self.sessions.kw["bind"]) as conn:
-            content = {row.id: row for row in await conn.execute(_CONTENT, {"ids": [n.id for n in claimed]})}
+        """Each row's page and destination: from the row when it was handed over with them (the page
+        then says what the committing transaction saw), else read as the incident is now."""
+        unknown = [row.id for row in claimed if row.content is None]
+        content: dict[str, Any] = {}
+        if unknown:
+            async with single_read(self.sessions.kw["bind"]) as conn:
+                content = {row.id: row for row in await conn.execute(_CONTENT, {"ids": unknown})}
         out = []
         for row in claimed:
-            found = content[row.id]
+            found = row.content or content[row.id]
             if found.user_id is None or found.contact_method_id is None:
                 out.append(
                     _Delivery(

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -27,7 +27,7 @@ from oncall_server.clock import Clock, to_millis
 from oncall_server.due_set import DueSet
 from oncall_server.ids import uuid7
 from oncall_server.incidents import OPEN_ALERT_STATES, Incidents
-from oncall_server.ingest.model import AlertState, IncidentStatus
+from oncall_server.ingest.model import AlertState, IncidentFacts, IncidentStatus
 from oncall_server.ingest.writer import NewIncident, StartedEscalations
 from oncall_server.outbox import PAGE, OutboxRow, PageRequest, enqueue_pages
 from oncall_server.schedules import Schedule, from_json, who_is_on_call
@@ -87,6 +87,7 @@ class _Escalating:
     due_at: datetime | None
     last_alert_at: datetime
     started: bool = False  # the snapshot was taken by this step and must be written
+    facts: IncidentFacts | None = None  # the writer's incident: its pages need not be read back
 
 
 _incidents = cast(Table, Incident.__table__)
@@ -107,6 +108,7 @@ _SERVICES_WITH_POLICY = (
     select(
         Service.id,
         Service.auto_resolve_seconds,
+        Service.name,
         EscalationPolicy.id.label("policy_id"),
         EscalationPolicy.name.label("policy_name"),
         EscalationPolicy.repeat_count,
@@ -195,6 +197,7 @@ class Escalator:
                 0,
                 now,
                 c.last_alert_at,
+                facts=c.facts,
             )
             for c in created
         ]
@@ -346,6 +349,8 @@ class Escalator:
         }
         for incident in incidents:
             service = services.get(incident.service_id)
+            if incident.facts is not None:
+                incident.facts = replace(incident.facts, service_name=service.name if service else "")
             incident.snapshot = snapshot_of(service)
             incident.started = True
             if service is not None and service.auto_resolve_seconds:
@@ -372,7 +377,17 @@ class Escalator:
             users = self._targets(tiers[tier].get("targets", []), schedules, incident.tenant_id, now)
             key = f"{incident.id}:{incident.run}:{incident.step}"
             requests.append(
-                PageRequest(incident.tenant_id, incident.id, users, PAGE, key, incident.run, tier, loop)
+                PageRequest(
+                    incident.tenant_id,
+                    incident.id,
+                    users,
+                    PAGE,
+                    key,
+                    incident.run,
+                    tier,
+                    loop,
+                    incident.facts,
+                )
             )
             paging.append((incident, tiers, tier, loop, users))
         all_paged, claimed = await enqueue_pages(

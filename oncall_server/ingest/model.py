@@ -90,3 +90,20 @@ class IngestResult:
     alert_id: str = ""
     incident_id: str = ""
     dedup_key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentFacts:
+    """The incident side of a page, from a transaction that has it in hand (the ingest writer's)."""
+
+    tenant_id: str
+    incident_id: str
+    service_id: str
+    service_name: str
+    title: str
+    severity: int
+    status: str
+    description: str
+    source: str
+    source_ref: str
+    details: dict[str, Any]

@@ -34,7 +34,14 @@ from oncall_server.clock import Clock, to_millis
 from oncall_server.errors import Unavailable
 from oncall_server.ids import uuid7
 from oncall_server.ingest.coordination import Coordinator, Decision, DecisionRequest, GroupWindow, Repair
-from oncall_server.ingest.model import AlertState, IncidentStatus, IngestResult, Outcome, PreparedAlert
+from oncall_server.ingest.model import (
+    AlertState,
+    IncidentFacts,
+    IncidentStatus,
+    IngestResult,
+    Outcome,
+    PreparedAlert,
+)
 from oncall_server.storage import bulk
 from oncall_server.storage.engine import single_read, write_lock
 from oncall_server.storage.models import Alert, AlertDelivery, Incident, MaintenanceWindow, TimelineEntry
@@ -55,6 +62,7 @@ class NewIncident:
     tenant_id: str
     service_id: str
     last_alert_at: datetime
+    facts: IncidentFacts | None = None  # what its pages say (service_name filled in by the starter)
 
 
 class StartedEscalations(Protocol):
@@ -684,9 +692,21 @@ class _Batch:
         if created:
             opener = members[0]
             last_alert_at = max(s.alert.received_at for s in members)
-            self.created.append(
-                NewIncident(incident_id, opener.alert.tenant_id, opener.alert.service_id, last_alert_at)
+            a, e = opener.alert, opener.alert.event
+            facts = IncidentFacts(
+                a.tenant_id,
+                incident_id,
+                a.service_id,
+                "",
+                e.title,
+                int(e.severity),
+                IncidentStatus.TRIGGERED.value,
+                e.description,
+                e.source,
+                e.source_ref,
+                e.details,
             )
+            self.created.append(NewIncident(incident_id, a.tenant_id, a.service_id, last_alert_at, facts))
             opener.result = IngestResult(
                 Outcome.CREATED, opener.alert_id, incident_id, opener.alert.event.dedup_key or ""
             )
