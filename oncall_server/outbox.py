@@ -125,7 +125,8 @@ class OutboxRow:
     def of(cls, row: Any, content: PageContent | None = None) -> OutboxRow:
         """From a mapping (an inserted row's values) or a result row."""
         get = row.__getitem__ if isinstance(row, dict) else row._mapping.__getitem__
-        return cls(**{name: get(name) for name in _OUTBOX_COLUMNS}, content=content)
+        # Positional: a dict of keywords per row showed in profiles. mypy cannot count the star.
+        return cls(*[get(name) for name in _OUTBOX_COLUMNS], content=content)  # type: ignore[misc]
 
 
 _OUTBOX_COLUMNS = [f.name for f in dataclasses.fields(OutboxRow) if f.name != "content"]
