@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from oncall_server.app import App
@@ -25,6 +27,7 @@ from oncall_server.ingest.model import NormalizedEvent, PreparedAlert
 from oncall_server.redis_embedded import EmbeddedRedis
 from oncall_server.severity import Severity
 from oncall_server.testing import (
+    Tenant,
     add_policy,
     add_user,
     bootstrap,
@@ -33,31 +36,45 @@ from oncall_server.testing import (
 )
 
 
-async def measure(database_url: str, redis_url: str, data_dir: Path, incidents: int, batch: int) -> None:
+@contextlib.asynccontextmanager
+async def paged_service(
+    database_url: str, redis_url: str, data_dir: Path
+) -> AsyncIterator[tuple[App, Tenant]]:
+    """The real App with a service whose one-tier policy pages a ``log`` user, dispatcher on."""
     app = await App.open(Settings(data_dir=data_dir, database_url=database_url, redis_url=redis_url))
     try:
         tenant = await bootstrap(app)
         user_id = await add_user(app, tenant.tenant_id, "Alice")
         await add_policy(app, tenant.tenant_id, [(300, [("user", user_id)])], service_id=tenant.service_id)
         app.dispatcher.running = True  # pages due now are written claimed and handed over, as in `serve`
-        now = app.clock.now()
+        yield app, tenant
+    finally:
+        await app.close()
+
+
+async def ingest_new_incidents(app: App, tenant: Tenant, incidents: int, batch: int) -> None:
+    """``incidents`` alerts with fresh dedup keys, ``batch`` per writer submit, pages sent."""
+    now = app.clock.now()
+    for start in range(0, incidents, batch):
+        alerts = [
+            PreparedAlert(
+                tenant.tenant_id,
+                tenant.service_id,
+                tenant.integration_id,
+                0,
+                NormalizedEvent(title=f"disk full {i}", severity=Severity.HIGH, dedup_key=f"k{i}-{start}"),
+                now,
+            )
+            for i in range(start, min(incidents, start + batch))
+        ]
+        await app.writer.submit(alerts)
+    await app.dispatcher.drain()
+
+
+async def measure(database_url: str, redis_url: str, data_dir: Path, incidents: int, batch: int) -> None:
+    async with paged_service(database_url, redis_url, data_dir) as (app, tenant):
         cpu, wall = time.process_time(), time.perf_counter()
-        for start in range(0, incidents, batch):
-            alerts = [
-                PreparedAlert(
-                    tenant.tenant_id,
-                    tenant.service_id,
-                    tenant.integration_id,
-                    0,
-                    NormalizedEvent(
-                        title=f"disk full {i}", severity=Severity.HIGH, dedup_key=f"k{i}-{start}"
-                    ),
-                    now,
-                )
-                for i in range(start, min(incidents, start + batch))
-            ]
-            await app.writer.submit(alerts)
-        await app.dispatcher.drain()
+        await ingest_new_incidents(app, tenant, incidents, batch)
         cpu_us = (time.process_time() - cpu) / incidents * 1e6
         wall_us = (time.perf_counter() - wall) / incidents * 1e6
         backend = app.engine.dialect.name
@@ -65,8 +82,6 @@ async def measure(database_url: str, redis_url: str, data_dir: Path, incidents: 
             f"{backend:10} {incidents} incidents, batches of {batch}: "
             f"{cpu_us:.0f} µs CPU, {wall_us:.0f} µs wall per incident"
         )
-    finally:
-        await app.close()
 
 
 async def main() -> None:

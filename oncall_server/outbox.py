@@ -56,20 +56,9 @@ def incident_url(public_url: str, incident_id: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class PageContent:
+class PageContent(IncidentFacts):
     """Everything a page needs beyond its outbox row, under the names of a ``_CONTENT`` row."""
 
-    tenant_id: str
-    incident_id: str
-    service_id: str
-    service_name: str
-    title: str
-    severity: int
-    status: str
-    description: str
-    source: str
-    source_ref: str
-    details: dict[str, Any]
     user_id: str
     user_name: str
     user_email: str

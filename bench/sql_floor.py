@@ -1,0 +1,123 @@
+"""SQLite's own share of ingest: the exact statements of N new paged incidents, replayed bare.
+
+Runs `paging_inprocess`'s workload (new incidents, each paging a ``log`` user through a one-tier
+policy, batches of B) on the real App while recording every call that reaches SQLite's thread:
+each statement with its parameters, each deferred BEGIN, each COMMIT. Then it replays that record
+with Python's ``sqlite3`` alone (same schema, pragmas and transactions, no SQLAlchemy, no
+asyncio, no Redis) into a fresh copy of the database as it was before the workload, and prints
+both: process CPU per incident with everything, and SQLite's CPU (and wall time, fsyncs
+included) per incident for the durable work alone. The replay is the floor the writes of this
+schema put under ingest on one core, whatever the Python around them does.
+
+    .venv/bin/python bench/sql_floor.py --incidents 5000 --batch 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import shutil
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+from paging_inprocess import ingest_new_incidents, paged_service
+
+from oncall_server.redis_embedded import EmbeddedRedis
+from oncall_server.storage import sqlite_driver
+
+Call = tuple[str, Any, bool]  # (SQL, parameters, executemany)
+
+
+def record_sqlite_calls(calls: list[Call]) -> None:
+    """From now on, append what each trip to SQLite's thread runs to ``calls``."""
+    run = sqlite_driver._run
+
+    def recording_run(
+        connection: sqlite3.Connection, operation: str, parameters: Any, many: bool, begin: Any
+    ) -> Any:
+        if begin is not None:
+            calls.append((begin, None, False))
+        if isinstance(operation, sqlite_driver.StatementScript):
+            calls.extend((sql, rows, True) for sql, rows in operation.steps)
+        else:
+            calls.append((str(operation), parameters, many))
+        return run(connection, operation, parameters, many, begin)
+
+    sqlite_driver._run = recording_run  # type: ignore[assignment]
+    execute = aiosqlite.Connection._execute
+
+    async def recording_execute(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        name = getattr(fn, "__name__", "")
+        if name in ("commit", "rollback"):
+            calls.append((name.upper(), None, False))
+        return await execute(self, fn, *args, **kwargs)
+
+    aiosqlite.Connection._execute = recording_execute  # type: ignore[method-assign]
+
+
+def replay(database: Path, calls: list[Call]) -> tuple[float, float]:
+    """Run ``calls`` on ``database`` with bare sqlite3; returns (CPU s, wall s)."""
+    connection = sqlite3.connect(database, isolation_level=None)
+    for pragma in ("journal_mode=WAL", "foreign_keys=ON", "busy_timeout=10000", "synchronous=FULL"):
+        connection.execute(f"PRAGMA {pragma}")
+    cpu, wall = time.process_time(), time.perf_counter()
+    for sql, parameters, many in calls:
+        if sql in ("COMMIT", "ROLLBACK"):
+            if connection.in_transaction:
+                connection.commit() if sql == "COMMIT" else connection.rollback()
+        else:  # as the server's driver runs it on SQLite's thread, rows fetched
+            sqlite_driver._run(connection, sql, parameters, many, None)
+    elapsed = time.process_time() - cpu, time.perf_counter() - wall
+    connection.close()
+    return elapsed
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--incidents", type=int, default=5000)
+    parser.add_argument("--batch", type=int, default=100)
+    args = parser.parse_args()
+    logging.getLogger("oncall.notifications").setLevel(logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="bench-floor-", dir="/tmp") as tmp:
+        data = Path(tmp)
+        database = data / "bench.db"
+        async with (
+            EmbeddedRedis(data) as redis,
+            paged_service(f"sqlite+aiosqlite:///{database}", redis.url, data) as (app, tenant),
+        ):
+            await app.engine.dispose()  # every page of the database in its main file
+            before = data / "before.db"
+            with sqlite3.connect(database) as raw:
+                raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            shutil.copyfile(database, before)
+            calls: list[Call] = []
+            record_sqlite_calls(calls)
+            cpu, wall = time.process_time(), time.perf_counter()
+            await ingest_new_incidents(app, tenant, args.incidents, args.batch)
+            full_cpu, full_wall = time.process_time() - cpu, time.perf_counter() - wall
+        sql_cpu, sql_wall = replay(before, calls)
+    n = args.incidents
+    per = 1e6 / n
+    print(f"{n} new paged incidents, batches of {args.batch}, {len(calls)} SQLite calls recorded")
+    print(
+        f"  everything, in process:       {full_cpu * per:7.0f} µs CPU per incident"
+        f" ({full_wall * per:.0f} µs wall)"
+    )
+    print(
+        f"  SQLite alone, replayed:       {sql_cpu * per:7.0f} µs CPU per incident"
+        f" ({sql_wall * per:.0f} µs wall)"
+    )
+    print(
+        f"  SQLite's ceiling on one core: {n / sql_cpu:7,.0f} incidents/s (CPU), {n / sql_wall:,.0f}/s (wall)"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
