@@ -3,8 +3,8 @@
 Every alert, incident, timeline entry and page writes JSON columns; the standard encoder was
 ~6 % of server CPU under batched ingest (docs/performance.md). orjson is compact and key-order
 preserving like ``json.dumps(separators=(",", ":"))``; what it refuses (integers beyond 64 bits,
-non-string keys) or reads differently (``NaN``, which only the standard library writes) goes
-through the standard library, so no value that stored before fails to store now.
+non-string keys) goes through the standard library, so no value that stored before fails to
+store now. Reading is the standard library's (see :func:`loads`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ def dumps(value: Any) -> str:
 
 
 def loads(text: str | bytes) -> Any:
-    """A value from JSON text written by :func:`dumps` or by ``json.dumps``."""
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return json.loads(text)
+    """A value from JSON text: the standard library, which keeps integers beyond 64 bits exact
+    (orjson reads them as floats). Reads are off the ingest path."""
+    return json.loads(text)

@@ -17,7 +17,7 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -65,7 +65,7 @@ class PageContent(IncidentFacts):
     contact_method_id: str
     contact_type: str
     address: str
-    secret: str
+    secret: str = field(repr=False)  # never in logs or tracebacks
 
 
 @dataclass(frozen=True, slots=True)
