@@ -51,7 +51,8 @@ class _Outcome:
     following: list[tuple[str, int]] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
     entries: list[dict[str, Any]] = field(default_factory=list)  # timeline rows, inserted in one statement
-    writes: list[tuple[Any, list[dict[str, Any]]]] = field(default_factory=list)  # run with the entries
+    # Step moves, run by the caller with the timeline rows (one trip on SQLite): see bulk.execute_all.
+    writes: list[tuple[Any, list[dict[str, Any]]]] = field(default_factory=list)
     claimed: list[OutboxRow] = field(default_factory=list)  # written claimed: this process sends them
     enqueued: bool = False  # rows left pending for a dispatcher to claim
 

@@ -64,7 +64,8 @@ class UTCDateTime(TypeDecorator[datetime]):
         return None if value is None else value.replace(tzinfo=UTC)
 
     def bind_processor(self, dialect: Dialect) -> Callable[[datetime | None], Any] | None:
-        """A converter that remembers its last value: a batch binds one ``now`` to every row.
+        """A converter that remembers its last two values (:func:`remember_last`): a batch binds
+        the same ``now`` to most rows.
 
         On SQLite it is one C-level ``isoformat`` instead of two Python steps per value:
         SQLAlchemy's SQLite DATETIME formats each with a ``%``-dict in Python after
