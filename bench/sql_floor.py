@@ -38,20 +38,34 @@ Call = tuple[str, Any, bool]  # (SQL, parameters, executemany)
 @contextlib.contextmanager
 def recording_sqlite_calls(calls: list[Call]) -> Iterator[None]:
     """Inside, append what each trip to SQLite's thread runs to ``calls``."""
-    run = sqlite_driver._run
+    run, commit = sqlite_driver._run, sqlite_driver._commit
 
-    def recording_run(
-        connection: sqlite3.Connection, operation: str, parameters: Any, many: bool, begin: Any
-    ) -> Any:
+    def record_deferred(begin: str | None, writes: sqlite_driver.WriteSteps) -> None:
         if begin is not None:
             calls.append((begin, None, False))
-        if isinstance(operation, sqlite_driver.StatementScript):
-            calls.extend((sql, rows, True) for sql, rows in operation.steps)
-        else:
-            calls.append((str(operation), parameters, many))
-        return run(connection, operation, parameters, many, begin)
+        calls.extend((sql, rows, True) for sql, rows in writes)
+
+    def recording_run(
+        connection: sqlite3.Connection,
+        operation: str,
+        parameters: Any,
+        many: bool,
+        begin: str | None,
+        writes: sqlite_driver.WriteSteps,
+    ) -> Any:
+        record_deferred(begin, writes)
+        calls.append((str(operation), parameters, many))
+        return run(connection, operation, parameters, many, begin, writes)
+
+    def recording_commit(
+        connection: sqlite3.Connection, begin: str | None, writes: sqlite_driver.WriteSteps
+    ) -> None:
+        record_deferred(begin, writes)
+        calls.append(("COMMIT", None, False))
+        commit(connection, begin, writes)
 
     sqlite_driver._run = recording_run  # type: ignore[assignment]
+    sqlite_driver._commit = recording_commit  # type: ignore[assignment]
     execute = aiosqlite.Connection._execute
 
     async def recording_execute(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -65,6 +79,7 @@ def recording_sqlite_calls(calls: list[Call]) -> Iterator[None]:
         yield
     finally:
         sqlite_driver._run = run  # type: ignore[assignment]
+        sqlite_driver._commit = commit  # type: ignore[assignment]
         aiosqlite.Connection._execute = execute  # type: ignore[method-assign]
 
 
@@ -85,7 +100,7 @@ def replay(database: Path, calls: list[Call]) -> tuple[float, float]:
             if connection.in_transaction:
                 connection.commit() if sql == "COMMIT" else connection.rollback()
         else:  # as the server's driver runs it on SQLite's thread, rows fetched
-            sqlite_driver._run(connection, sql, parameters, many, None)
+            sqlite_driver._run(connection, sql, parameters, many, None, [])
     elapsed = time.process_time() - cpu, time.perf_counter() - wall
     connection.close()
     return elapsed

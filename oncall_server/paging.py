@@ -204,7 +204,7 @@ class Escalator:
         ]
         outcome = _Outcome()
         await self._start(incidents, conn, outcome)
-        await self._page_tiers(conn, incidents, now, outcome)
+        await self._page_tiers(conn, incidents, now, outcome, fresh=True)
         return outcome
 
     async def escalations_started(self, started: StartedEscalations) -> None:
@@ -359,11 +359,18 @@ class Escalator:
                 outcome.following.append((state.auto_resolve_member(incident.id), to_millis(deadline)))
 
     async def _page_tiers(
-        self, session: Executor, incidents: list[_Escalating], now: datetime, outcome: _Outcome
+        self,
+        session: Executor,
+        incidents: list[_Escalating],
+        now: datetime,
+        outcome: _Outcome,
+        *,
+        fresh: bool = False,
     ) -> None:
         """Page the current tier of each incident, and move each to its next step.
 
         The step moves are left in ``outcome.writes``: the caller runs them with the timeline rows.
+        ``fresh``: the incidents were created in this transaction (see ``enqueue_pages``).
         """
         schedules = await self._schedules(session, incidents)
         requests: list[PageRequest] = []
@@ -392,7 +399,7 @@ class Escalator:
             )
             paging.append((incident, tiers, tier, loop, users))
         all_paged, claimed = await enqueue_pages(
-            session, self._dialect, requests, now, claim_until=self.claim_until()
+            session, self._dialect, requests, now, claim_until=self.claim_until(), fresh=fresh
         )
         outcome.claimed.extend(claimed)
         outcome.enqueued = outcome.enqueued or sum(p.notifications for p in all_paged) > len(claimed)

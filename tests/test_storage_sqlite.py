@@ -13,11 +13,11 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import insert, select, text
+from sqlalchemy import bindparam, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from oncall_server.storage import migrate
+from oncall_server.storage import bulk, migrate
 from oncall_server.storage.engine import SQLITE_IMMEDIATE, create_engine
 from oncall_server.storage.models import Tenant
 
@@ -114,3 +114,46 @@ async def test_a_transactions_begin_rides_with_its_first_statement(engine: Async
             raise RuntimeError("changed my mind")
     async with engine.connect() as conn:
         assert (await conn.execute(select(Tenant.id))).scalars().all() == ["t1"]
+
+
+async def test_bulk_writes_ride_with_the_next_trip_keeping_transactions_whole(engine: AsyncEngine) -> None:
+    """``bulk.execute_all`` defers its writes to the transaction's next trip on SQLite.
+
+    The transaction must still read its own writes, in order; nothing may be visible to another
+    connection before the commit; a rollback must drop them; and a write that fails at the
+    commit must fail the transaction loudly, naming the statement, with nothing stored.
+    """
+    now = datetime.now(UTC)
+    database = engine.url.database
+    assert database is not None
+    tenants = [{"id": f"t{n}", "name": name, "created_at": now} for n, name in ((1, "Acme"), (2, "Globex"))]
+
+    def committed_names() -> list[str]:
+        other = sqlite3.connect(database)
+        try:
+            return [name for (name,) in other.execute("SELECT name FROM tenants ORDER BY name")]
+        finally:
+            other.close()
+
+    async with engine.begin() as conn:
+        await bulk.insert_rows(conn, Tenant, tenants)
+        assert committed_names() == []  # nothing visible before the commit
+        renamed = update(Tenant).where(Tenant.id == bindparam("b_id")).values(name=bindparam("b_name"))
+        await bulk.executemany(conn, renamed, [{"b_id": "t2", "b_name": "Initech"}])  # runs after the insert
+        seen = (await conn.execute(select(Tenant.name).order_by(Tenant.name))).scalars().all()
+        assert seen == ["Acme", "Initech"]
+    assert committed_names() == ["Acme", "Initech"]
+
+    with pytest.raises(RuntimeError, match="changed my mind"):
+        async with engine.begin() as conn:
+            await bulk.insert_rows(conn, Tenant, [{"id": "t3", "name": "Umbrella", "created_at": now}])
+            raise RuntimeError("changed my mind")
+    with pytest.raises(IntegrityError, match="UNIQUE") as failed:
+        async with engine.begin() as conn:
+            await bulk.insert_rows(conn, Tenant, [{"id": "t4", "name": "Hooli", "created_at": now}])
+            await bulk.insert_rows(conn, Tenant, [{"id": "t1", "name": "Acme again", "created_at": now}])
+    assert any("INSERT INTO tenants" in note for note in getattr(failed.value.orig, "__notes__", []))
+    assert committed_names() == ["Acme", "Initech"]
+    async with engine.begin() as conn:  # the connection went back to the pool clean
+        await bulk.insert_rows(conn, Tenant, [{"id": "t5", "name": "Vandelay", "created_at": now}])
+    assert committed_names() == ["Acme", "Initech", "Vandelay"]

@@ -7,8 +7,10 @@ queue put, a thread wake-up, a self-pipe write and a GIL hand-over. Profiles
 of ingest showed those trips, not SQLite, as the largest cost of a SQLite
 write (docs/performance.md). This adapter runs execute, fetch and close as
 one function on the connection's thread and hands SQLAlchemy the finished
-rows, so a statement costs one trip. Commit, rollback and server-side
-cursors are aiosqlite's own.
+rows, so a statement costs one trip; a transaction's BEGIN and its writes
+that return nothing ride with its next statement or its commit
+(:class:`OneHopConnection`). Rollback and server-side cursors are
+aiosqlite's own.
 
 It builds on SQLAlchemy's aiosqlite adapter classes and aiosqlite's
 ``Connection._execute`` (the one entry point every aiosqlite call goes
@@ -20,7 +22,7 @@ from __future__ import annotations
 import collections
 import sqlite3
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import aiosqlite
 from sqlalchemy.connectors.asyncio import AsyncAdapt_dbapi_connection
@@ -35,33 +37,24 @@ from sqlalchemy.util.concurrency import await_
 _Outcome = tuple[Any, list[Any], int, int]
 
 
-class StatementScript(str):
-    """Several executemany statements for one trip (``storage.bulk.execute_all``).
-
-    A ``str`` so it passes through SQLAlchemy's ``exec_driver_sql`` (its events, logging and
-    error wrapping) unchanged; the text is the statements joined, for logs and errors.
-    """
-
-    steps: Sequence[tuple[str, Sequence[Any]]]
-
-    def __new__(cls, steps: Sequence[tuple[str, Sequence[Any]]]) -> StatementScript:
-        script = super().__new__(cls, "; ".join(sql for sql, _ in steps))
-        script.steps = steps
-        return script
+# Statements run once per row of their list (executemany), in order.
+WriteSteps = list[tuple[str, Sequence[Any]]]
 
 
 def _run(
-    connection: sqlite3.Connection, operation: str, parameters: Any, many: bool, begin: str | None
+    connection: sqlite3.Connection,
+    operation: str,
+    parameters: Any,
+    many: bool,
+    begin: str | None,
+    writes: WriteSteps,
 ) -> _Outcome:
-    """On the connection's thread: the transaction's deferred BEGIN if any, and the whole statement."""
+    """On the connection's thread: the deferred BEGIN and writes if any, then the statement."""
     if begin is not None:
         connection.execute(begin)
     cursor = connection.cursor()
     try:
-        if isinstance(operation, StatementScript):
-            for sql, rows in operation.steps:
-                cursor.executemany(sql, rows)
-            return None, [], -1, 0
+        _run_writes(cursor, writes)
         if many:
             cursor.executemany(operation, parameters)
         elif parameters is None:
@@ -73,6 +66,29 @@ def _run(
         return description, rows, cursor.rowcount, cursor.lastrowid or 0
     finally:
         cursor.close()
+
+
+def _commit(connection: sqlite3.Connection, begin: str | None, writes: WriteSteps) -> None:
+    """On the connection's thread: the transaction's deferred BEGIN and writes, then COMMIT."""
+    if begin is not None:
+        connection.execute(begin)
+    cursor = connection.cursor()
+    try:
+        _run_writes(cursor, writes)
+    finally:
+        cursor.close()
+    if connection.in_transaction:
+        connection.commit()
+
+
+def _run_writes(cursor: sqlite3.Cursor, writes: WriteSteps) -> None:
+    for sql, rows in writes:
+        try:
+            cursor.executemany(sql, rows)
+        except sqlite3.Error as error:
+            # It surfaces in a later statement's or the commit's trip: say which write failed.
+            error.add_note(f"in the deferred write: {sql}")
+            raise
 
 
 class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
@@ -111,10 +127,13 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
     def _complete(self, operation: Any, parameters: Any, *, many: bool) -> None:
         connection: aiosqlite.Connection = self._connection  # type: ignore[assignment]
         adapted = self._adapt_connection
-        begin = adapted.take_deferred_begin() if isinstance(adapted, OneHopConnection) else None
+        begin: str | None = None
+        writes: WriteSteps = []
+        if isinstance(adapted, OneHopConnection):
+            begin, writes = adapted.take_deferred_begin(), adapted.take_deferred_writes()
         try:
             outcome: _Outcome = await_(
-                connection._execute(_run, connection._conn, operation, parameters, many, begin)  # type: ignore[no-untyped-call]
+                connection._execute(_run, connection._conn, operation, parameters, many, begin, writes)  # type: ignore[no-untyped-call]
             )
         except Exception as error:
             self._adapt_connection._handle_exception(error)
@@ -129,20 +148,26 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
 
 
 class OneHopConnection(AsyncAdapt_aiosqlite_connection):
-    """Statements in one trip each; a transaction's BEGIN travels with its first statement.
+    """Statements in one trip each; BEGIN and result-less writes ride with the next trip.
 
-    ``storage.engine`` hands BEGIN to :meth:`defer_begin` instead of executing it: a separate
-    trip per transaction was one of ~15 per ingest batch (docs/performance.md). Deferring is
-    safe because a transaction that never runs a statement has nothing to begin, commit or roll
-    back; a BEGIN IMMEDIATE that waits for the write lock now waits in its first statement.
+    ``storage.engine`` hands BEGIN to :meth:`defer_begin` instead of executing it, and
+    ``storage.bulk`` hands executemany writes whose rows nobody reads back to
+    :meth:`defer_writes`: each was a trip of its own, of ~10 per ingest batch
+    (docs/performance.md). They run, in order, at the start of the transaction's next trip,
+    a statement's or the commit's. Deferring is safe because nothing outside the transaction
+    can see them before the commit, and every statement of the transaction runs after them;
+    a transaction that never runs a statement has nothing to begin, commit or roll back. A
+    BEGIN IMMEDIATE that waits for the write lock now waits in its first statement, and a
+    deferred write that fails raises from the next trip (its SQL in the error's notes).
     """
 
-    __slots__ = ("_deferred_begin",)
+    __slots__ = ("_deferred_begin", "_deferred_writes")
     _cursor_cls = OneHopCursor
 
     def __init__(self, dbapi: Any, connection: Any) -> None:
         super().__init__(dbapi, connection)
         self._deferred_begin: str | None = None
+        self._deferred_writes: WriteSteps = []
 
     def defer_begin(self, statement: str) -> None:
         self._deferred_begin = statement
@@ -151,23 +176,39 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         begin, self._deferred_begin = self._deferred_begin, None
         return begin
 
+    def defer_writes(self, writes: WriteSteps) -> None:
+        self._deferred_writes.extend(writes)
+
+    def take_deferred_writes(self) -> WriteSteps:
+        writes, self._deferred_writes = self._deferred_writes, []
+        return writes
+
     def cursor(self, server_side: bool = False) -> Any:
-        if server_side:  # aiosqlite's own cursor: BEGIN must be on the connection before it runs
-            begin = self.take_deferred_begin()
-            if begin is not None:
-                self._cursor_cls(self).execute(begin)
+        if server_side:  # aiosqlite's own cursor: what is deferred must run before it opens
+            self._flush_deferred()
         return super().cursor(server_side)
 
     def commit(self) -> None:
-        self._deferred_begin = None
-        if self._in_transaction():
+        begin, writes = self.take_deferred_begin(), self.take_deferred_writes()
+        if writes:
+            connection = cast(aiosqlite.Connection, self._connection)
+            try:
+                await_(connection._execute(_commit, connection._conn, begin, writes))  # type: ignore[no-untyped-call]
+            except Exception as error:
+                self._handle_exception(error)
+        elif self._in_transaction():
             super().commit()
 
     def rollback(self) -> None:
         # The pool rolls back every connection it takes back, after a commit too: skip the trip.
         self._deferred_begin = None
+        self._deferred_writes = []
         if self._in_transaction():
             super().rollback()
+
+    def _flush_deferred(self) -> None:
+        if self._deferred_begin is not None or self._deferred_writes:
+            self._cursor_cls(self).execute("SELECT 1")
 
     def _in_transaction(self) -> bool:
         """Whether the thread has anything to commit or roll back (sqlite3 does nothing otherwise).
