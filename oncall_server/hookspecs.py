@@ -10,7 +10,7 @@ docs/plugins.md (a test checks it).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -90,10 +90,17 @@ class Page:
     created_at: datetime
 
     def as_json(self) -> dict[str, Any]:
-        """The JSON form webhook receivers get (times as RFC 3339)."""
-        body = asdict(self)
+        """The JSON form webhook receivers get (times as RFC 3339).
+
+        Every field is a str, an int or the datetime: ``dataclasses.asdict``'s recursive deep
+        copy was a third of a webhook send's CPU.
+        """
+        body = {name: getattr(self, name) for name in _PAGE_FIELDS}
         body["created_at"] = self.created_at.isoformat()
         return body
+
+
+_PAGE_FIELDS = tuple(field.name for field in fields(Page))
 
 
 @dataclass(frozen=True, slots=True)

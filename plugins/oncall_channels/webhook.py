@@ -12,6 +12,7 @@ rebinding). Redirects are not followed: the target of one is not checked.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -97,6 +98,12 @@ def parse_url(address: str) -> URL:
     return url
 
 
+@functools.lru_cache(maxsize=4096)
+def _parsed_url(address: str) -> URL:
+    """:func:`parse_url` once per address: every page to it would parse the same text again."""
+    return parse_url(address)
+
+
 def _ip_literal(host: str) -> IPAddress | None:
     try:
         return ipaddress.ip_address(host)
@@ -177,7 +184,7 @@ class WebhookChannel:
 
     async def send(self, page: Page, destination: Destination) -> None:
         try:
-            url = parse_url(destination.address)
+            url = _parsed_url(destination.address)
         except ValueError as exc:
             raise DeliveryError(f"webhook address {destination.address!r}: {exc}", retryable=False) from None
         ip = _ip_literal(url.host or "")
