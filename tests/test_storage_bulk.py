@@ -14,6 +14,7 @@ from typing import Any, cast
 
 import pytest
 from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -196,3 +197,43 @@ def _defaults() -> dict[str, Any]:
         "escalation_step": 0,
         "escalation_due_at": None,
     }
+
+
+def _upsert_incident(dialect: str) -> Any:
+    """The shape of the ingest writer's incident upsert: merge counts unless resolved, return them."""
+    insert_for = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert_for(Incident)
+    return statement.on_conflict_do_update(
+        index_elements=[Incident.id],
+        set_={"alert_count": Incident.alert_count + statement.excluded.alert_count},
+        where=Incident.status != "resolved",
+    ).returning(Incident.id, Incident.alert_count)
+
+
+async def test_upserts_return_what_they_inserted_or_merged_and_fail_as_sqlalchemy_would(
+    engine: AsyncEngine,
+) -> None:
+    """``execute_returning`` (one trip, past SQLAlchemy, on SQLite) answers as ``conn.execute`` does."""
+    upsert = _upsert_incident(engine.dialect.name)
+    rows = [{**_incident(f"i{n}"), **_defaults(), "alert_count": n} for n in (1, 2, 3)]
+    async with engine.begin() as conn:
+        await conn.execute(insert(Incident), [{**_incident("i2"), "alert_count": 10}])
+        await conn.execute(insert(Incident), [{**_incident("i3"), "status": "resolved"}])
+        returned = await bulk.execute_returning(conn, upsert, rows)
+    # New: inserted with its own count; open: merged; resolved: left alone, nothing returned.
+    assert sorted(returned) == [("i1", 1), ("i2", 12)]
+    async with engine.connect() as conn:
+        counts = dict((await conn.execute(select(Incident.id, Incident.alert_count))).all())
+    assert counts == {"i1": 1, "i2": 12, "i3": 1}
+
+    with pytest.raises(IntegrityError):
+        async with engine.begin() as conn:
+            await bulk.execute_returning(
+                conn, upsert, [{**rows[0], "id": "i9", "tenant_id": "no-such-tenant"}]
+            )
+    with pytest.raises(TypeError, match="cannot run"):  # a timestamp would come back unconverted
+        async with engine.begin() as conn:
+            await bulk.execute_returning(conn, upsert.returning(Incident.created_at), rows)
+    async with engine.connect() as conn:
+        after = dict((await conn.execute(select(Incident.id, Incident.alert_count))).all())
+    assert after == counts

@@ -22,7 +22,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -340,6 +340,14 @@ def _is_retryable(exc: DBAPIError) -> bool:
     return code in {"40P01", "40001"} or "deadlock" in text or "database is locked" in text
 
 
+class _Stored(NamedTuple):
+    """What the alert upsert returned for one dedup key: the open alert it inserted or merged into."""
+
+    id: str
+    incident_id: str
+    occurrence_count: int
+
+
 @dataclass(slots=True)
 class _AlertGroup:
     """Slots that share a dedup key within one batch: one upsert row."""
@@ -509,8 +517,12 @@ class _Batch:
                 values["last_seen_at"] = max(s.alert.received_at for s in group.slots)
                 values["latest_raw_payload"] = last.event.raw_payload
             rows.append(values)
-        result = await self.conn.execute(_statements(self.dialect).upsert_alerts, rows)
-        returned = {(r.service_id, r.open_dedup_key): r for r in result.all()}
+        returned = {
+            (service_id, open_key): _Stored(alert_id, incident_id, occurrences)
+            for alert_id, service_id, open_key, incident_id, occurrences in await bulk.execute_returning(
+                self.conn, _statements(self.dialect).upsert_alerts, rows
+            )
+        }
         inserted: list[_Slot] = []
         delivery_rows: list[dict[str, Any]] = []
         prune: list[str] = []
@@ -631,11 +643,14 @@ class _Batch:
                     "resolved_by": "",
                     "resolution_summary": "",
                     # Step 0, due now: the escalation starter advances it in this transaction.
+                    "escalation_run": 1,
+                    "escalation_step": 0,
                     "escalation_due_at": self.now,
                 }
             )
-        result = await self.conn.execute(_statements(self.dialect).upsert_incidents, rows)
-        counts = {r.id: r.alert_count for r in result.all()}
+        counts = dict(
+            await bulk.execute_returning(self.conn, _statements(self.dialect).upsert_incidents, rows)
+        )
         for incident_id, members in by_incident.items():
             if incident_id not in counts:
                 # The group's incident was resolved while Redis still pointed at it.

@@ -18,6 +18,7 @@ and raises at once. Drivers without positional parameters fall back to
 from __future__ import annotations
 
 import functools
+import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
@@ -25,6 +26,7 @@ from typing import Any
 
 from sqlalchemy import insert
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.sql.expression import Executable
 
@@ -131,16 +133,60 @@ async def execute_all(executor: Executor, writes: Writes) -> None:
     await _run_steps(conn, steps)
 
 
+async def execute_returning(
+    executor: Executor, statement: Executable, rows: Sequence[Mapping[str, Any]]
+) -> list[tuple[Any, ...]]:
+    """``statement`` (an ``INSERT ... RETURNING``) for every row, in the executor's transaction;
+    the rows it returned, as plain tuples.
+
+    On SQLite it runs once per row in one trip to the driver's thread, past SQLAlchemy (see
+    ``OneHopConnection.run_each``); errors are SQLAlchemy's all the same. Returned columns get
+    no result processing, so only columns read back as stored (text, integers) may be returned:
+    anything else is refused when the statement is first compiled.
+    """
+    if not rows:
+        return []
+    conn = executor if isinstance(executor, AsyncConnection) else await executor.connection()
+    if not _returns_plain_columns(statement, conn.dialect):
+        raise TypeError(f"bulk.execute_returning cannot run {statement}: it must return plain columns")
+    driver = await _deferring_driver(conn)
+    if driver is None:
+        return [tuple(row) for row in await conn.execute(statement, list(rows))]
+    prepared = _compile(statement, conn.dialect, tuple(rows[0]))
+    if prepared is None:
+        raise TypeError(f"bulk.execute_returning cannot run {statement}: no positional parameters")
+    parameters = _parameters(prepared, rows)
+    try:
+        return await driver.run_each(prepared.sql, parameters)
+    except sqlite3.Error as error:
+        raise DBAPIError.instance(prepared.sql, parameters, error, sqlite3.Error) from error
+
+
+@functools.lru_cache(maxsize=32)
+def _returns_plain_columns(statement: Executable, dialect: Dialect) -> bool:
+    columns = getattr(statement, "_returning", ())
+    return bool(columns) and all(
+        column.type.dialect_impl(dialect).result_processor(dialect, None) is None for column in columns
+    )
+
+
+async def _deferring_driver(conn: AsyncConnection) -> OneHopConnection | None:
+    """The SQLite driver connection that defers writes, with the transaction begun; else None."""
+    if conn.dialect.name != "sqlite":
+        return None
+    if not conn.in_transaction():
+        await conn.begin()  # as a statement would autobegin: the commit then carries the writes
+    driver = conn.sync_connection.connection.dbapi_connection if conn.sync_connection else None
+    return driver if isinstance(driver, OneHopConnection) else None
+
+
 async def _run_steps(conn: AsyncConnection, steps: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
     if not steps:
         return
-    if conn.dialect.name == "sqlite":
-        if not conn.in_transaction():
-            await conn.begin()  # as a statement would autobegin: the commit then carries the writes
-        driver = conn.sync_connection.connection.dbapi_connection if conn.sync_connection else None
-        if isinstance(driver, OneHopConnection):
-            driver.defer_writes(steps)
-            return
+    driver = await _deferring_driver(conn)
+    if driver is not None:
+        driver.defer_writes(steps)
+        return
     for sql, parameters in steps:
         await conn.exec_driver_sql(sql, parameters)
 

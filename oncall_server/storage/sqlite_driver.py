@@ -68,6 +68,29 @@ def _run(
         cursor.close()
 
 
+def _run_each(
+    connection: sqlite3.Connection,
+    operation: str,
+    parameters: Sequence[Any],
+    begin: str | None,
+    writes: WriteSteps,
+) -> list[Any]:
+    """On the connection's thread: the deferred BEGIN and writes, then the statement once per
+    parameter tuple; every row it returned, in order."""
+    if begin is not None:
+        connection.execute(begin)
+    cursor = connection.cursor()
+    try:
+        _run_writes(cursor, writes)
+        rows: list[Any] = []
+        for values in parameters:
+            cursor.execute(operation, values)
+            rows.extend(cursor.fetchall())
+        return rows
+    finally:
+        cursor.close()
+
+
 def _commit(connection: sqlite3.Connection, begin: str | None, writes: WriteSteps) -> None:
     """On the connection's thread: the transaction's deferred BEGIN and writes, then COMMIT."""
     if begin is not None:
@@ -176,12 +199,26 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         begin, self._deferred_begin = self._deferred_begin, None
         return begin
 
-    def defer_writes(self, writes: WriteSteps) -> None:
+    def defer_writes(self, writes: Sequence[tuple[str, Sequence[Any]]]) -> None:
         self._deferred_writes.extend(writes)
 
     def take_deferred_writes(self) -> WriteSteps:
         writes, self._deferred_writes = self._deferred_writes, []
         return writes
+
+    async def run_each(self, operation: str, parameters: Sequence[Any]) -> list[Any]:
+        """``operation`` once per parameter tuple in one trip (after what is deferred), its rows.
+
+        Awaited directly, not through SQLAlchemy: for the ingest path's ``INSERT ... RETURNING``
+        upserts (``storage.bulk.execute_returning``), whose execute, multi-row rendering and
+        per-row parameter building in SQLAlchemy cost more CPU than SQLite's work.
+        """
+        connection = cast(aiosqlite.Connection, self._connection)
+        begin, writes = self.take_deferred_begin(), self.take_deferred_writes()
+        rows: list[Any] = await connection._execute(  # type: ignore[no-untyped-call]
+            _run_each, connection._conn, operation, parameters, begin, writes
+        )
+        return rows
 
     def cursor(self, server_side: bool = False) -> Any:
         if server_side:  # aiosqlite's own cursor: what is deferred must run before it opens
