@@ -152,7 +152,7 @@ async def enqueue_pages(
     methods: dict[str, list[str]] = {}
     method_of: dict[str, Any] = {}
     rule_rows: list[tuple[str, str, str, int]] = []
-    for row in await executor.execute(_PAGING_DIRECTORY, {"ids": ids}):
+    for row in await bulk.fetch_by_keys(executor, _PAGING_DIRECTORY, ids):
         users[row.id] = row
         if row.method_id is not None and row.method_id not in method_of:
             method_of[row.method_id] = row
@@ -254,7 +254,7 @@ def _content(facts: IncidentFacts | None, method: Any) -> PageContent | None:
 
 # Whom a batch of pages reaches and how, in one query: users, their contact methods (by id) and
 # their notification rules (by id; a method without rules yields one row with rule_id NULL).
-_PAGING_DIRECTORY = (
+_PAGING_DIRECTORY = bulk.KeyedSelect(
     select(
         User.id,
         User.tenant_id,
@@ -271,8 +271,9 @@ _PAGING_DIRECTORY = (
     .outerjoin(
         NotificationRule,
         and_(NotificationRule.contact_method_id == ContactMethod.id, NotificationRule.user_id == User.id),
-    )
-    .where(User.id.in_(bindparam("ids", expanding=True)))
+    ),
+    User.id,
+    "user_id",
 )
 
 

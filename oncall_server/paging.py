@@ -105,7 +105,7 @@ _START = (
 
 
 # A service and its escalation policy (NULL columns without one): what a new incident freezes.
-_SERVICES_WITH_POLICY = (
+_SERVICES_WITH_POLICY = bulk.KeyedSelect(
     select(
         Service.id,
         Service.auto_resolve_seconds,
@@ -114,9 +114,9 @@ _SERVICES_WITH_POLICY = (
         EscalationPolicy.name.label("policy_name"),
         EscalationPolicy.repeat_count,
         EscalationPolicy.tiers,
-    )
-    .outerjoin(EscalationPolicy, EscalationPolicy.id == Service.escalation_policy_id)
-    .where(Service.id.in_(bindparam("ids", expanding=True)))
+    ).outerjoin(EscalationPolicy, EscalationPolicy.id == Service.escalation_policy_id),
+    Service.id,
+    "service_id",
 )
 
 
@@ -344,8 +344,8 @@ class Escalator:
             return
         services = {
             row.id: row
-            for row in await session.execute(
-                _SERVICES_WITH_POLICY, {"ids": list({i.service_id for i in incidents})}
+            for row in await bulk.fetch_by_keys(
+                session, _SERVICES_WITH_POLICY, (i.service_id for i in incidents)
             )
         }
         for incident in incidents:

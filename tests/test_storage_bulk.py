@@ -13,14 +13,21 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, cast
 
 import pytest
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Table, and_, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from oncall_server.storage import bulk
 from oncall_server.storage.engine import create_engine
-from oncall_server.storage.models import Incident, Service, Tenant, TimelineEntry
+from oncall_server.storage.models import (
+    EscalationPolicy,
+    Incident,
+    MaintenanceWindow,
+    Service,
+    Tenant,
+    TimelineEntry,
+)
 
 _incidents = cast(Table, Incident.__table__)
 _ESCALATE = (
@@ -237,3 +244,68 @@ async def test_upserts_return_what_they_inserted_or_merged_and_fail_as_sqlalchem
     async with engine.connect() as conn:
         after = dict((await conn.execute(select(Incident.id, Incident.alert_count))).all())
     assert after == counts
+
+
+_POLICY_OF_SERVICE = bulk.KeyedSelect(
+    select(Service.id, Service.name, EscalationPolicy.tiers, MaintenanceWindow.end_at)
+    .outerjoin(EscalationPolicy, EscalationPolicy.id == Service.escalation_policy_id)
+    .outerjoin(
+        MaintenanceWindow,
+        and_(MaintenanceWindow.service_id == Service.id, MaintenanceWindow.end_at > bindparam("after")),
+    ),
+    Service.id,
+    "service_id",
+)
+
+
+async def test_keyed_selects_read_back_as_sqlalchemy_reads_them(engine: AsyncEngine) -> None:
+    """``fetch_by_keys`` (per key in one trip past SQLAlchemy on SQLite) returns what ``IN`` does:
+    JSON decoded, timestamps as aware UTC datetimes, NULLs of outer joins, each row once."""
+    tiers = [{"delay_seconds": 300, "targets": [{"type": "user", "id": "Zoë"}]}]
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(EscalationPolicy),
+            [
+                {
+                    "id": "p1",
+                    "tenant_id": "t1",
+                    "name": "night",
+                    "tiers": tiers,
+                    "created_at": T0,
+                    "updated_at": T0,
+                }
+            ],
+        )
+        await conn.execute(
+            insert(Service),
+            [
+                {"id": f"s{n}", "tenant_id": "t1", "name": f"svc {n}", "created_at": T0, "updated_at": T0}
+                for n in (2, 3)
+            ],
+        )
+        await conn.execute(update(Service).where(Service.id == "s2").values(escalation_policy_id="p1"))
+        await conn.execute(
+            insert(MaintenanceWindow),
+            [
+                {
+                    "id": f"w{n}",
+                    "tenant_id": "t1",
+                    "service_id": "s2",
+                    "start_at": T0,
+                    "end_at": T0 + timedelta(hours=n),
+                    "created_at": T0,
+                }
+                for n in (1, 2)
+            ],
+        )
+        keys = ["s2", "s3", "s2", "missing"]
+        fetched = await bulk.fetch_by_keys(conn, _POLICY_OF_SERVICE, keys, after=T0)
+        expected = (await conn.execute(_POLICY_OF_SERVICE.by_keys, {"service_id": keys, "after": T0})).all()
+    rows = sorted((r.id, r.name, r.tiers, r.end_at) for r in fetched)
+    assert rows == sorted(tuple(r) for r in expected)
+    assert rows == [
+        ("s2", "svc 2", tiers, T0 + timedelta(hours=1)),
+        ("s2", "svc 2", tiers, T0 + timedelta(hours=2)),
+        ("s3", "svc 3", None, None),
+    ]
+    assert all(r.end_at is None or r.end_at.utcoffset() == timedelta(0) for r in fetched)

@@ -1,4 +1,4 @@
-"""executemany for the hot statements, without SQLAlchemy's per-row parameter work.
+"""The ingest path's statements, without SQLAlchemy's per-statement and per-row work.
 
 ``conn.execute(statement, rows)`` builds a dict of every bind per row
 (``construct_params``) and then a list of processed values from it: ~5 µs a
@@ -7,7 +7,14 @@ escalation and outcome updates). Under batched webhook load that was ~15 %
 of server CPU (docs/performance.md). Here the statement is compiled once per
 dialect and set of keys, each row becomes a tuple through one ``itemgetter``
 plus the columns' own bind processors (the same converters SQLAlchemy
-applies), and the driver's ``executemany`` runs it.
+applies), and the driver runs it.
+
+Three shapes: writes whose rows nobody reads back (:func:`execute_all`),
+``INSERT ... RETURNING`` upserts (:func:`execute_returning`) and SELECTs by
+a list of keys (:func:`fetch_by_keys`). On SQLite each goes to the driver's
+thread in one trip without passing through SQLAlchemy's execute (~100 µs of
+CPU a statement here), and the writes wait for the transaction's next trip;
+on PostgreSQL they run through SQLAlchemy as before.
 
 Only statements whose every bind the rows supply qualify: no Python-side
 column defaults are filled in here, so a missing key is a programming error
@@ -19,15 +26,17 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections import namedtuple
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import ColumnElement, Select, bindparam, insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.sql.expression import Executable
 
 from oncall_server.storage.sqlite_driver import OneHopConnection
@@ -149,7 +158,7 @@ async def execute_returning(
     conn = executor if isinstance(executor, AsyncConnection) else await executor.connection()
     if not _returns_plain_columns(statement, conn.dialect):
         raise TypeError(f"bulk.execute_returning cannot run {statement}: it must return plain columns")
-    driver = await _deferring_driver(conn)
+    driver = await _one_hop_driver(conn)
     if driver is None:
         return [tuple(row) for row in await conn.execute(statement, list(rows))]
     prepared = _compile(statement, conn.dialect, tuple(rows[0]))
@@ -170,8 +179,8 @@ def _returns_plain_columns(statement: Executable, dialect: Dialect) -> bool:
     )
 
 
-async def _deferring_driver(conn: AsyncConnection) -> OneHopConnection | None:
-    """The SQLite driver connection that defers writes, with the transaction begun; else None."""
+async def _one_hop_driver(conn: AsyncConnection) -> OneHopConnection | None:
+    """The SQLite driver connection under ``conn`` with its transaction begun; else None."""
     if conn.dialect.name != "sqlite":
         return None
     if not conn.in_transaction():
@@ -180,10 +189,67 @@ async def _deferring_driver(conn: AsyncConnection) -> OneHopConnection | None:
     return driver if isinstance(driver, OneHopConnection) else None
 
 
+_HasIn = ColumnElement[Any] | InstrumentedAttribute[Any]
+AnySelect = Select[*tuple[Any, ...]]
+
+
+class KeyedSelect:
+    """A SELECT of the rows matching a list of keys, in the two forms that serve it best.
+
+    ``IN (:keys)`` is one round trip on any database, but SQLAlchemy expands and renders the
+    list on every execution; on SQLite ``= :key`` once per key runs in one trip to the driver's
+    thread past SQLAlchemy (a third of the CPU, docs/performance.md). Rows come back with
+    attribute access either way, and each row once.
+    """
+
+    def __init__(self, query: AnySelect, column: _HasIn, name: str) -> None:
+        self.name = name
+        self.by_keys = query.where(column.in_(bindparam(name, expanding=True)))
+        self.by_key = query.where(column == bindparam(name))
+        self.row_type: Any = namedtuple("Row", list(query.selected_columns.keys()), rename=True)  # type: ignore[misc]
+
+
+async def fetch_by_keys(
+    executor: Executor, query: KeyedSelect, keys: Iterable[Any], **parameters: Any
+) -> Sequence[Any]:
+    """The rows of ``query`` for ``keys``, its other bind parameters from ``parameters``."""
+    unique = list(dict.fromkeys(keys))
+    if not unique:
+        return []
+    conn = executor if isinstance(executor, AsyncConnection) else await executor.connection()
+    driver = await _one_hop_driver(conn)
+    if driver is None:
+        found: Sequence[Any] = (await conn.execute(query.by_keys, {**parameters, query.name: unique})).all()
+        return found
+    prepared = _compile(query.by_key, conn.dialect, (*parameters, query.name))
+    if prepared is None:
+        raise TypeError(f"bulk.fetch_by_keys cannot run {query.by_key}")
+    parameters_each = _parameters(prepared, [{**parameters, query.name: key} for key in unique])
+    try:
+        rows = await driver.run_each(prepared.sql, parameters_each)
+    except sqlite3.Error as error:
+        raise DBAPIError.instance(prepared.sql, parameters_each, error, sqlite3.Error) from error
+    convert = _result_processors(query.by_key, conn.dialect)
+    make = query.row_type._make
+    if not convert:
+        return [make(row) for row in rows]
+    return [make([f(v) if f else v for f, v in zip(convert, row, strict=True)]) for row in rows]
+
+
+@functools.lru_cache(maxsize=32)
+def _result_processors(statement: AnySelect, dialect: Dialect) -> tuple[Callable[[Any], Any] | None, ...]:
+    """What SQLAlchemy applies to each selected column's value (JSON text, timestamps); () if none."""
+    processors = tuple(
+        column.type.dialect_impl(dialect).result_processor(dialect, None)
+        for column in statement.selected_columns
+    )
+    return processors if any(processors) else ()
+
+
 async def _run_steps(conn: AsyncConnection, steps: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
     if not steps:
         return
-    driver = await _deferring_driver(conn)
+    driver = await _one_hop_driver(conn)
     if driver is not None:
         driver.defer_writes(steps)
         return
