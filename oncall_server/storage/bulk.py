@@ -56,8 +56,13 @@ class _Compiled:
 
 
 @functools.lru_cache(maxsize=128)
-def _compile(statement: Executable, dialect: Dialect, keys: tuple[str, ...]) -> _Compiled | None:
-    compiled = statement.compile(dialect=dialect, column_keys=list(keys))  # type: ignore[attr-defined]
+def _compile(
+    statement: Executable, dialect: Dialect, keys: tuple[str, ...], *, many: bool = False
+) -> _Compiled | None:
+    """``many``: for executemany of rows nobody reads back (no implicit RETURNING of a generated key)."""
+    compiled = statement.compile(  # type: ignore[attr-defined]
+        dialect=dialect, column_keys=list(keys), for_executemany=many
+    )
     if not compiled.positional or not compiled.positiontup:
         return None
     defaulted = [c.key for c in (*compiled.insert_prefetch, *compiled.update_prefetch)]
@@ -132,7 +137,7 @@ async def execute_all(executor: Executor, writes: Writes) -> None:
         keys = tuple(rows[0])
         if any(len(row) != len(keys) for row in rows):
             raise ValueError(f"bulk: rows differ in their keys (first row: {keys})")
-        prepared = _compile(statement, conn.dialect, keys)
+        prepared = _compile(statement, conn.dialect, keys, many=True)
         if prepared is None:  # a driver without positional parameters
             await _run_steps(conn, steps)
             steps = []
