@@ -34,7 +34,7 @@ from oncall_server.plugins import Plugins
 from oncall_server.severity import Severity
 from oncall_server.storage import bulk
 from oncall_server.storage.bulk import Executor
-from oncall_server.storage.engine import single_read, write_transaction
+from oncall_server.storage.engine import single_read, write_connection, write_transaction
 from oncall_server.storage.models import (
     ContactMethod,
     Incident,
@@ -551,10 +551,10 @@ class Dispatcher:
         while self._unrecorded:
             taken: list[tuple[_Outcomes, asyncio.Future[None]]] = []
             try:
-                async with write_transaction(self.sessions) as session:
+                async with write_connection(self.sessions.kw["bind"]) as conn:
                     taken, self._unrecorded = self._unrecorded, []
                     await bulk.execute_all(
-                        session,
+                        conn,
                         [
                             (_RECORD_OUTCOME, [u for o, _ in taken for u in o.updates]),
                             (bulk.insert_into(TimelineEntry), [e for o, _ in taken for e in o.entries]),

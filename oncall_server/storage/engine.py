@@ -188,6 +188,19 @@ async def write_transaction(sessions: async_sessionmaker[AsyncSession]) -> Async
         yield session
 
 
+@asynccontextmanager
+async def write_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """:func:`write_transaction` for Core statements only: no ORM session around the connection.
+
+    For the hot paths (the dispatcher records every batch of sends): a session's begin and commit
+    cost ~80 µs of CPU more than a connection's here.
+    """
+    async with write_lock(engine), engine.connect() as conn:
+        await conn.execution_options(**{SQLITE_IMMEDIATE: True})
+        async with conn.begin():
+            yield conn
+
+
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Sessions that keep loaded objects usable after commit (no lazy reloads in async code)."""
     return async_sessionmaker(engine, expire_on_commit=False)
