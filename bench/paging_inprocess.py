@@ -5,21 +5,28 @@ paging a ``log`` user, marks the dispatcher as running so tier-1 pages are hande
 server, and submits N new-incident alerts to the group-commit writer in batches of B. Prints
 process CPU µs per incident (SQLite's work included; PostgreSQL's server is another process) and
 wall µs, with the hand-over's sends drained. What the profile-and-fix loop of docs/performance.md
-measured; asserts nothing.
+measured; asserts nothing. ``--trips`` also counts, per batch, the trips to SQLite's thread
+(calls into aiosqlite's ``Connection._execute``) and the Redis round trips (commands or pipelines
+sent), after a warm-up of three batches.
 
-    .venv/bin/python bench/paging_inprocess.py --incidents 2000 --batch 64 [--postgres URL]
+    .venv/bin/python bench/paging_inprocess.py --incidents 2000 --batch 64 [--postgres URL] [--trips]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import logging
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
+
+import aiosqlite
+from redis.asyncio.connection import AbstractConnection
 
 from oncall_server.app import App
 from oncall_server.config import Settings
@@ -71,16 +78,52 @@ async def ingest_new_incidents(app: App, tenant: Tenant, incidents: int, batch: 
     await app.dispatcher.drain()
 
 
-async def measure(database_url: str, redis_url: str, data_dir: Path, incidents: int, batch: int) -> None:
+@contextlib.contextmanager
+def counting_trips(counts: collections.Counter[str]) -> Iterator[None]:
+    """Inside, count trips to SQLite's thread and Redis round trips into ``counts``."""
+    execute = aiosqlite.Connection._execute
+    send = AbstractConnection.send_packed_command
+
+    async def counted_execute(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        counts["sqlite"] += 1
+        return await execute(self, fn, *args, **kwargs)
+
+    async def counted_send(self: AbstractConnection, *args: Any, **kwargs: Any) -> None:
+        counts["redis"] += 1
+        await send(self, *args, **kwargs)
+
+    aiosqlite.Connection._execute = counted_execute  # type: ignore[method-assign]
+    AbstractConnection.send_packed_command = counted_send  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        aiosqlite.Connection._execute = execute  # type: ignore[method-assign]
+        AbstractConnection.send_packed_command = send  # type: ignore[method-assign]
+
+
+async def measure(
+    database_url: str, redis_url: str, data_dir: Path, incidents: int, batch: int, trips: bool = False
+) -> None:
     async with paged_service(database_url, redis_url, data_dir) as (app, tenant):
-        cpu, wall = time.process_time(), time.perf_counter()
-        await ingest_new_incidents(app, tenant, incidents, batch)
-        cpu_us = (time.process_time() - cpu) / incidents * 1e6
-        wall_us = (time.perf_counter() - wall) / incidents * 1e6
+        counts: collections.Counter[str] = collections.Counter()
+        if trips:
+            await ingest_new_incidents(app, tenant, 3 * batch, batch)  # warm-up
+        with counting_trips(counts) if trips else contextlib.nullcontext():
+            cpu, wall = time.process_time(), time.perf_counter()
+            await ingest_new_incidents(app, tenant, incidents, batch)
+            cpu_us = (time.process_time() - cpu) / incidents * 1e6
+            wall_us = (time.perf_counter() - wall) / incidents * 1e6
         backend = app.engine.dialect.name
+        batches = -(-incidents // batch)
+        per_batch = (
+            f"; per batch: {counts['sqlite'] / batches:.1f} trips to SQLite's thread, "
+            f"{counts['redis'] / batches:.1f} Redis round trips"
+            if trips
+            else ""
+        )
         print(
             f"{backend:10} {incidents} incidents, batches of {batch}: "
-            f"{cpu_us:.0f} µs CPU, {wall_us:.0f} µs wall per incident"
+            f"{cpu_us:.0f} µs CPU, {wall_us:.0f} µs wall per incident{per_batch}"
         )
 
 
@@ -91,17 +134,23 @@ async def main() -> None:
     parser.add_argument("--incidents", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--postgres", help="admin URL of a PostgreSQL server (a scratch database is made)")
+    parser.add_argument("--trips", action="store_true", help="count trips to SQLite and Redis per batch")
     args = parser.parse_args()
     logging.getLogger("oncall.notifications").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="bench-paging-", dir="/tmp") as tmp:
         async with EmbeddedRedis(Path(tmp)) as redis:
             await measure(
-                f"sqlite+aiosqlite:///{tmp}/bench.db", redis.url, Path(tmp), args.incidents, args.batch
+                f"sqlite+aiosqlite:///{tmp}/bench.db",
+                redis.url,
+                Path(tmp),
+                args.incidents,
+                args.batch,
+                args.trips,
             )
             if args.postgres:
                 url = await create_scratch_postgres(args.postgres)
                 try:
-                    await measure(url, redis.url, Path(tmp), args.incidents, args.batch)
+                    await measure(url, redis.url, Path(tmp), args.incidents, args.batch, args.trips)
                 finally:
                     await drop_scratch_postgres(args.postgres, url)
 
