@@ -22,7 +22,7 @@ import shutil
 import sqlite3
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ Call = tuple[str, Any, bool]  # (SQL, parameters, executemany)
 @contextlib.contextmanager
 def recording_sqlite_calls(calls: list[Call]) -> Iterator[None]:
     """Inside, append what each trip to SQLite's thread runs to ``calls``."""
-    run, commit = sqlite_driver._run, sqlite_driver._commit
+    run, run_each, commit = sqlite_driver._run, sqlite_driver._run_each, sqlite_driver._commit
 
     def record_deferred(begin: str | None, writes: sqlite_driver.WriteSteps) -> None:
         if begin is not None:
@@ -57,6 +57,17 @@ def recording_sqlite_calls(calls: list[Call]) -> Iterator[None]:
         calls.append((str(operation), parameters, many))
         return run(connection, operation, parameters, many, begin, writes)
 
+    def recording_run_each(
+        connection: sqlite3.Connection,
+        operation: str,
+        parameters: Sequence[Any],
+        begin: str | None,
+        writes: sqlite_driver.WriteSteps,
+    ) -> list[Any]:
+        record_deferred(begin, writes)
+        calls.extend((operation, values, False) for values in parameters)
+        return run_each(connection, operation, parameters, begin, writes)
+
     def recording_commit(
         connection: sqlite3.Connection, begin: str | None, writes: sqlite_driver.WriteSteps
     ) -> None:
@@ -66,6 +77,7 @@ def recording_sqlite_calls(calls: list[Call]) -> Iterator[None]:
 
     sqlite_driver._run = recording_run  # type: ignore[assignment]
     sqlite_driver._commit = recording_commit  # type: ignore[assignment]
+    sqlite_driver._run_each = recording_run_each  # type: ignore[assignment]
     execute = aiosqlite.Connection._execute
 
     async def recording_execute(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -80,6 +92,7 @@ def recording_sqlite_calls(calls: list[Call]) -> Iterator[None]:
     finally:
         sqlite_driver._run = run  # type: ignore[assignment]
         sqlite_driver._commit = commit  # type: ignore[assignment]
+        sqlite_driver._run_each = run_each  # type: ignore[assignment]
         aiosqlite.Connection._execute = execute  # type: ignore[method-assign]
 
 
