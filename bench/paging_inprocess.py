@@ -7,7 +7,9 @@ process CPU µs per incident (SQLite's work included; PostgreSQL's server is ano
 wall µs, with the hand-over's sends drained. What the profile-and-fix loop of docs/performance.md
 measured; asserts nothing. ``--trips`` also counts, per batch, the trips to SQLite's thread
 (calls into aiosqlite's ``Connection._execute``) and the Redis round trips (commands or pipelines
-sent), after a warm-up of three batches.
+sent), after a warm-up of three batches; the counting costs CPU, so take CPU figures from a run
+without it. ``--no-dispatch`` writes the pages pending and sends none: the difference is the
+dispatcher's send and record.
 
     .venv/bin/python bench/paging_inprocess.py --incidents 2000 --batch 64 [--postgres URL] [--trips]
 """
@@ -101,10 +103,11 @@ def counting_trips(counts: collections.Counter[str]) -> Iterator[None]:
         AbstractConnection.send_packed_command = send  # type: ignore[method-assign]
 
 
-async def measure(
-    database_url: str, redis_url: str, data_dir: Path, incidents: int, batch: int, trips: bool = False
-) -> None:
+async def measure(database_url: str, redis_url: str, data_dir: Path, args: argparse.Namespace) -> None:
+    incidents, batch, trips = args.incidents, args.batch, args.trips
     async with paged_service(database_url, redis_url, data_dir) as (app, tenant):
+        if args.no_dispatch:
+            app.dispatcher.running = False  # pages are written pending, nothing is handed over
         counts: collections.Counter[str] = collections.Counter()
         if trips:
             await ingest_new_incidents(app, tenant, 3 * batch, batch)  # warm-up
@@ -124,6 +127,7 @@ async def measure(
         print(
             f"{backend:10} {incidents} incidents, batches of {batch}: "
             f"{cpu_us:.0f} µs CPU, {wall_us:.0f} µs wall per incident{per_batch}"
+            + (" (pages not sent)" if args.no_dispatch else "")
         )
 
 
@@ -135,22 +139,20 @@ async def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--postgres", help="admin URL of a PostgreSQL server (a scratch database is made)")
     parser.add_argument("--trips", action="store_true", help="count trips to SQLite and Redis per batch")
+    parser.add_argument(
+        "--no-dispatch",
+        action="store_true",
+        help="write the pages pending and send none: the cost without the dispatcher's send and record",
+    )
     args = parser.parse_args()
     logging.getLogger("oncall.notifications").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="bench-paging-", dir="/tmp") as tmp:
         async with EmbeddedRedis(Path(tmp)) as redis:
-            await measure(
-                f"sqlite+aiosqlite:///{tmp}/bench.db",
-                redis.url,
-                Path(tmp),
-                args.incidents,
-                args.batch,
-                args.trips,
-            )
+            await measure(f"sqlite+aiosqlite:///{tmp}/bench.db", redis.url, Path(tmp), args)
             if args.postgres:
                 url = await create_scratch_postgres(args.postgres)
                 try:
-                    await measure(url, redis.url, Path(tmp), args.incidents, args.batch, args.trips)
+                    await measure(url, redis.url, Path(tmp), args)
                 finally:
                     await drop_scratch_postgres(args.postgres, url)
 
