@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -88,6 +88,7 @@ class _Escalating:
     due_at: datetime | None
     last_alert_at: datetime
     started: bool = False  # the snapshot was taken by this step and must be written
+    inserted: bool = False  # a new incident inserted with its state after tier 1: nothing to write
     facts: IncidentFacts | None = None  # the writer's incident: its pages need not be read back
 
 
@@ -130,6 +131,38 @@ def snapshot_of(service: Any) -> dict[str, Any]:
         "repeat_count": service.repeat_count,
         "tiers": service.tiers,
     }
+
+
+def after_page(
+    snapshot: dict[str, Any], step: int, due_at: datetime | None, now: datetime
+) -> tuple[int, datetime | None]:
+    """The step an incident moves to once the tier of ``step`` is paged, and when that one is due
+    (None: nothing more to page). Shared by the scheduler and the writer's new incidents, so the
+    state written with a new incident is the one its first page moves it to."""
+    tiers: list[dict[str, Any]] = snapshot.get("tiers") or []
+    if not tiers:
+        return step, None
+    following = step + 1
+    if following < len(tiers) * (int(snapshot.get("repeat_count", 0)) + 1):
+        delay = int(tiers[step % len(tiers)].get("delay_seconds", 0))
+        return following, (due_at or now) + timedelta(seconds=delay)
+    return following, None
+
+
+@dataclass(frozen=True, slots=True)
+class InitialEscalation:
+    """A new incident's escalation state once tier 1 is paged, known before it is inserted.
+
+    The writer inserts the incident with it instead of updating the row after the first page:
+    on PostgreSQL that update touched an indexed column, a second version of the row and of
+    every index entry (~33 µs of PostgreSQL per incident, docs/performance.md).
+    """
+
+    snapshot: dict[str, Any]
+    step: int
+    due_at: datetime | None
+    service_name: str
+    auto_resolve_seconds: int | None
 
 
 def _duration(seconds: int) -> str:
@@ -203,9 +236,27 @@ class Escalator:
             for c in created
         ]
         outcome = _Outcome()
-        await self._start(incidents, conn, outcome)
+        for incident, new in zip(incidents, created, strict=True):
+            initial = new.initial
+            if isinstance(initial, InitialEscalation):
+                incident.snapshot, incident.inserted = initial.snapshot, True
+                self._arm(incident, initial.service_name, initial.auto_resolve_seconds, outcome)
+        await self._start([i for i in incidents if not i.inserted], conn, outcome)
         await self._page_tiers(conn, incidents, now, outcome, fresh=True)
         return outcome
+
+    async def initial_escalations(
+        self, conn: AsyncConnection, service_ids: Iterable[str], now: datetime
+    ) -> dict[str, InitialEscalation]:
+        """Per service, the state a new incident created ``now`` has once tier 1 is paged."""
+        initial: dict[str, InitialEscalation] = {}
+        for service in await bulk.fetch_by_keys(conn, _SERVICES_WITH_POLICY, service_ids):
+            snapshot = snapshot_of(service)
+            step, due_at = after_page(snapshot, 0, now, now)
+            initial[service.id] = InitialEscalation(
+                snapshot, step, due_at, service.name, service.auto_resolve_seconds
+            )
+        return initial
 
     async def escalations_started(self, started: StartedEscalations) -> None:
         """After the writer's commit: hand the pages over and schedule the next steps."""
@@ -350,13 +401,24 @@ class Escalator:
         }
         for incident in incidents:
             service = services.get(incident.service_id)
-            if incident.facts is not None:
-                incident.facts = replace(incident.facts, service_name=service.name if service else "")
             incident.snapshot = snapshot_of(service)
             incident.started = True
-            if service is not None and service.auto_resolve_seconds:
-                deadline = incident.last_alert_at + timedelta(seconds=service.auto_resolve_seconds)
-                outcome.following.append((state.auto_resolve_member(incident.id), to_millis(deadline)))
+            if service is not None:
+                self._arm(incident, service.name, service.auto_resolve_seconds, outcome)
+            else:
+                self._arm(incident, "", None, outcome)
+
+    @staticmethod
+    def _arm(
+        incident: _Escalating, service_name: str, auto_resolve_seconds: int | None, outcome: _Outcome
+    ) -> None:
+        """What starting an escalation sets besides the snapshot: the pages' service name, and
+        the auto-resolve deadline."""
+        if incident.facts is not None:
+            incident.facts = replace(incident.facts, service_name=service_name)
+        if auto_resolve_seconds:
+            deadline = incident.last_alert_at + timedelta(seconds=auto_resolve_seconds)
+            outcome.following.append((state.auto_resolve_member(incident.id), to_millis(deadline)))
 
     async def _page_tiers(
         self,
@@ -408,18 +470,15 @@ class Escalator:
             repeat = f" (repeat {loop} of {snapshot.get('repeat_count', 0)})" if loop else ""
             who = ", ".join(paged.user_names) if paged.user_names else "nobody is on call there"
             message = f"Escalated to tier {tier + 1}{repeat}: {who}"
-            following = incident.step + 1
-            incident.step = following
-            if following < len(tiers) * (int(snapshot.get("repeat_count", 0)) + 1):
-                delay = int(tiers[tier].get("delay_seconds", 0))
-                due = (incident.due_at or now) + timedelta(seconds=delay)
-                incident.due_at = due
+            following, due = after_page(snapshot, incident.step, incident.due_at, now)
+            incident.step, incident.due_at = following, due
+            if due is not None:
                 outcome.following.append(
                     (state.step_member(incident.id, incident.run, following), to_millis(due))
                 )
+                delay = int(tiers[tier].get("delay_seconds", 0))
                 message += f"; tier {following % len(tiers) + 1} in {_duration(delay)} unless acknowledged"
             else:
-                incident.due_at = None
                 message += "; this is the last tier"
             details = {
                 "tier": str(tier + 1),
@@ -428,7 +487,7 @@ class Escalator:
                 "policy_id": str(snapshot.get("policy_id", "")),
             }
             self._entry(incident, "escalated", message, details, outcome)
-        advanced = [i for i in incidents if not i.started]
+        advanced = [i for i in incidents if not i.started and not i.inserted]
         if advanced:
             outcome.writes.append(
                 (_ADVANCE, [{"b_id": i.id, "b_step": i.step, "b_due": i.due_at} for i in advanced])

@@ -19,12 +19,12 @@ import asyncio
 import functools
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, Protocol
 
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, null, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -63,6 +63,20 @@ class NewIncident:
     service_id: str
     last_alert_at: datetime
     facts: IncidentFacts | None = None  # what its pages say (service_name filled in by the starter)
+    initial: InitialState | None = None  # the escalation state it was inserted with, if any
+
+
+class InitialState(Protocol):
+    """A new incident's escalation state once tier 1 is paged, from the escalation starter."""
+
+    @property
+    def snapshot(self) -> dict[str, Any]: ...
+
+    @property
+    def step(self) -> int: ...
+
+    @property
+    def due_at(self) -> datetime | None: ...
 
 
 class StartedEscalations(Protocol):
@@ -82,6 +96,10 @@ class EscalationStarter(Protocol):
     ) -> StartedEscalations: ...
 
     async def escalations_started(self, started: StartedEscalations) -> None: ...
+
+    async def initial_escalations(
+        self, conn: AsyncConnection, service_ids: Iterable[str], now: datetime
+    ) -> Mapping[str, InitialState]: ...
 
 
 # Built once: a statement built per batch cost ~230 µs of SQLAlchemy work (construction, cache key).
@@ -614,10 +632,18 @@ class _Batch:
         by_incident: dict[str, list[_Slot]] = defaultdict(list)
         for slot in inserted:
             by_incident[self._target_incident(slot)[0]].append(slot)
+        # Inserted with the state tier 1's page moves them to: no update of the new row after it.
+        initial: Mapping[str, InitialState] = {}
+        opening = {
+            s.alert.service_id for s in inserted if self._target_incident(s)[1] is AlertState.TRIGGERED
+        }
+        if self.escalations is not None and opening:
+            initial = await self.escalations.initial_escalations(self.conn, opening, self.now)
         rows = []
         for incident_id in sorted(by_incident):
             members = by_incident[incident_id]
             first = members[0].alert
+            state = initial.get(first.service_id)
             rows.append(
                 {
                     "id": incident_id,
@@ -641,10 +667,11 @@ class _Batch:
                     "resolved_at": None,
                     "resolved_by": "",
                     "resolution_summary": "",
-                    # Step 0, due now: the escalation starter advances it in this transaction.
+                    # Without a state from the starter: step 0, due now, advanced in this transaction.
+                    "escalation_snapshot": state.snapshot if state else null(),
                     "escalation_run": 1,
-                    "escalation_step": 0,
-                    "escalation_due_at": self.now,
+                    "escalation_step": state.step if state else 0,
+                    "escalation_due_at": state.due_at if state else self.now,
                 }
             )
         counts = dict(
@@ -656,7 +683,7 @@ class _Batch:
                 await self._reopen_elsewhere(incident_id, members)
                 continue
             created = counts[incident_id] == len(members)
-            self._account(incident_id, members, created)
+            self._account(incident_id, members, created, initial.get(members[0].alert.service_id))
 
     async def _reopen_elsewhere(self, stale_incident_id: str, members: list[_Slot]) -> None:
         fresh_id = members[0].fallback_incident_id
@@ -701,7 +728,9 @@ class _Batch:
             )
         self._account(fresh_id, members, created=True)
 
-    def _account(self, incident_id: str, members: list[_Slot], created: bool) -> None:
+    def _account(
+        self, incident_id: str, members: list[_Slot], created: bool, initial: InitialState | None = None
+    ) -> None:
         grouped = members
         if created:
             opener = members[0]
@@ -720,7 +749,9 @@ class _Batch:
                 e.source_ref,
                 e.details,
             )
-            self.created.append(NewIncident(incident_id, a.tenant_id, a.service_id, last_alert_at, facts))
+            self.created.append(
+                NewIncident(incident_id, a.tenant_id, a.service_id, last_alert_at, facts, initial)
+            )
             opener.result = IngestResult(
                 Outcome.CREATED, opener.alert_id, incident_id, opener.alert.event.dedup_key or ""
             )
