@@ -166,9 +166,16 @@ async def execute_returning(
     driver = await _one_hop_driver(conn)
     if driver is None:
         return [tuple(row) for row in await conn.execute(statement, list(rows))]
-    prepared = _compile(statement, conn.dialect, tuple(rows[0]))
+    return await _run_each(driver, statement, conn.dialect, rows)
+
+
+async def _run_each(
+    driver: OneHopConnection, statement: Executable, dialect: Dialect, rows: Sequence[Mapping[str, Any]]
+) -> list[Any]:
+    """``statement`` once per row in one trip to SQLite's thread; its rows, unprocessed."""
+    prepared = _compile(statement, dialect, tuple(rows[0]))
     if prepared is None:
-        raise TypeError(f"bulk.execute_returning cannot run {statement}: no positional parameters")
+        raise TypeError(f"bulk cannot run {statement}: no positional parameters")
     parameters = _parameters(prepared, rows)
     try:
         return await driver.run_each(prepared.sql, parameters)
@@ -226,14 +233,9 @@ async def fetch_by_keys(
     if driver is None:
         found: Sequence[Any] = (await conn.execute(query.by_keys, {**parameters, query.name: unique})).all()
         return found
-    prepared = _compile(query.by_key, conn.dialect, (*parameters, query.name))
-    if prepared is None:
-        raise TypeError(f"bulk.fetch_by_keys cannot run {query.by_key}")
-    parameters_each = _parameters(prepared, [{**parameters, query.name: key} for key in unique])
-    try:
-        rows = await driver.run_each(prepared.sql, parameters_each)
-    except sqlite3.Error as error:
-        raise DBAPIError.instance(prepared.sql, parameters_each, error, sqlite3.Error) from error
+    rows = await _run_each(
+        driver, query.by_key, conn.dialect, [{**parameters, query.name: key} for key in unique]
+    )
     convert = _result_processors(query.by_key, conn.dialect)
     make = query.row_type._make
     if not convert:

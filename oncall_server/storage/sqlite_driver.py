@@ -20,8 +20,9 @@ through), which is why pyproject.toml bounds both versions.
 from __future__ import annotations
 
 import collections
+import contextlib
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
 import aiosqlite
@@ -41,6 +42,21 @@ _Outcome = tuple[Any, list[Any], int, int]
 WriteSteps = list[tuple[str, Sequence[Any]]]
 
 
+@contextlib.contextmanager
+def _cursor_after(
+    connection: sqlite3.Connection, begin: str | None, writes: WriteSteps
+) -> Iterator[sqlite3.Cursor]:
+    """On the connection's thread: a cursor, after the transaction's deferred BEGIN and writes."""
+    if begin is not None:
+        connection.execute(begin)
+    cursor = connection.cursor()
+    try:
+        _run_writes(cursor, writes)
+        yield cursor
+    finally:
+        cursor.close()
+
+
 def _run(
     connection: sqlite3.Connection,
     operation: str,
@@ -49,12 +65,8 @@ def _run(
     begin: str | None,
     writes: WriteSteps,
 ) -> _Outcome:
-    """On the connection's thread: the deferred BEGIN and writes if any, then the statement."""
-    if begin is not None:
-        connection.execute(begin)
-    cursor = connection.cursor()
-    try:
-        _run_writes(cursor, writes)
+    """On the connection's thread: what is deferred, then the statement, its rows fetched."""
+    with _cursor_after(connection, begin, writes) as cursor:
         if many:
             cursor.executemany(operation, parameters)
         elif parameters is None:
@@ -64,8 +76,6 @@ def _run(
         description = cursor.description
         rows = cursor.fetchall() if description else []
         return description, rows, cursor.rowcount, cursor.lastrowid or 0
-    finally:
-        cursor.close()
 
 
 def _run_each(
@@ -75,31 +85,20 @@ def _run_each(
     begin: str | None,
     writes: WriteSteps,
 ) -> list[Any]:
-    """On the connection's thread: the deferred BEGIN and writes, then the statement once per
-    parameter tuple; every row it returned, in order."""
-    if begin is not None:
-        connection.execute(begin)
-    cursor = connection.cursor()
-    try:
-        _run_writes(cursor, writes)
-        rows: list[Any] = []
+    """On the connection's thread: what is deferred, then the statement once per parameter tuple;
+    every row it returned, in order."""
+    rows: list[Any] = []
+    with _cursor_after(connection, begin, writes) as cursor:
         for values in parameters:
             cursor.execute(operation, values)
             rows.extend(cursor.fetchall())
-        return rows
-    finally:
-        cursor.close()
+    return rows
 
 
 def _commit(connection: sqlite3.Connection, begin: str | None, writes: WriteSteps) -> None:
-    """On the connection's thread: the transaction's deferred BEGIN and writes, then COMMIT."""
-    if begin is not None:
-        connection.execute(begin)
-    cursor = connection.cursor()
-    try:
-        _run_writes(cursor, writes)
-    finally:
-        cursor.close()
+    """On the connection's thread: what is deferred, then COMMIT."""
+    with _cursor_after(connection, begin, writes):
+        pass
     if connection.in_transaction:
         connection.commit()
 
