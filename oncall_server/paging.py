@@ -240,13 +240,13 @@ class Escalator:
             initial = new.initial
             if isinstance(initial, InitialEscalation):
                 incident.snapshot, incident.inserted = initial.snapshot, True
-                self._arm(incident, initial.service_name, initial.auto_resolve_seconds, outcome)
-        await self._start([i for i in incidents if not i.inserted], conn, outcome)
+                self._arm(incident, initial, outcome)
+        await self._start([i for i in incidents if not i.inserted], conn, now, outcome)
         await self._page_tiers(conn, incidents, now, outcome, fresh=True)
         return outcome
 
     async def initial_escalations(
-        self, conn: AsyncConnection, service_ids: Iterable[str], now: datetime
+        self, conn: Executor, service_ids: Iterable[str], now: datetime
     ) -> dict[str, InitialEscalation]:
         """Per service, the state a new incident created ``now`` has once tier 1 is paged."""
         initial: dict[str, InitialEscalation] = {}
@@ -382,42 +382,34 @@ class Escalator:
                 elif incident.status == IncidentStatus.TRIGGERED.value:
                     to_page.append(incident)
             if to_page:
-                await self._start([i for i in to_page if i.snapshot is None], session, outcome)
+                await self._start([i for i in to_page if i.snapshot is None], session, now, outcome)
                 await self._page_tiers(session, to_page, now, outcome)
             await bulk.execute_all(
                 session, [*outcome.writes, (bulk.insert_into(TimelineEntry), outcome.entries)]
             )
         return outcome
 
-    async def _start(self, incidents: list[_Escalating], session: Executor, outcome: _Outcome) -> None:
+    async def _start(
+        self, incidents: list[_Escalating], session: Executor, now: datetime, outcome: _Outcome
+    ) -> None:
         """First step: freeze the policy onto the incident, and arm auto-resolve."""
         if not incidents:
             return
-        services = {
-            row.id: row
-            for row in await bulk.fetch_by_keys(
-                session, _SERVICES_WITH_POLICY, (i.service_id for i in incidents)
-            )
-        }
+        initial = await self.initial_escalations(session, (i.service_id for i in incidents), now)
         for incident in incidents:
-            service = services.get(incident.service_id)
-            incident.snapshot = snapshot_of(service)
+            start = initial.get(incident.service_id)
+            incident.snapshot = start.snapshot if start else {}
             incident.started = True
-            if service is not None:
-                self._arm(incident, service.name, service.auto_resolve_seconds, outcome)
-            else:
-                self._arm(incident, "", None, outcome)
+            self._arm(incident, start, outcome)
 
     @staticmethod
-    def _arm(
-        incident: _Escalating, service_name: str, auto_resolve_seconds: int | None, outcome: _Outcome
-    ) -> None:
+    def _arm(incident: _Escalating, start: InitialEscalation | None, outcome: _Outcome) -> None:
         """What starting an escalation sets besides the snapshot: the pages' service name, and
-        the auto-resolve deadline."""
+        the auto-resolve deadline (``start`` None: the service is gone)."""
         if incident.facts is not None:
-            incident.facts = replace(incident.facts, service_name=service_name)
-        if auto_resolve_seconds:
-            deadline = incident.last_alert_at + timedelta(seconds=auto_resolve_seconds)
+            incident.facts = replace(incident.facts, service_name=start.service_name if start else "")
+        if start is not None and start.auto_resolve_seconds:
+            deadline = incident.last_alert_at + timedelta(seconds=start.auto_resolve_seconds)
             outcome.following.append((state.auto_resolve_member(incident.id), to_millis(deadline)))
 
     async def _page_tiers(

@@ -630,13 +630,14 @@ class _Batch:
         if not inserted:
             return
         by_incident: dict[str, list[_Slot]] = defaultdict(list)
+        opening: set[str] = set()  # services of the incidents this batch may create
         for slot in inserted:
-            by_incident[self._target_incident(slot)[0]].append(slot)
+            incident_id, alert_state = self._target_incident(slot)
+            by_incident[incident_id].append(slot)
+            if alert_state is AlertState.TRIGGERED:
+                opening.add(slot.alert.service_id)
         # Inserted with the state tier 1's page moves them to: no update of the new row after it.
         initial: Mapping[str, InitialState] = {}
-        opening = {
-            s.alert.service_id for s in inserted if self._target_incident(s)[1] is AlertState.TRIGGERED
-        }
         if self.escalations is not None and opening:
             initial = await self.escalations.initial_escalations(self.conn, opening, self.now)
         rows = []
