@@ -188,8 +188,19 @@ def new_server(ctx: Context, backend: str) -> OncallServer:
 # --- one measurement ----------------------------------------------------------------------------------
 
 
-def _checked(ctx: Context, label: str, m: dict[str, Any], target: Any) -> dict[str, Any]:
+def alerts_per_commit(server: OncallServer, before: tuple[float, float]) -> float | None:
+    """Mean alerts per ingest group commit since ``before`` (warm-up included): small batches mean the
+    per-commit cost is paid by few alerts."""
+    commits, alerts = (now - then for now, then in zip(server.ingest_batches(), before, strict=True))
+    return round(alerts / commits, 1) if commits else None
+
+
+def _checked(
+    ctx: Context, label: str, m: dict[str, Any], target: Any, before: tuple[float, float] | None = None
+) -> dict[str, Any]:
     m["rss_bytes"] = target.rss()
+    if before is not None:
+        m["alerts_per_commit"] = alerts_per_commit(target, before)
     with open("/proc/loadavg") as f:
         m["loadavg_1m"] = float(f.read().split()[0])  # other work on a shared machine shows here
     cores = m["core_pct"]
@@ -198,6 +209,7 @@ def _checked(ctx: Context, label: str, m: dict[str, Any], target: Any) -> dict[s
         f"p99 {m['p99_ms']:7.2f} ms  server {m['server_us_per_alert']:7.1f} µs/alert  "
         f"cores: server {cores.get('server', 0):.0f}% redis {cores.get('redis', 0):.0f}% "
         f"db {cores.get('db', 0):.0f}% generator {cores.get('generator', 0):.0f}%"
+        + (f"  {m['alerts_per_commit']} alerts/commit" if m.get("alerts_per_commit") else "")
         + (f"  ERRORS {m['errors']}: {m['error_sample']}" if m["errors"] else "")
     )
     alive = getattr(target, "proc", None) is None or target.proc.poll() is None
@@ -212,6 +224,7 @@ def _checked(ctx: Context, label: str, m: dict[str, Any], target: Any) -> dict[s
 
 def grpc_on(ctx: Context, label: str, target: Any, **kw: Any) -> dict[str, Any]:
     ours = target.kind == "ours"
+    before = target.ingest_batches() if ours else None
     m = measure_grpc(
         target.grpc_target,
         target.watched,
@@ -222,11 +235,12 @@ def grpc_on(ctx: Context, label: str, target: Any, **kw: Any) -> dict[str, Any]:
         profile_pid=target.pid if ours else None,
         **kw,
     )
-    return _checked(ctx, label, m, target)
+    return _checked(ctx, label, m, target, before)
 
 
 def wrk_on(ctx: Context, label: str, target: Any, *, fmt: str, batch: int) -> dict[str, Any]:
     ours = target.kind == "ours"
+    before = target.ingest_batches() if ours else None
     m = measure_wrk(
         target.http_url,
         target.watched,
@@ -238,7 +252,7 @@ def wrk_on(ctx: Context, label: str, target: Any, *, fmt: str, batch: int) -> di
         profile=ctx.profile_path(label) if ours else None,
         profile_pid=target.pid if ours else None,
     )
-    return _checked(ctx, label, m, target)
+    return _checked(ctx, label, m, target, before)
 
 
 def _ratio(m: dict[str, dict[str, Any]], num: str, den: str) -> float | None:
@@ -461,6 +475,7 @@ def page_latency(ctx: Context, server: OncallServer, receiver: PageReceiver, rat
         return {**server.watched(), "receiver": [receiver.pid]}
 
     profile_path = ctx.profile_path(label)
+    before = server.ingest_batches()
     result = run_paced_load(
         server.grpc_target,
         server.key,
@@ -471,6 +486,7 @@ def page_latency(ctx: Context, server: OncallServer, receiver: PageReceiver, rat
         watch=watch,
         profile=(lambda seconds: _profile(server.pid, seconds, profile_path)) if profile_path else None,
     )
+    per_commit = alerts_per_commit(server, before)
     window = [row for row in result["window"] if row[2] is not None]  # answered calls
     expected = result["warmup_sent"] + result["sent"] - result["errors"]
     drain = ctx.args.page_drain
@@ -513,6 +529,7 @@ def page_latency(ctx: Context, server: OncallServer, receiver: PageReceiver, rat
         "pacer_late_ms_max": result["pacer_late_ms_max"],
         "warmup_sent": result["warmup_sent"],
         "rss_bytes": server.rss(),
+        "alerts_per_commit": per_commit,
         "worst": [{"ms": round(ms, 1), "sent_at_s": round(at, 3)} for ms, at in reversed(worst)],
         **delivery_facts(server),
     }
@@ -524,7 +541,7 @@ def page_latency(ctx: Context, server: OncallServer, receiver: PageReceiver, rat
         f"{m['p50_ms']:7.1f} ms  p99 {m['p99_ms']:7.1f} ms  max {m['max_ms']:7.1f} ms  (ingest call p99 "
         f"{m['call_p99_ms']:.1f} ms)  cores: server {c.get('server', 0):.0f}% "
         f"redis {c.get('redis', 0):.0f}% db {c.get('db', 0):.0f}% receiver {c.get('receiver', 0):.0f}% "
-        f"generator {c.get('generator', 0):.0f}%"
+        f"generator {c.get('generator', 0):.0f}%  {per_commit} alerts/commit"
         + (f"  ERRORS {m['errors']}: {m['error_sample']}" if m["errors"] else "")
         + (
             f"  RETRIED {m['retried_notifications']}: {m['notification_errors']}"
@@ -836,6 +853,7 @@ SCENARIOS: dict[str, Callable[[Context], RunResult]] = {
 # Per-measurement figures of the paging scenarios, summarised (median, min-max) when present.
 EXTRA_KEYS = (
     "max_ms",
+    "alerts_per_commit",
     "sent",
     "pages",
     "missing",
@@ -960,6 +978,11 @@ def _num(x: Any, fmt: str = ",.0f") -> str:
     return format(x, fmt)
 
 
+def _per_commit(target: dict[str, Any]) -> str:
+    """Median alerts per ingest group commit ('-' for servers that are not ours)."""
+    return _num(target.get("alerts_per_commit", {}).get("median"), ",.1f")
+
+
 def _mib(x: Any) -> str:
     return "-" if x is None else f"{x / 2**20:,.0f}"
 
@@ -1011,15 +1034,16 @@ def render(results: dict[str, Any]) -> str:
             continue
         lines.append(
             "| target | alerts/s | p50 ms | p99 ms | server µs/alert | +Redis+DB µs/alert "
-            "| server % core | Redis % | DB % | generator % | errors |"
+            "| alerts/commit | server % core | Redis % | DB % | generator % | errors |"
         )
-        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for label, t in summary["targets"].items():
             c = t["core_pct"]
             lines.append(
                 f"| {label} | {_range(t['alerts_per_s'])} | {_num(t['p50_ms']['median'], '.2f')} "
                 f"| {_num(t['p99_ms']['median'], '.2f')} | {_range(t['server_us_per_alert'], ',.1f')} "
-                f"| {_num(t['all_us_per_alert']['median'], ',.1f')} | {c['server']:.0f} | {c['redis']:.0f} "
+                f"| {_num(t['all_us_per_alert']['median'], ',.1f')} | {_per_commit(t)} "
+                f"| {c['server']:.0f} | {c['redis']:.0f} "
                 f"| {c['db']:.0f} | {c['generator']:.0f} | {t['errors']} |"
             )
         if summary["ratios"]:
@@ -1051,10 +1075,10 @@ def _render_paging(sid: str, summary: dict[str, Any], note: str) -> list[str]:
     if sid == "5":
         lines = [
             "| target | offered alerts/s | pages / alerts | page p50 ms | p99 ms | max ms "
-            "| ingest call p50 / p99 ms | server µs/alert | +Redis+DB µs/alert | server % core "
-            "| Redis % | DB % "
+            "| ingest call p50 / p99 ms | server µs/alert | +Redis+DB µs/alert | alerts/commit "
+            "| server % core | Redis % | DB % "
             "| receiver % | generator % | errors |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for label, t in summary["targets"].items():
             c = t["core_pct"]
@@ -1065,7 +1089,7 @@ def _render_paging(sid: str, summary: dict[str, Any], note: str) -> list[str]:
                 f"| {_range(t['max_ms'], ',.1f')} "
                 f"| {_num(t['call_p50_ms']['median'], ',.1f')} / {_num(t['call_p99_ms']['median'], ',.1f')} "
                 f"| {_range(t['server_us_per_alert'], ',.0f')} "
-                f"| {_num(t['all_us_per_alert']['median'], ',.0f')} "
+                f"| {_num(t['all_us_per_alert']['median'], ',.0f')} | {_per_commit(t)} "
                 f"| {c['server']:.0f} | {c['redis']:.0f} | {c['db']:.0f} | {c['receiver']:.0f} "
                 f"| {c['generator']:.0f} | {t['errors']} |"
             )

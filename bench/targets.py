@@ -280,6 +280,17 @@ class OncallServer:
         sizes = [rss_bytes(pid) for pid in [self.pid, *worker_pids(self.pid)]]
         return sum(size for size in sizes if size is not None) or None
 
+    def ingest_batches(self) -> tuple[float, float]:
+        """(group commits, alerts in them) so far, from /metrics (one worker's, if several)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        values = dict.fromkeys(("oncall_ingest_batch_alerts_count", "oncall_ingest_batch_alerts_sum"), 0.0)
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            if name in values:
+                values[name] = float(value)
+        return values["oncall_ingest_batch_alerts_count"], values["oncall_ingest_batch_alerts_sum"]
+
     def open_alerts(self) -> int:
         query = "SELECT count(*) AS n FROM alerts WHERE open_dedup_key IS NOT NULL"
         return int(self.sql(query)[0][0])

@@ -192,12 +192,14 @@ async def list_maintenance_windows(
 
 async def delete_maintenance_window(
     sessions: async_sessionmaker[AsyncSession], tenant_id: str, window_id: str
-) -> None:
+) -> str:
+    """Delete a window; returns the service it belonged to."""
     async with write_transaction(sessions) as session:
         window = await session.get(MaintenanceWindow, window_id) if is_valid_id(window_id) else None
         if window is None or window.tenant_id != tenant_id:
             raise NotFound(f"maintenance window {window_id!r} not found")
         await session.delete(window)
+    return window.service_id
 
 
 async def _check_policy(session: AsyncSession, tenant_id: str, spec: ServiceFields) -> None:

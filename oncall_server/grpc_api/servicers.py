@@ -414,6 +414,7 @@ class CatalogServicer(cat_grpc.CatalogServiceServicer):
             convert.from_timestamp(spec.end_time) if spec.HasField("end_time") else None,
             spec.reason,
         )
+        await self.app.coordinator.windows_changed(row.service_id)
         return cat_pb.CreateMaintenanceWindowResponse(maintenance_window=_window(row))
 
     async def ListMaintenanceWindows(
@@ -429,9 +430,10 @@ class CatalogServicer(cat_grpc.CatalogServiceServicer):
         self, request: cat_pb.DeleteMaintenanceWindowRequest, context: Context
     ) -> cat_pb.DeleteMaintenanceWindowResponse:
         who = await _principal(self.app, context)
-        await catalog.delete_maintenance_window(
+        service_id = await catalog.delete_maintenance_window(
             self.app.sessions, who.tenant_id, request.maintenance_window_id
         )
+        await self.app.coordinator.windows_changed(service_id)
         return cat_pb.DeleteMaintenanceWindowResponse(maintenance_window_id=request.maintenance_window_id)
 
 

@@ -6,15 +6,25 @@ the writer's upserts are the last word, and :func:`Coordinator.repair`
 points Redis back at what SQL committed. A service whose ``ready`` marker is
 missing (a FLUSHALL, a Redis restart without persistence) is reloaded from
 SQL before any decision is made for it.
+
+Each service also has a maintenance-windows token, replaced after every change
+to its windows. The writer suppresses alerts from windows it caches with the
+token they were read under, and the decision script refuses a batch whose
+token is no longer current, so a cached window never outlives a change.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import logging
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+
+from oncall_server.ids import uuid7
+
+log = logging.getLogger(__name__)
 
 # A grouping window is stored as "<incident id>|<expires at, ms>". The decision
 # compares that expiry with the alert's own time (from the injected clock), so
@@ -32,16 +42,25 @@ _DECIDE = (
     _LIB
     + """
 -- One service's alerts of a batch, in order, so later alerts see earlier ones.
--- KEYS: dedup hash, ready marker, group keys for severities 1..5
--- ARGV: per alert five values: severity (1-5), dedup key ('' = none), fallback incident id,
---       grouping window ms (0 = none), alert time ms
--- Returns outcome, incident id for each alert.
-local out = {}
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  for i = 1, #ARGV, 5 do out[#out + 1] = 'reload'; out[#out + 1] = '' end
-  return out
+-- KEYS: dedup hash, ready marker, group keys for severities 1..5, maintenance-windows token
+-- ARGV: the windows token the caller suppressed with ('' = windows read from SQL just now),
+--       a new token to store if there is none, then per alert five values: severity (1-5),
+--       dedup key ('' = none), fallback incident id, grouping window ms (0 = none), alert time ms
+-- Returns a status, the current windows token, then outcome and incident id for each alert.
+-- Status 'reload' (the service's state is gone) and 'windows' (the caller's windows are stale)
+-- decide nothing.
+if redis.call('EXISTS', KEYS[2]) == 0 then return {'reload', ''} end
+local token = redis.call('GET', KEYS[8])
+if not token then
+  -- A token the caller holds may predate a change whose token Redis lost: only a fresh read stands.
+  if ARGV[1] ~= '' then return {'windows', ''} end
+  token = ARGV[2]
+  redis.call('SET', KEYS[8], token)
+elseif token ~= ARGV[1] then
+  return {'windows', token}
 end
-for i = 1, #ARGV, 5 do
+local out = {'ok', token}
+for i = 3, #ARGV, 5 do
   local key = ARGV[i + 1]
   local existing = false
   if key ~= '' then existing = redis.call('HGET', KEYS[1], key) end
@@ -127,12 +146,36 @@ def ready_key(service_id: str) -> str:
     return f"oncall:{{{service_id}}}:ready"
 
 
+def windows_key(service_id: str) -> str:
+    return f"oncall:{{{service_id}}}:windows"
+
+
+def _service_keys(service_id: str) -> list[str]:
+    """Every key of a service, in the decision script's KEYS order."""
+    return [
+        dedup_hash(service_id),
+        ready_key(service_id),
+        *(group_key(service_id, s) for s in SEVERITY_LEVELS),
+        windows_key(service_id),
+    ]
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """``new``, ``grouped``, ``dedup`` or ``reload``, and the incident it names."""
+    """``new``, ``grouped`` or ``dedup``, and the incident it names."""
 
     outcome: str
     incident_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceVerdict:
+    """How a service's part of a batch went: ``ok``, ``reload`` (its Redis state is gone: nothing
+    decided) or ``windows`` (the maintenance windows suppressed with are stale: nothing decided),
+    and the service's current windows token ('' if Redis has none)."""
+
+    status: str
+    windows_token: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,16 +225,23 @@ class Coordinator:
         self._release = redis.register_script(_RELEASE)
         self._load = redis.register_script(_LOAD)
 
-    async def decide(self, requests: Sequence[DecisionRequest]) -> list[Decision]:
-        """Decide every alert of a batch: one script call per service, its alerts in order."""
-        if not requests:
-            return []
-        by_service: dict[str, list[int]] = {}
+    async def decide(
+        self, requests: Sequence[DecisionRequest], windows_tokens: Mapping[str, str]
+    ) -> tuple[list[Decision | None], dict[str, ServiceVerdict]]:
+        """Decide every alert of a batch: one script call per service, its alerts in order.
+
+        ``windows_tokens`` names every service of the batch (also those whose alerts were all
+        suppressed, so that suppression is checked too) with the token of the windows it was
+        suppressed with. An alert whose service's verdict is not ``ok`` gets no decision.
+        """
+        by_service: dict[str, list[int]] = {service_id: [] for service_id in windows_tokens}
         for index, req in enumerate(requests):
-            by_service.setdefault(req.service_id, []).append(index)
+            by_service[req.service_id].append(index)
+        if not by_service:
+            return [], {}
         calls = []
         for service_id, indexes in by_service.items():
-            args: list[str | int] = []
+            args: list[str | int] = [windows_tokens[service_id], uuid7()]
             for index in indexes:
                 req = requests[index]
                 if req.severity not in SEVERITY_LEVELS:  # it picks a KEYS slot: never let it stray
@@ -203,12 +253,7 @@ class Coordinator:
                     req.grouping_window_ms,
                     req.at_ms,
                 ]
-            keys = [
-                dedup_hash(service_id),
-                ready_key(service_id),
-                *(group_key(service_id, s) for s in SEVERITY_LEVELS),
-            ]
-            calls.append((keys, args))
+            calls.append((_service_keys(service_id), args))
         if len(calls) == 1:
             replies = [await self._decide(keys=calls[0][0], args=calls[0][1])]
         else:
@@ -217,10 +262,14 @@ class Coordinator:
                     await self._decide(keys=keys, args=args, client=pipe)
                 replies = await pipe.execute()
         decisions: list[Decision | None] = [None] * len(requests)
-        for indexes, reply in zip(by_service.values(), replies, strict=True):
+        verdicts: dict[str, ServiceVerdict] = {}
+        for (service_id, indexes), reply in zip(by_service.items(), replies, strict=True):
+            verdicts[service_id] = verdict = ServiceVerdict(_text(reply[0]), _text(reply[1]))
+            if verdict.status != "ok":
+                continue
             for position, index in enumerate(indexes):
-                decisions[index] = Decision(_text(reply[2 * position]), _text(reply[2 * position + 1]))
-        return [d for d in decisions if d is not None]
+                decisions[index] = Decision(_text(reply[2 + 2 * position]), _text(reply[3 + 2 * position]))
+        return decisions, verdicts
 
     async def repair(self, repairs: Iterable[Repair]) -> None:
         """Point Redis at the incidents SQL committed where they differ from its decision."""
@@ -254,14 +303,25 @@ class Coordinator:
             args += [window.incident_id, window.expires_ms, _GARBAGE_TTL_MS]
         await self._load(keys=keys, args=args)
 
+    async def windows_changed(self, service_id: str) -> None:
+        """Call after a change to a service's maintenance windows commits: every writer's cached
+        copy of them is refused from its next decision on.
+
+        Never raises: the change is committed, and a writer reads its copy again within a minute
+        (:class:`~oncall_server.ingest.windows.MaintenanceWindows`) even if Redis missed this.
+        """
+        try:
+            await self.redis.set(windows_key(service_id), uuid7())
+        except Exception:
+            log.warning(
+                "could not tell ingest that service %s's maintenance windows changed",
+                service_id,
+                exc_info=True,
+            )
+
     async def forget_service(self, service_id: str) -> None:
         """Drop every key of a service (tests and service deletion)."""
-        keys = [
-            dedup_hash(service_id),
-            ready_key(service_id),
-            *(group_key(service_id, s) for s in SEVERITY_LEVELS),
-        ]
-        await self.redis.delete(*keys)
+        await self.redis.delete(*_service_keys(service_id))
 
 
 def _text(value: Any) -> str:
