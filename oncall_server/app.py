@@ -147,6 +147,7 @@ class App:
             return
         self._closed = True
         await self.writer.stop()
+        await self.changes.flush()
         await self.plugins.close()
         await self.redis.aclose()
         await self.engine.dispose()

@@ -213,7 +213,7 @@ class Incidents:
             )
             entry = self._entry(incident, kind, actor, message, {})
             session.add(entry)
-        await self._publish(incident, entry)
+        self._publish(incident, entry)
         if self.schedule is not None:
             await self.schedule(incident)
         return incident
@@ -266,7 +266,7 @@ class Incidents:
                 ],
                 now,
             )
-        await self._publish(incident, entry)
+        self._publish(incident, entry)
         if paged.notifications:
             self.on_enqueued()
         return incident
@@ -281,7 +281,7 @@ class Incidents:
             incident.updated_at = self.clock.now()
             entry = self._entry(incident, "note", actor, note, {})
             session.add(entry)
-        await self._publish(incident, entry)
+        self._publish(incident, entry)
         return entry
 
     async def list_alerts(
@@ -341,5 +341,5 @@ class Incidents:
             created_at=self.clock.now(),
         )
 
-    async def _publish(self, incident: Incident, entry: TimelineEntry) -> None:
-        await self.changes.publish([Change(incident.tenant_id, incident.service_id, incident.id, entry.id)])
+    def _publish(self, incident: Incident, entry: TimelineEntry) -> None:
+        self.changes.publish([Change(incident.tenant_id, incident.service_id, incident.id, entry.id)])

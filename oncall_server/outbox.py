@@ -570,10 +570,7 @@ class Dispatcher:
                 if cancelled:
                     raise
                 continue
-            try:
-                await self.changes.publish([c for o, _ in taken for c in o.changes])
-            except Exception:  # committed: watchers see the entries on their next read
-                log.exception("could not publish the outcomes of %d page batch(es)", len(taken))
+            self.changes.publish(c for o, _ in taken for c in o.changes)
             for _, done in taken:
                 if not done.done():
                     done.set_result(None)

@@ -341,7 +341,7 @@ class Escalator:
         if outcome.enqueued:
             self.on_enqueued()
         await self.due.finish(list(steps), outcome.following)
-        await self.changes.publish(outcome.changes)
+        self.changes.publish(outcome.changes)
 
     async def _run_auto_resolve(self, member: str, incident_id: str) -> None:
         async with self._limit:

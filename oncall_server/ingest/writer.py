@@ -235,10 +235,10 @@ class GroupCommitWriter:
         try:
             if started is not None and self.escalations is not None:
                 await self.escalations.escalations_started(started)
-            if self.changes is not None:
-                await self.changes.publish(changes)
         except Exception:  # SQL holds the next step; the scheduler's sweep picks it up
             log.exception("post-commit work of an ingest batch failed")
+        if self.changes is not None:
+            self.changes.publish(changes)
         position = 0
         for req in requests:
             results = [slot.result for slot in slots[position : position + len(req.alerts)]]
