@@ -23,6 +23,14 @@ def dumps(value: Any) -> str:
         return json.dumps(value, separators=(",", ":"))
 
 
+def dumps_bytes(value: Any) -> bytes:
+    """Compact JSON as UTF-8 bytes (a request body), without a decode and an encode in between."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def loads(text: str | bytes) -> Any:
     """A value from JSON text: the standard library, which keeps integers beyond 64 bits exact
     (orjson reads them as floats). Reads are off the ingest path."""

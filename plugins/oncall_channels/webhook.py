@@ -12,11 +12,9 @@ rebinding). Redirects are not followed: the target of one is not checked.
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import hmac
 import ipaddress
-import json
 import socket
 import time
 from collections.abc import Iterable, Sequence
@@ -26,6 +24,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
+from oncall_server import json_codec
 from oncall_server.hookspecs import DeliveryError, Destination, Page
 
 if TYPE_CHECKING:
@@ -98,12 +97,6 @@ def parse_url(address: str) -> URL:
     return url
 
 
-@functools.lru_cache(maxsize=4096)
-def _parsed_url(address: str) -> URL:
-    """:func:`parse_url` once per address: every page to it would parse the same text again."""
-    return parse_url(address)
-
-
 def _ip_literal(host: str) -> IPAddress | None:
     try:
         return ipaddress.ip_address(host)
@@ -164,6 +157,7 @@ class WebhookChannel:
             ipaddress.ip_network(network, strict=False) for network in allowed_networks
         )
         self._session: aiohttp.ClientSession | None = None
+        self._verdicts: dict[str, URL | DeliveryError] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WebhookChannel:
@@ -182,17 +176,33 @@ class WebhookChannel:
             )
         return str(url)
 
-    async def send(self, page: Page, destination: Destination) -> None:
+    def _checked_url(self, address: str) -> URL:
+        """The URL to POST to, or the DeliveryError that refuses it; judged once per address (the
+        address and the allowed networks are fixed, a name is checked again at each connect)."""
+        verdict = self._verdicts.get(address)
+        if verdict is None:
+            verdict = self._verdicts[address] = self._judge(address)
+            if len(self._verdicts) > 4096:
+                self._verdicts.clear()
+        if isinstance(verdict, DeliveryError):
+            raise DeliveryError(str(verdict), retryable=verdict.retryable)
+        return verdict
+
+    def _judge(self, address: str) -> URL | DeliveryError:
         try:
-            url = _parsed_url(destination.address)
+            url = parse_url(address)
         except ValueError as exc:
-            raise DeliveryError(f"webhook address {destination.address!r}: {exc}", retryable=False) from None
+            return DeliveryError(f"webhook address {address!r}: {exc}", retryable=False)
         ip = _ip_literal(url.host or "")
         if ip is not None and not is_allowed(ip, self._allowed):
-            raise DeliveryError(
+            return DeliveryError(
                 f"refused {url}: {ip} is an internal address; allow it with {ALLOW_SETTING}", retryable=False
             )
-        body = json.dumps(page.as_json(), separators=(",", ":"), ensure_ascii=False).encode()
+        return url
+
+    async def send(self, page: Page, destination: Destination) -> None:
+        url = self._checked_url(destination.address)
+        body = json_codec.dumps_bytes(page.as_json())
         timestamp = str(int(time.time()))
         headers = {
             "Content-Type": "application/json",
