@@ -117,6 +117,8 @@ class App:
             changes=changes,
             escalations=escalator,
         )
+        writer.rides = dispatcher
+        dispatcher.carrier = writer
         integrations = Integrations(sessions, clock)
         pipeline = IngestPipeline(
             integrations, plugins, writer, DropLog(redis), clock, max_batch_alerts=settings.max_batch_alerts

@@ -44,6 +44,7 @@ from oncall_server.ingest.model import (
     Outcome,
     PreparedAlert,
 )
+from oncall_server.ingest.rides import Ride, RideSource
 from oncall_server.ingest.windows import MaintenanceWindows
 from oncall_server.storage import bulk
 from oncall_server.storage.engine import write_lock
@@ -176,6 +177,10 @@ class GroupCommitWriter:
         self._dialect = engine.dialect.name
         self.windows = MaintenanceWindows(engine)
         self.batches_committed = 0
+        self.rides_carried = 0
+        self.rides: RideSource | None = None  # writes to carry in each transaction (page outcomes)
+        self._boarding = False  # a batch is running and has not reached its take point yet
+        self._ride_slot: asyncio.Future[bool] | None = None  # resolved when the next take's transaction ends
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="group-commit-writer")
@@ -187,6 +192,22 @@ class GroupCommitWriter:
         await self._queue.put(None)
         await self._task
         self._task = None
+        self._no_ride()
+
+    def will_carry(self) -> bool:
+        """See :class:`~oncall_server.ingest.rides.Carrier`."""
+        return self._task is not None and (self._boarding or not self._queue.empty())
+
+    async def carried(self) -> bool:
+        """See :class:`~oncall_server.ingest.rides.Carrier`."""
+        if self._ride_slot is None:
+            self._ride_slot = asyncio.get_running_loop().create_future()
+        return await asyncio.shield(self._ride_slot)
+
+    def _no_ride(self) -> None:
+        """No take point is coming for those waiting on the current slot."""
+        slot, self._ride_slot = self._ride_slot, None
+        _answer(slot, False)
 
     async def submit(self, alerts: Sequence[PreparedAlert]) -> list[IngestResult]:
         """Store alerts; returns after they are committed, one result per alert in order."""
@@ -219,9 +240,13 @@ class GroupCommitWriter:
         started_at = time.perf_counter()
         slots = [_Slot(alert) for req in requests for alert in req.alerts]
         BATCH_ALERTS.observe(len(slots))
+        self._boarding = True
         try:
             changes, started = await self._write(slots)
         except Exception as exc:  # every caller must hear back, whatever failed
+            if self._boarding:  # failed before its take point: waiting riders must not wait on
+                self._boarding = False
+                self._no_ride()
             log.exception("ingest batch of %d alerts failed", len(slots))
             error = (
                 exc if isinstance(exc, Unavailable) else Unavailable("alert storage is unavailable; retry")
@@ -253,16 +278,33 @@ class GroupCommitWriter:
         self._suppress(slots)
         await self._decide(slots, earliest)
         for attempt in range(1, _MAX_ATTEMPTS + 1):
+            ride: Ride | None = None
+            slot: asyncio.Future[bool] | None = None
             try:
                 async with write_lock(self.engine), self.engine.begin() as conn:
                     batch = _Batch(conn, self._dialect, self.clock.now(), self.escalations)
                     await batch.write(slots)
-                break
-            except DBAPIError as exc:
-                if attempt == _MAX_ATTEMPTS or not _is_retryable(exc):
+                    if self._boarding:  # the take point (a retry after it carries nothing)
+                        ride, slot = self._take_ride()
+                        if ride is not None:
+                            await bulk.execute_all(conn, ride.writes)
+            except BaseException as exc:
+                if ride is not None:
+                    ride.settle(exc)
+                _answer(slot, False)
+                # A failure with a ride aboard may be the ride's: try once more without it.
+                if not isinstance(exc, DBAPIError) or attempt == _MAX_ATTEMPTS:
                     raise
-                log.warning("ingest batch conflict (attempt %d), retrying: %s", attempt, exc.orig)
+                if ride is None and not _is_retryable(exc):
+                    raise
+                log.warning("ingest batch failed (attempt %d), retrying: %s", attempt, exc.orig)
                 await asyncio.sleep(0.01 * attempt)
+                continue
+            if ride is not None:
+                ride.settle(None)
+                self.rides_carried += 1
+            _answer(slot, ride is not None)
+            break
         try:
             await self.coordinator.repair(batch.repairs)
         except Exception:  # SQL is committed; the next batch's upserts correct Redis again
@@ -271,6 +313,13 @@ class GroupCommitWriter:
         if batch.started is not None:
             changes.extend(batch.started.changes)
         return changes, batch.started
+
+    def _take_ride(self) -> tuple[Ride | None, asyncio.Future[bool] | None]:
+        """At the take point, just before the commit: the ride, and the slot on which those who
+        waited for it hear how it went (later waiters get the next batch's slot)."""
+        self._boarding = False
+        slot, self._ride_slot = self._ride_slot, None
+        return (self.rides.take_ride() if self.rides is not None else None), slot
 
     def _suppress(self, slots: Iterable[_Slot]) -> None:
         for slot in slots:
@@ -356,6 +405,11 @@ class GroupCommitWriter:
             len(windows),
         )
         await self.coordinator.load(service_id, windows)
+
+
+def _answer(slot: asyncio.Future[bool] | None, carried: bool) -> None:
+    if slot is not None and not slot.done():
+        slot.set_result(carried)
 
 
 def _result_alert_id(slot: _Slot) -> str:

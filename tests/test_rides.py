@@ -1,0 +1,106 @@
+"""Page outcomes ride in ingest transactions while ingest is busy (oncall_server/ingest/rides.py):
+every sent page is still recorded once, also when the transaction it rode in failed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy import func, select
+
+from oncall_server.app import App
+from oncall_server.ingest.model import NormalizedEvent, PreparedAlert
+from oncall_server.ingest.rides import Ride
+from oncall_server.severity import Severity
+from oncall_server.storage.models import Incident, Notification, TimelineEntry
+from oncall_server.testing import Tenant, add_policy, add_user, bootstrap, server_settings
+
+
+@pytest.fixture
+async def paged(
+    tmp_path: Path, database_url: str, redis_url: str, redis: Redis
+) -> AsyncIterator[tuple[App, Tenant]]:
+    """An app whose service pages a ``log`` user at once for every new incident, dispatcher on."""
+    app = await App.open(server_settings(tmp_path, database_url, redis_url))
+    try:
+        tenant = await bootstrap(app)
+        user_id = await add_user(app, tenant.tenant_id, "Alice")
+        await add_policy(app, tenant.tenant_id, [(300, [("user", user_id)])], service_id=tenant.service_id)
+        app.dispatcher.running = True  # tier-1 pages are written claimed and handed over, as in `serve`
+        yield app, tenant
+    finally:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(app.dispatcher.drain(), 30)
+        await app.close()
+
+
+async def ingest_concurrently(app: App, tenant: Tenant, incidents: int, callers: int = 20) -> None:
+    """Callers that each send one new-incident alert after another, so while a batch's pages are
+    recorded the writer has the next batch coming."""
+    now = app.clock.now()
+
+    async def caller(first: int) -> None:
+        for n in range(first, incidents, callers):
+            alert = PreparedAlert(
+                tenant.tenant_id,
+                tenant.service_id,
+                tenant.integration_id,
+                0,
+                NormalizedEvent(title=f"disk full {n}", severity=Severity.HIGH, dedup_key=f"k{n}"),
+                now,
+            )
+            await app.writer.submit([alert])
+
+    await asyncio.gather(*(caller(first) for first in range(callers)))
+    await asyncio.wait_for(app.dispatcher.drain(), 30)  # a lost ride would keep its sender waiting
+
+
+async def recorded(app: App) -> tuple[int, list[str], int]:
+    """(incidents, notification statuses, "Notified" timeline entries)."""
+    async with app.engine.connect() as conn:
+        incidents = await conn.scalar(select(func.count()).select_from(Incident))
+        statuses = list((await conn.scalars(select(Notification.status))).all())
+        notified = await conn.scalar(select(func.count()).where(TimelineEntry.message.startswith("Notified")))
+    return int(incidents or 0), statuses, int(notified or 0)
+
+
+async def test_outcomes_ride_in_ingest_transactions_and_each_page_is_recorded_once(
+    paged: tuple[App, Tenant],
+) -> None:
+    app, tenant = paged
+    await ingest_concurrently(app, tenant, 400)
+    assert app.writer.rides_carried > 0  # the outcomes did ride
+    incidents, statuses, notified = await recorded(app)
+    assert incidents == 400
+    assert statuses == ["sent"] * 400
+    assert notified == 400
+
+
+async def test_a_ride_whose_transaction_failed_is_recorded_alone_and_ingest_goes_on(
+    paged: tuple[App, Tenant], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Rides carry a timeline row twice (a real unique-key violation at commit): each such
+    transaction fails, ingest retries it without the ride, and the outcomes are written alone."""
+    app, tenant = paged
+    take_ride = app.dispatcher.take_ride
+    poisoned: list[Ride] = []
+
+    def take_poisoned_ride() -> Ride | None:
+        ride = take_ride()
+        if ride is None:
+            return None
+        insert_entries, entries = ride.writes[-1]
+        poisoned.append(ride)
+        return Ride([*ride.writes, (insert_entries, entries[:1])], ride.settle)
+
+    app.dispatcher.take_ride = take_poisoned_ride  # type: ignore[method-assign]
+    await ingest_concurrently(app, tenant, 400)
+    assert poisoned and app.writer.rides_carried == 0
+    incidents, statuses, notified = await recorded(app)
+    assert incidents == 400  # every caller's alerts committed
+    assert statuses == ["sent"] * 400
+    assert notified == 400
