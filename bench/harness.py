@@ -1356,7 +1356,7 @@ def source_info(src: str) -> dict[str, Any]:
         head = subprocess.run(["git", "-C", tree, "rev-parse", "HEAD"], capture_output=True, text=True)
         info["commit"] = head.stdout.strip() or "unknown"
         status = subprocess.run(
-            ["git", "-C", tree, "status", "--porcelain", "--", "oncall_server", "adapters"],
+            ["git", "-C", tree, "status", "--porcelain", "--", "oncall_server", "adapters", "plugins"],
             capture_output=True,
             text=True,
         )

@@ -164,7 +164,7 @@ class OncallServer:
         if self.source:
             src = Path(self.source).resolve()
             self.env["PYTHONPATH"] = os.pathsep.join(
-                [str(src), str(src / "adapters"), self.env.get("PYTHONPATH", "")]
+                [str(src), str(src / "adapters"), str(src / "plugins"), self.env.get("PYTHONPATH", "")]
             )
         # cwd: the data dir, so ``-m`` does not put the caller's directory first on sys.path (--server-src)
         boot = subprocess.run(
