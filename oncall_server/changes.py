@@ -52,7 +52,7 @@ class ChangeFeed:
     async def flush(self) -> None:
         """Until every change queued so far is sent (or its send failed)."""
         while self._sender is not None and not self._sender.done():
-            await asyncio.shield(self._sender)
+            await asyncio.wait([self._sender])
 
     async def _send(self) -> None:
         while self._queued:

@@ -593,6 +593,9 @@ class Dispatcher:
                         taken, self._refused, self._unrecorded = self._refused + self._unrecorded, [], []
                         await bulk.execute_all(conn, _outcome_writes(taken))
                 except Exception as exc:
+                    if not taken:  # no connection: fail what is queued rather than retry at once
+                        taken, self._refused, self._unrecorded = self._refused + self._unrecorded, [], []
+                    log.warning("could not record the outcomes of %d page batch(es): %s", len(taken), exc)
                     for _, done in taken:
                         if not done.done():
                             done.set_exception(exc)

@@ -119,3 +119,19 @@ async def test_a_change_redis_never_heard_of_is_seen_once_the_copy_is_old(
             )
         )
     assert await outcome(server, tenant, "host-2") == "suppressed"
+
+
+async def test_after_redis_is_lost_a_batch_of_suppressed_alerts_restores_grouping(
+    clocked_server: RunningServer, clock: FakeClock, redis: Redis
+) -> None:
+    """A service whose alerts of a batch are all suppressed is still checked with Redis, and when
+    its state is gone its open grouping window is reloaded from SQL, not forgotten."""
+    server = clocked_server
+    tenant = await bootstrap(server.app, alert_grouping="time", alert_grouping_timeout_minutes=30)
+    assert await outcome(server, tenant, "host-1") == "created"
+    window_id = await create_window(server, tenant, clock.now() - timedelta(minutes=1))
+    assert await outcome(server, tenant, "host-2") == "suppressed"  # the writer's copy has the window
+    await redis.flushdb()
+    assert await outcome(server, tenant, "host-3") == "suppressed"  # nothing left to decide: a reload
+    await delete_window(server, tenant, window_id)
+    assert await outcome(server, tenant, "host-4") == "grouped"

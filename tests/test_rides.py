@@ -80,11 +80,13 @@ async def test_outcomes_ride_in_ingest_transactions_and_each_page_is_recorded_on
     assert notified == 400
 
 
+@pytest.mark.parametrize("poison", ["duplicate timeline row", "row missing a column"])
 async def test_a_ride_whose_transaction_failed_is_recorded_alone_and_ingest_goes_on(
-    paged: tuple[App, Tenant], caplog: pytest.LogCaptureFixture
+    paged: tuple[App, Tenant], poison: str
 ) -> None:
-    """Rides carry a timeline row twice (a real unique-key violation at commit): each such
-    transaction fails, ingest retries it without the ride, and the outcomes are written alone."""
+    """Rides carry a timeline row twice (a unique-key violation from the database at commit) or a
+    row that lacks a column (refused before it reaches the database): each such transaction
+    fails, ingest retries it without the ride, and the outcomes are written alone."""
     app, tenant = paged
     take_ride = app.dispatcher.take_ride
     poisoned: list[Ride] = []
@@ -94,8 +96,11 @@ async def test_a_ride_whose_transaction_failed_is_recorded_alone_and_ingest_goes
         if ride is None:
             return None
         insert_entries, entries = ride.writes[-1]
+        bad = entries[:1]
+        if poison == "row missing a column":
+            bad = [{k: v for k, v in entries[0].items() if k != "message"}]
         poisoned.append(ride)
-        return Ride([*ride.writes, (insert_entries, entries[:1])], ride.settle)
+        return Ride([*ride.writes, (insert_entries, bad)], ride.settle)
 
     app.dispatcher.take_ride = take_poisoned_ride  # type: ignore[method-assign]
     await ingest_concurrently(app, tenant, 400)

@@ -414,7 +414,8 @@ class CatalogServicer(cat_grpc.CatalogServiceServicer):
             convert.from_timestamp(spec.end_time) if spec.HasField("end_time") else None,
             spec.reason,
         )
-        await self.app.coordinator.windows_changed(row.service_id)
+        # Shielded: a caller that hangs up now must not leave every writer's copy stale.
+        await asyncio.shield(self.app.coordinator.windows_changed(row.service_id))
         return cat_pb.CreateMaintenanceWindowResponse(maintenance_window=_window(row))
 
     async def ListMaintenanceWindows(
@@ -433,7 +434,7 @@ class CatalogServicer(cat_grpc.CatalogServiceServicer):
         service_id = await catalog.delete_maintenance_window(
             self.app.sessions, who.tenant_id, request.maintenance_window_id
         )
-        await self.app.coordinator.windows_changed(service_id)
+        await asyncio.shield(self.app.coordinator.windows_changed(service_id))
         return cat_pb.DeleteMaintenanceWindowResponse(maintenance_window_id=request.maintenance_window_id)
 
 

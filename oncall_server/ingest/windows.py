@@ -66,11 +66,14 @@ class MaintenanceWindows:
 
     async def refresh(self, services: Iterable[str], earliest: datetime) -> None:
         """Make sure each service has a copy that covers alerts from ``earliest`` on."""
+        if len(self._copies) >= self.max_services:
+            self._copies.clear()  # services come and go; the batch's are read again below
         now = time.monotonic()
         stale = {
             service_id: copy.token if copy else ""
             for service_id in services
             if (copy := self._copies.get(service_id)) is None
+            or not copy.token  # never confirmed (a decision failed): only a new read may stand
             or copy.covers_from > earliest
             or now - copy.read_at > self.max_age
         }
@@ -88,8 +91,6 @@ class MaintenanceWindows:
         found: dict[str, list[tuple[datetime, datetime]]] = {service_id: [] for service_id in tokens}
         for service_id, start, end in rows:
             found[service_id].append((start, end))
-        if len(self._copies) + len(found) > self.max_services:
-            self._copies.clear()  # services come and go; the active ones are read again
         read_at = time.monotonic()
         for service_id, windows in found.items():
             self._copies[service_id] = _Copy(tokens[service_id], tuple(windows), earliest, read_at)

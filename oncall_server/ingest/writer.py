@@ -65,6 +65,8 @@ BATCH_SECONDS = Histogram(
 )
 
 MAX_DELIVERIES_PER_ALERT = 20
+# The longest a ride's owner waits for an ingest transaction before writing alone.
+_RIDE_WAIT_SECONDS = 2.0
 _MAX_ATTEMPTS = 4
 # Redis losing its state again while we reload it, this many times in a row, fails the batch (503: retry).
 _MAX_RELOADS = 5
@@ -202,7 +204,10 @@ class GroupCommitWriter:
         """See :class:`~oncall_server.ingest.rides.Carrier`."""
         if self._ride_slot is None:
             self._ride_slot = asyncio.get_running_loop().create_future()
-        return await asyncio.shield(self._ride_slot)
+        try:  # a batch stuck on Redis or the database must not hold the outcomes until leases end
+            return await asyncio.wait_for(asyncio.shield(self._ride_slot), _RIDE_WAIT_SECONDS)
+        except TimeoutError:
+            return False
 
     def _no_ride(self) -> None:
         """No take point is coming for those waiting on the current slot."""
@@ -244,9 +249,6 @@ class GroupCommitWriter:
         try:
             changes, started = await self._write(slots)
         except Exception as exc:  # every caller must hear back, whatever failed
-            if self._boarding:  # failed before its take point: waiting riders must not wait on
-                self._boarding = False
-                self._no_ride()
             log.exception("ingest batch of %d alerts failed", len(slots))
             error = (
                 exc if isinstance(exc, Unavailable) else Unavailable("alert storage is unavailable; retry")
@@ -255,6 +257,10 @@ class GroupCommitWriter:
                 if not req.future.done():
                     req.future.set_exception(error)
             return
+        finally:
+            if self._boarding:  # ended (failed, cancelled) before its take point: riders must not wait on
+                self._boarding = False
+                self._no_ride()
         self.batches_committed += 1
         # Before answering: a caller that heard "accepted" can count on the next step being scheduled.
         try:
@@ -293,11 +299,11 @@ class GroupCommitWriter:
                     ride.settle(exc)
                 _answer(slot, False)
                 # A failure with a ride aboard may be the ride's: try once more without it.
-                if not isinstance(exc, DBAPIError) or attempt == _MAX_ATTEMPTS:
+                if not isinstance(exc, Exception) or attempt == _MAX_ATTEMPTS:
                     raise
-                if ride is None and not _is_retryable(exc):
+                if ride is None and not (isinstance(exc, DBAPIError) and _is_retryable(exc)):
                     raise
-                log.warning("ingest batch failed (attempt %d), retrying: %s", attempt, exc.orig)
+                log.warning("ingest batch failed (attempt %d), retrying: %s", attempt, exc)
                 await asyncio.sleep(0.01 * attempt)
                 continue
             if ride is not None:
@@ -363,19 +369,20 @@ class GroupCommitWriter:
                 elif verdict.status == "windows":
                     stale[service_id] = verdict.windows_token
                 else:
-                    await self._reload_service(service_id, pending)
+                    await self._reload_service(service_id, slots)
             if stale:
                 await self.windows.read(stale, earliest)
                 self._suppress(s for s in slots if s.alert.service_id in stale)
             unsettled = {service_id for service_id, verdict in verdicts.items() if verdict.status != "ok"}
             if not unsettled:
                 return
-        raise Unavailable("Redis keeps losing its state; retry")
+        raise Unavailable("Redis keeps losing its state, or maintenance windows keep changing; retry")
 
-    async def _reload_service(self, service_id: str, pending: list[_Slot]) -> None:
-        """Rebuild a service's grouping windows from SQL after Redis lost them."""
+    async def _reload_service(self, service_id: str, slots: list[_Slot]) -> None:
+        """Rebuild a service's grouping windows from SQL after Redis lost them (the window length
+        from any of the batch's alerts for it: suppressed ones carry it too)."""
         window_ms = max(
-            (s.alert.grouping_window_ms for s in pending if s.alert.service_id == service_id), default=0
+            (s.alert.grouping_window_ms for s in slots if s.alert.service_id == service_id), default=0
         )
         windows: list[GroupWindow] = []
         if window_ms > 0:
