@@ -10,10 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import grpc
 from sqlalchemy import func, select
 
+from oncall_server.api.v1 import catalog_service_pb2, catalog_service_pb2_grpc, service_pb2
 from oncall_server.app import App
+from oncall_server.grpc_api.convert import timestamp
 from oncall_server.storage.models import Alert, Incident
+from oncall_server.testing import RunningServer, Tenant
 
 
 async def post_json(
@@ -109,3 +113,24 @@ async def wait_for_line(
                 return match
 
     return await asyncio.wait_for(scan(), timeout)
+
+
+async def create_window(
+    server: RunningServer, tenant: Tenant, start: Any, *, hours: float = 1.0, reason: str = "patching"
+) -> Any:
+    """A maintenance window of the tenant's service through the gRPC API; returns the stored one."""
+    from datetime import timedelta
+
+    async with grpc.aio.insecure_channel(server.grpc_target) as channel:
+        created = await catalog_service_pb2_grpc.CatalogServiceStub(channel).CreateMaintenanceWindow(
+            catalog_service_pb2.CreateMaintenanceWindowRequest(
+                maintenance_window=service_pb2.MaintenanceWindow(
+                    service_id=tenant.service_id,
+                    start_time=timestamp(start),
+                    end_time=timestamp(start + timedelta(hours=hours)),
+                    reason=reason,
+                )
+            ),
+            metadata=tenant.auth,
+        )
+    return created.maintenance_window

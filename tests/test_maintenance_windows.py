@@ -12,14 +12,18 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy import delete, insert
 
-from oncall_server.api.v1 import catalog_service_pb2, catalog_service_pb2_grpc, service_pb2
+from oncall_server.api.v1 import catalog_service_pb2, catalog_service_pb2_grpc
 from oncall_server.clock import FakeClock
-from oncall_server.grpc_api.convert import timestamp
 from oncall_server.ids import uuid7
 from oncall_server.ingest.coordination import windows_key
 from oncall_server.storage.models import MaintenanceWindow
 from oncall_server.testing import RunningServer, Tenant, bootstrap, running_server, server_settings
+from tests.helpers import create_window as create_stored_window
 from tests.helpers import post_json
+
+
+async def create_window(server: RunningServer, tenant: Tenant, start: datetime) -> str:
+    return str((await create_stored_window(server, tenant, start)).id)
 
 
 async def outcome(server: RunningServer, tenant: Tenant, dedup_key: str) -> str:
@@ -29,22 +33,6 @@ async def outcome(server: RunningServer, tenant: Tenant, dedup_key: str) -> str:
     )
     assert status == 202, answer
     return str(answer["outcome"])
-
-
-async def create_window(server: RunningServer, tenant: Tenant, start: datetime) -> str:
-    async with grpc.aio.insecure_channel(server.grpc_target) as channel:
-        created = await catalog_service_pb2_grpc.CatalogServiceStub(channel).CreateMaintenanceWindow(
-            catalog_service_pb2.CreateMaintenanceWindowRequest(
-                maintenance_window=service_pb2.MaintenanceWindow(
-                    service_id=tenant.service_id,
-                    start_time=timestamp(start),
-                    end_time=timestamp(start + timedelta(hours=1)),
-                    reason="patching",
-                )
-            ),
-            metadata=tenant.auth,
-        )
-    return str(created.maintenance_window.id)
 
 
 async def delete_window(server: RunningServer, tenant: Tenant, window_id: str) -> None:

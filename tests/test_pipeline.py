@@ -27,7 +27,7 @@ from oncall_server.clock import FakeClock
 from oncall_server.grpc_api.convert import timestamp
 from oncall_server.storage.models import Alert, AlertDelivery, Incident
 from oncall_server.testing import RunningServer, Tenant, bootstrap
-from tests.helpers import count_rows, post_json
+from tests.helpers import count_rows, create_window, post_json
 
 
 async def send(server: RunningServer, tenant: Tenant, body: Any) -> dict[str, Any]:
@@ -154,19 +154,9 @@ async def test_alerts_in_a_maintenance_window_are_suppressed(
     server = clocked_server
     tenant = await bootstrap(server.app)
     start = clock.now() - timedelta(minutes=1)
+    window = await create_window(server, tenant, start)
     async with grpc.aio.insecure_channel(server.grpc_target) as channel:
         stub = catalog_service_pb2_grpc.CatalogServiceStub(channel)
-        created = await stub.CreateMaintenanceWindow(
-            catalog_service_pb2.CreateMaintenanceWindowRequest(
-                maintenance_window=service_pb2.MaintenanceWindow(
-                    service_id=tenant.service_id,
-                    start_time=timestamp(start),
-                    end_time=timestamp(start + timedelta(hours=1)),
-                    reason="patching",
-                )
-            ),
-            metadata=tenant.auth,
-        )
         inside = await send(server, tenant, {"title": "reboot", "dedup_key": "host-1"})
         assert inside["outcome"] == "suppressed" and inside["incident_id"] == ""
         clock.advance(timedelta(hours=1))
@@ -180,9 +170,7 @@ async def test_alerts_in_a_maintenance_window_are_suppressed(
         )
         assert [w.reason for w in listed.maintenance_windows] == ["patching"]
         await stub.DeleteMaintenanceWindow(
-            catalog_service_pb2.DeleteMaintenanceWindowRequest(
-                maintenance_window_id=created.maintenance_window.id
-            ),
+            catalog_service_pb2.DeleteMaintenanceWindowRequest(maintenance_window_id=window.id),
             metadata=tenant.auth,
         )
         with pytest.raises(grpc.aio.AioRpcError) as bad:
