@@ -324,3 +324,30 @@ async def test_batch_payloads_keep_values_beyond_64_bit_and_non_ascii_text(serve
     assert json.loads(rows["utf"].raw_payload) == sent[1]
     assert rows["utf"].title == sent[1]["title"]
     assert rows["utf"].details["host"] == "srv-é"
+
+
+async def test_metrics_count_group_commits_and_their_alerts(server: RunningServer) -> None:
+    """/metrics shows how many alerts each ingest commit carried (operators read batch sizes)."""
+    tenant = await bootstrap(server.app)
+
+    async def scrape() -> dict[str, float]:
+        async with aiohttp.ClientSession() as http, http.get(f"{server.http_url}/metrics") as response:
+            text = await response.text()
+        names = (
+            "oncall_ingest_batch_alerts_count",
+            "oncall_ingest_batch_alerts_sum",
+            "oncall_ingest_batch_seconds_count",
+        )
+        values = dict.fromkeys(names, 0.0)
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            if name in values:
+                values[name] = float(value)
+        return values
+
+    before = await scrape()
+    await send(server, tenant, [{"title": f"disk {n}", "dedup_key": f"d{n}"} for n in range(3)])
+    after = await scrape()
+    assert after["oncall_ingest_batch_alerts_count"] - before["oncall_ingest_batch_alerts_count"] == 1
+    assert after["oncall_ingest_batch_alerts_sum"] - before["oncall_ingest_batch_alerts_sum"] == 3
+    assert after["oncall_ingest_batch_seconds_count"] - before["oncall_ingest_batch_seconds_count"] == 1
