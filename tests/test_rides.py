@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from sqlalchemy import func, select
 
 from oncall_server.app import App
+from oncall_server.errors import Unavailable
 from oncall_server.ingest.model import NormalizedEvent, PreparedAlert
 from oncall_server.ingest.rides import Ride
 from oncall_server.severity import Severity
@@ -109,3 +110,22 @@ async def test_a_ride_whose_transaction_failed_is_recorded_alone_and_ingest_goes
     assert incidents == 400  # every caller's alerts committed
     assert statuses == ["sent"] * 400
     assert notified == 400
+
+
+async def test_a_submit_once_the_writer_is_stopping_is_refused_not_left_waiting(
+    paged: tuple[App, Tenant],
+) -> None:
+    app, tenant = paged
+    alert = PreparedAlert(
+        tenant.tenant_id,
+        tenant.service_id,
+        tenant.integration_id,
+        0,
+        NormalizedEvent(title="late", severity=Severity.HIGH, dedup_key="late"),
+        app.clock.now(),
+    )
+    stopping = asyncio.create_task(app.writer.stop())
+    await asyncio.sleep(0)  # the stop marker is queued
+    with pytest.raises(Unavailable, match="not running"):
+        await asyncio.wait_for(app.writer.submit([alert]), 5)
+    await stopping

@@ -176,6 +176,7 @@ class GroupCommitWriter:
         self.escalations = escalations
         self._queue: asyncio.Queue[_Request | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._dialect = engine.dialect.name
         self.windows = MaintenanceWindows(engine)
         self.batches_committed = 0
@@ -185,12 +186,14 @@ class GroupCommitWriter:
         self._ride_slot: asyncio.Future[bool] | None = None  # resolved when the next take's transaction ends
 
     async def start(self) -> None:
+        self._stopping = False
         self._task = asyncio.create_task(self._run(), name="group-commit-writer")
 
     async def stop(self) -> None:
-        """Finish everything already submitted, then stop."""
+        """Finish everything already submitted, then stop; later submits are refused."""
         if self._task is None:
             return
+        self._stopping = True
         await self._queue.put(None)
         await self._task
         self._task = None
@@ -218,7 +221,7 @@ class GroupCommitWriter:
         """Store alerts; returns after they are committed, one result per alert in order."""
         if not alerts:
             return []
-        if self._task is None:
+        if self._task is None or self._stopping:  # behind the stop marker nothing would answer it
             raise Unavailable("the ingest writer is not running")
         future: asyncio.Future[list[IngestResult]] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Request(alerts, future))
