@@ -114,6 +114,7 @@ class App:
             coordinator,
             clock,
             batch_size=settings.write_batch_size,
+            linger_seconds=settings.write_linger_ms / 1000,
             changes=changes,
             escalations=escalator,
         )

@@ -32,6 +32,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=512 * 1024, description="Largest accepted webhook body (413 above).")
     max_batch_alerts: int = Field(default=1000, description="Most alerts in one ingest request.")
     write_batch_size: int = Field(default=500, description="Most alerts committed in one transaction.")
+    write_linger_ms: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1000.0,
+        description="While requests queue up, start a group commit no sooner than this after the last.",
+    )
     drain_seconds: float = Field(default=10.0, description="Grace period for in-flight requests on SIGTERM.")
     log_level: str = Field(default="INFO")
     access_log: bool = Field(default=True, description="Log one line per HTTP request (keys scrubbed).")

@@ -165,6 +165,7 @@ class GroupCommitWriter:
         clock: Clock,
         *,
         batch_size: int = 500,
+        linger_seconds: float = 0.0,
         changes: ChangeFeed | None = None,
         escalations: EscalationStarter | None = None,
     ) -> None:
@@ -172,6 +173,10 @@ class GroupCommitWriter:
         self.coordinator = coordinator
         self.clock = clock
         self.batch_size = batch_size
+        # Quick commits (PostgreSQL, an alert storm) make small batches that each pay the per-commit
+        # CPU; while requests queue up, waiting until this long after the last batch started
+        # makes fewer, larger ones (docs/performance.md). 0: take the next batch at once.
+        self.linger_seconds = linger_seconds
         self.changes = changes
         self.escalations = escalations
         self._queue: asyncio.Queue[_Request | None] = asyncio.Queue()
@@ -229,10 +234,17 @@ class GroupCommitWriter:
 
     async def _run(self) -> None:
         stopping = False
+        busy = False  # requests were waiting when the last batch finished
+        last_started = 0.0
         while not stopping:
             first = await self._queue.get()
             if first is None:
                 break
+            if busy and self.linger_seconds:
+                wait = last_started + self.linger_seconds - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            last_started = time.monotonic()
             requests = [first]
             count = len(first.alerts)
             while count < self.batch_size and not self._queue.empty():
@@ -243,6 +255,7 @@ class GroupCommitWriter:
                 requests.append(nxt)
                 count += len(nxt.alerts)
             await self._process(requests)
+            busy = not self._queue.empty()
 
     async def _process(self, requests: list[_Request]) -> None:
         started_at = time.perf_counter()
