@@ -351,6 +351,12 @@ class _Outcomes:
 _Queued = tuple[_Outcomes, "asyncio.Future[None]"]
 
 
+def _fail(taken: list[_Queued], error: BaseException) -> None:
+    for _, done in taken:
+        if not done.done():
+            done.set_exception(error)
+
+
 def _outcome_writes(taken: list[_Queued]) -> list[tuple[Any, list[dict[str, Any]]]]:
     return [
         (_RECORD_OUTCOME, [u for o, _ in taken for u in o.updates]),
@@ -582,31 +588,30 @@ class Dispatcher:
         an ingest batch is coming anyway, they ride in its transaction instead (a commit and its
         fsync fewer per batch).
         """
+        taken: list[_Queued] = []
         try:
             while self._unrecorded or self._refused:
                 carrier = self.carrier
                 if carrier and not self._refused and carrier.will_carry() and await carrier.carried():
                     continue  # they rode in an ingest transaction; look again at what queued since
-                taken: list[_Queued] = []
+                taken = []
                 try:
                     async with write_connection(self.sessions.kw["bind"]) as conn:
-                        taken, self._refused, self._unrecorded = self._refused + self._unrecorded, [], []
+                        taken = self._take_queued()
                         await bulk.execute_all(conn, _outcome_writes(taken))
                 except Exception as exc:
-                    if not taken:  # no connection: fail what is queued rather than retry at once
-                        taken, self._refused, self._unrecorded = self._refused + self._unrecorded, [], []
-                    log.warning("could not record the outcomes of %d page batch(es): %s", len(taken), exc)
-                    for _, done in taken:
-                        if not done.done():
-                            done.set_exception(exc)
+                    failed = taken or self._take_queued()  # no connection: fail them, do not spin
+                    log.warning("could not record the outcomes of %d page batch(es): %s", len(failed), exc)
+                    _fail(failed, exc)
                     continue
                 self._recorded(taken)
         except BaseException as exc:  # cancelled: nothing must wait for a recorder that is gone
-            pending, self._refused, self._unrecorded = self._refused + self._unrecorded, [], []
-            for _, done in pending:
-                if not done.done():
-                    done.set_exception(exc)
+            _fail(taken + self._take_queued(), exc)
             raise
+
+    def _take_queued(self) -> list[_Queued]:
+        taken, self._refused, self._unrecorded = self._refused + self._unrecorded, [], []
+        return taken
 
     def _recorded(self, taken: list[_Queued]) -> None:
         self.changes.publish(c for o, _ in taken for c in o.changes)
