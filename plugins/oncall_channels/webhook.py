@@ -12,6 +12,7 @@ rebinding). Redirects are not followed: the target of one is not checked.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -157,7 +158,9 @@ class WebhookChannel:
             ipaddress.ip_network(network, strict=False) for network in allowed_networks
         )
         self._session: aiohttp.ClientSession | None = None
-        self._verdicts: dict[str, URL | DeliveryError] = {}
+        # Judged once per address: the address and the allowed networks are fixed (a name is
+        # checked again at each connect by GuardedResolver).
+        self._judged = functools.lru_cache(maxsize=4096)(self._judge)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WebhookChannel:
@@ -169,21 +172,21 @@ class WebhookChannel:
     def validate_address(self, address: str) -> str:
         url = parse_url(address)
         # Names are checked at send time (DNS changes); a literal internal IP can be refused now.
-        ip = _ip_literal(url.host or "")
-        if ip is not None and not is_allowed(ip, self._allowed):
+        ip = self._refused_literal(url)
+        if ip is not None:
             raise ValueError(
                 f"{ip} is an internal address; webhooks may reach it only if {ALLOW_SETTING} allows it"
             )
         return str(url)
 
+    def _refused_literal(self, url: URL) -> IPAddress | None:
+        """The host if it is an IP literal the SSRF guard forbids (aiohttp resolves no literal)."""
+        ip = _ip_literal(url.host or "")
+        return ip if ip is not None and not is_allowed(ip, self._allowed) else None
+
     def _checked_url(self, address: str) -> URL:
-        """The URL to POST to, or the DeliveryError that refuses it; judged once per address (the
-        address and the allowed networks are fixed, a name is checked again at each connect)."""
-        verdict = self._verdicts.get(address)
-        if verdict is None:
-            verdict = self._verdicts[address] = self._judge(address)
-            if len(self._verdicts) > 4096:
-                self._verdicts.clear()
+        """The URL to POST to, or the DeliveryError that refuses it."""
+        verdict = self._judged(address)
         if isinstance(verdict, DeliveryError):
             raise DeliveryError(str(verdict), retryable=verdict.retryable)
         return verdict
@@ -193,8 +196,8 @@ class WebhookChannel:
             url = parse_url(address)
         except ValueError as exc:
             return DeliveryError(f"webhook address {address!r}: {exc}", retryable=False)
-        ip = _ip_literal(url.host or "")
-        if ip is not None and not is_allowed(ip, self._allowed):
+        ip = self._refused_literal(url)
+        if ip is not None:
             return DeliveryError(
                 f"refused {url}: {ip} is an internal address; allow it with {ALLOW_SETTING}", retryable=False
             )
