@@ -282,14 +282,14 @@ class OncallServer:
 
     def ingest_batches(self) -> tuple[float, float]:
         """(group commits, alerts in them) so far, from /metrics (one worker's, if several)."""
+        from oncall_server.testing import unlabelled_metrics
+
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics", timeout=10) as response:
-            text = response.read().decode()
-        values = dict.fromkeys(("oncall_ingest_batch_alerts_count", "oncall_ingest_batch_alerts_sum"), 0.0)
-        for line in text.splitlines():
-            name, _, value = line.partition(" ")
-            if name in values:
-                values[name] = float(value)
-        return values["oncall_ingest_batch_alerts_count"], values["oncall_ingest_batch_alerts_sum"]
+            values = unlabelled_metrics(response.read().decode())
+        return (
+            values.get("oncall_ingest_batch_alerts_count", 0.0),
+            values.get("oncall_ingest_batch_alerts_sum", 0.0),
+        )
 
     def open_alerts(self) -> int:
         query = "SELECT count(*) AS n FROM alerts WHERE open_dedup_key IS NOT NULL"

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
@@ -299,3 +300,14 @@ def assert_adapter_contract(adapter: Any, sample: Path, integration_name: str = 
         f"{sample}: parse is not repeatable"
     )
     assert payload == before, f"{sample}: the adapter changed its input"
+
+
+def unlabelled_metrics(exposition: str) -> dict[str, float]:
+    """The samples without labels of a ``/metrics`` page (histogram ``_count``/``_sum``,
+    plain counters), by sample name: what the harness and tests read back."""
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+        if not sample.labels
+    }

@@ -8,14 +8,15 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from oncall_server.changes import Change, ChangeFeed
+from oncall_server.changes import Change, ChangeFeed, _channel
 
 
 async def collect(feed: ChangeFeed, tenant_id: str, count: int, ready: asyncio.Event) -> list[Change]:
     seen: list[Change] = []
     stream = feed.subscribe(tenant_id)
     waiting = asyncio.ensure_future(stream.__anext__())
-    await asyncio.sleep(0.05)  # let the SUBSCRIBE reach Redis before anything is published
+    while not (await feed.redis.pubsub_numsub(_channel(tenant_id)))[0][1]:  # noqa: ASYNC110
+        await asyncio.sleep(0.001)  # until Redis has the SUBSCRIBE: nothing published before is seen
     ready.set()
     seen.append(await waiting)
     while len(seen) < count:

@@ -26,7 +26,7 @@ from oncall_server.api.v1 import (
 from oncall_server.clock import FakeClock
 from oncall_server.grpc_api.convert import timestamp
 from oncall_server.storage.models import Alert, AlertDelivery, Incident
-from oncall_server.testing import RunningServer, Tenant, bootstrap
+from oncall_server.testing import RunningServer, Tenant, bootstrap, unlabelled_metrics
 from tests.helpers import count_rows, create_window, post_json
 
 
@@ -332,18 +332,7 @@ async def test_metrics_count_group_commits_and_their_alerts(server: RunningServe
 
     async def scrape() -> dict[str, float]:
         async with aiohttp.ClientSession() as http, http.get(f"{server.http_url}/metrics") as response:
-            text = await response.text()
-        names = (
-            "oncall_ingest_batch_alerts_count",
-            "oncall_ingest_batch_alerts_sum",
-            "oncall_ingest_batch_seconds_count",
-        )
-        values = dict.fromkeys(names, 0.0)
-        for line in text.splitlines():
-            name, _, value = line.partition(" ")
-            if name in values:
-                values[name] = float(value)
-        return values
+            return unlabelled_metrics(await response.text())
 
     before = await scrape()
     await send(server, tenant, [{"title": f"disk {n}", "dedup_key": f"d{n}"} for n in range(3)])
