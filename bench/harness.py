@@ -41,6 +41,7 @@ from paging_bench import (
     MEASURED_PREFIX,
     configure_paging,
     cpu_between,
+    group_alerts,
     run_paced_load,
     seed_pending,
     startup_timings,
@@ -128,6 +129,21 @@ class Context:
             yield server
             return
         try:
+            yield server
+        finally:
+            server.stop()
+
+    @contextlib.contextmanager
+    def ours_grouped(self, backend: str) -> Iterator[OncallServer]:
+        """Our server with time grouping on its service (a fresh one, never reused): the load's
+        distinct alerts join one incident, as they join one aggregation group in Alertmanager."""
+        self.release(backend)  # on PostgreSQL two live servers would share one Redis db
+        server = new_server(self, backend)
+        server.name += " grouped"
+        log(f"  starting {server.name} ...")
+        _start(server)
+        try:
+            group_alerts(server.grpc_target, server.creds["api_token"], server.creds["service_id"])
             yield server
         finally:
             server.stop()
@@ -267,14 +283,16 @@ RunResult = tuple[dict[str, dict[str, Any]], dict[str, float | None]]
 # --- scenarios 1, 2, 4b: gRPC against the no-op gRPC server ------------------------------------------
 
 
-def _grpc_vs_noop(ctx: Context, baseline: str, **kw: Any) -> RunResult:
+def _grpc_vs_noop(ctx: Context, baseline: str, *, grouped: bool = False, **kw: Any) -> RunResult:
+    """``grouped``: also each backend with its service grouping the alerts (see ``ours_grouped``)."""
     assert ctx.noop_grpc is not None
     m = {baseline: grpc_on(ctx, baseline, ctx.noop_grpc, **kw)}
     ratios: dict[str, float | None] = {}
     for backend in ctx.backends:
-        with ctx.ours(backend) as server:
-            m[server.name] = grpc_on(ctx, server.name, server, **kw)
-        ratios[f"{server.name} / {baseline}"] = _ratio(m, server.name, baseline)
+        for serving in _ours_and_grouped(ctx, backend) if grouped else [ctx.ours(backend)]:
+            with serving as server:
+                m[server.name] = grpc_on(ctx, server.name, server, **kw)
+            ratios[f"{server.name} / {baseline}"] = _ratio(m, server.name, baseline)
     return m, ratios
 
 
@@ -288,7 +306,13 @@ def scenario_2(ctx: Context) -> RunResult:
 
 def scenario_4b(ctx: Context) -> RunResult:
     return _grpc_vs_noop(
-        ctx, "noop streaming", mode="stream", keys="distinct", batch=1, messages=ctx.args.stream_messages
+        ctx,
+        "noop streaming",
+        grouped=True,
+        mode="stream",
+        keys="distinct",
+        batch=1,
+        messages=ctx.args.stream_messages,
     )
 
 
@@ -313,11 +337,18 @@ def scenario_3(ctx: Context) -> RunResult:
         if am is not None:
             m["Alertmanager"] = wrk_on(ctx, "Alertmanager", am, fmt="alertmanager", batch=1)
     for backend in ctx.backends:
-        with ctx.ours(backend) as server:
-            m[server.name] = wrk_on(ctx, server.name, server, fmt="oncall", batch=1)
-        ratios[f"{server.name} / noop aiohttp"] = _ratio(m, server.name, "noop aiohttp")
-        ratios[f"{server.name} / Alertmanager"] = _ratio(m, server.name, "Alertmanager")
+        for serving in _ours_and_grouped(ctx, backend):
+            with serving as server:
+                m[server.name] = wrk_on(ctx, server.name, server, fmt="oncall", batch=1)
+            ratios[f"{server.name} / noop aiohttp"] = _ratio(m, server.name, "noop aiohttp")
+            ratios[f"{server.name} / Alertmanager"] = _ratio(m, server.name, "Alertmanager")
     return m, ratios
+
+
+def _ours_and_grouped(ctx: Context, backend: str) -> list[contextlib.AbstractContextManager[OncallServer]]:
+    """Our server as configured by bootstrap (every alert a new incident), then with time grouping
+    (the workload Alertmanager's figures are of) unless ``--no-grouped``."""
+    return [ctx.ours(backend)] + ([ctx.ours_grouped(backend)] if ctx.args.grouped else [])
 
 
 # --- scenario 4: batches of 100 -----------------------------------------------------------------------
@@ -336,15 +367,16 @@ def scenario_4(ctx: Context) -> RunResult:
             if am is not None:
                 m["Alertmanager x100"] = wrk_on(ctx, "Alertmanager x100", am, fmt="alertmanager", batch=100)
     for backend in ctx.backends:
-        with ctx.ours(backend) as server:
-            g, h = f"{server.name} gRPC x100", f"{server.name} HTTP x100"
-            m[g] = grpc_on(ctx, g, server, **batch)
-            if http:
-                m[h] = wrk_on(ctx, h, server, fmt="oncall", batch=100)
-        ratios[f"{g} / Alertmanager x100"] = _ratio(m, g, "Alertmanager x100")
-        ratios[f"{h} / Alertmanager x100"] = _ratio(m, h, "Alertmanager x100")
-        ratios[f"{g} / noop gRPC x100"] = _ratio(m, g, "noop gRPC x100")
-        ratios[f"{h} / noop aiohttp x100"] = _ratio(m, h, "noop aiohttp x100")
+        for serving in _ours_and_grouped(ctx, backend):
+            with serving as server:
+                g, h = f"{server.name} gRPC x100", f"{server.name} HTTP x100"
+                m[g] = grpc_on(ctx, g, server, **batch)
+                if http:
+                    m[h] = wrk_on(ctx, h, server, fmt="oncall", batch=100)
+            ratios[f"{g} / Alertmanager x100"] = _ratio(m, g, "Alertmanager x100")
+            ratios[f"{h} / Alertmanager x100"] = _ratio(m, h, "Alertmanager x100")
+            ratios[f"{g} / noop gRPC x100"] = _ratio(m, g, "noop gRPC x100")
+            ratios[f"{h} / noop aiohttp x100"] = _ratio(m, h, "noop aiohttp x100")
     return m, ratios
 
 
@@ -1233,6 +1265,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--pending-runs", type=int, default=None, help="6: runs per backend (default: --runs)"
     )
     parser.add_argument("--no-alertmanager", dest="alertmanager", action="store_false")
+    parser.add_argument(
+        "--no-grouped",
+        dest="grouped",
+        action="store_false",
+        help="3, 4, 4b: skip the rows of our server with time grouping on its service",
+    )
     parser.add_argument(
         "--reuse-servers",
         action="store_true",

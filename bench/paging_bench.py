@@ -1,6 +1,7 @@
 """Paging scenarios (5 and 6) helpers: point the bootstrap service at the page receiver, seed pending
 escalation steps in bulk, drive the open-loop ingest load, and read start-up timings from the log.
 
+* :func:`group_alerts` - ``UpdateService`` to time grouping (scenarios 3, 4, 4b's "grouped" rows).
 * :func:`configure_paging` - through the real gRPC API with the bootstrap API token: a user with a
   ``webhook`` contact method (the receiver's URL, a signing secret), a one-tier policy targeting
   them, and ``UpdateService`` of the bootstrap service to that policy (bootstrap's own default
@@ -38,26 +39,69 @@ MEASURED_PREFIX = "due:"
 FAR_PREFIX = "far:"
 
 
+def _api(grpc_target: str, api_token: str) -> Any:
+    """A connected gRPC channel and the bootstrap token's call metadata."""
+    import grpc
+
+    channel = grpc.insecure_channel(grpc_target)
+    grpc.channel_ready_future(channel).result(timeout=30)
+    return channel, [("authorization", f"Bearer {api_token}")]
+
+
+def _update_service(channel: Any, auth: Any, service_id: str, **fields: Any) -> Any:
+    """``UpdateService`` of just ``fields``; returns the service as stored."""
+    from google.protobuf import field_mask_pb2
+
+    from oncall_server.api.v1 import catalog_service_pb2, catalog_service_pb2_grpc, service_pb2
+
+    return (
+        catalog_service_pb2_grpc.CatalogServiceStub(channel)
+        .UpdateService(
+            catalog_service_pb2.UpdateServiceRequest(
+                service=service_pb2.Service(id=service_id, **fields),
+                update_mask=field_mask_pb2.FieldMask(paths=sorted(fields)),
+            ),
+            metadata=auth,
+            timeout=30,
+        )
+        .service
+    )
+
+
+def group_alerts(grpc_target: str, api_token: str, service_id: str, minutes: int = 600) -> None:
+    """Time grouping on the service: alerts of one severity join the open incident for ``minutes``
+    after the last one, as Alertmanager's one aggregation group (a route with no ``group_by``) holds
+    every alert of the comparison load; only the first alert opens an incident and pages."""
+    from oncall_server.api.v1 import service_pb2
+
+    channel, auth = _api(grpc_target, api_token)
+    with channel:
+        service = _update_service(
+            channel,
+            auth,
+            service_id,
+            alert_grouping=service_pb2.ALERT_GROUPING_TIME,
+            alert_grouping_timeout_minutes=minutes,
+        )
+    if service.alert_grouping != service_pb2.ALERT_GROUPING_TIME:
+        raise RuntimeError("UpdateService did not switch the service to time grouping")
+
+
 def configure_paging(grpc_target: str, api_token: str, service_id: str, receiver_url: str) -> dict[str, str]:
     """User + webhook contact method + one-tier policy, and the service switched to that policy."""
-    import grpc
-    from google.protobuf import duration_pb2, field_mask_pb2
+    from google.protobuf import duration_pb2
 
     from oncall_server.api.v1 import (
-        catalog_service_pb2,
-        catalog_service_pb2_grpc,
         escalation_policy_pb2,
         escalation_policy_service_pb2,
         escalation_policy_service_pb2_grpc,
-        service_pb2,
         user_pb2,
         user_service_pb2,
         user_service_pb2_grpc,
     )
 
-    auth = [("authorization", f"Bearer {api_token}")]
-    with grpc.insecure_channel(grpc_target) as channel:
-        grpc.channel_ready_future(channel).result(timeout=30)
+    channel, auth = _api(grpc_target, api_token)
+    with channel:
         users = user_service_pb2_grpc.UserServiceStub(channel)
         user = users.CreateUser(
             user_service_pb2.CreateUserRequest(
@@ -99,18 +143,7 @@ def configure_paging(grpc_target: str, api_token: str, service_id: str, receiver
             )
             .escalation_policy
         )
-        service = (
-            catalog_service_pb2_grpc.CatalogServiceStub(channel)
-            .UpdateService(
-                catalog_service_pb2.UpdateServiceRequest(
-                    service=service_pb2.Service(id=service_id, escalation_policy_id=policy.id),
-                    update_mask=field_mask_pb2.FieldMask(paths=["escalation_policy_id"]),
-                ),
-                metadata=auth,
-                timeout=30,
-            )
-            .service
-        )
+        service = _update_service(channel, auth, service_id, escalation_policy_id=policy.id)
     if service.escalation_policy_id != policy.id:
         raise RuntimeError(f"UpdateService left the policy at {service.escalation_policy_id!r}")
     return {"user_id": user.id, "contact_method_id": method.id, "escalation_policy_id": policy.id}
