@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from oncall_server import redis_client
 from oncall_server.changes import ChangeFeed
 from oncall_server.clock import Clock, SystemClock
 from oncall_server.config import Settings
@@ -70,7 +71,7 @@ class App:
         try:
             if run_migrations:
                 await migrate.upgrade(engine)
-            redis = Redis.from_url(redis_url)
+            redis = redis_client.connect(redis_url)
             await redis.ping()
         except BaseException:
             await engine.dispose()

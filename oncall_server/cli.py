@@ -251,16 +251,18 @@ async def _cmd_incidents_list(args: argparse.Namespace) -> int:
 @contextlib.asynccontextmanager
 async def _bus_redis(args: argparse.Namespace) -> AsyncIterator[Any]:
     """The external Redis, or the embedded one's socket when a local server runs on this data dir."""
-    from redis.asyncio import Redis
+    from urllib.parse import quote
+
+    from oncall_server import redis_client
 
     settings = _settings(args)
     if settings.redis_url:
-        redis = Redis.from_url(settings.redis_url)
+        redis = redis_client.connect(settings.redis_url)
     else:
         socket_path = (settings.data_dir / "redis" / "redis.sock").resolve()
         if not socket_path.exists():
             raise OncallError(f"no Redis: set --redis-url, or start the server on {settings.data_dir} first")
-        redis = Redis(unix_socket_path=str(socket_path))
+        redis = redis_client.connect(f"unix://{quote(str(socket_path))}")
     try:
         yield redis
     finally:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from oncall_server import redis_client
 from oncall_server.clock import FakeClock
 from oncall_server.redis_embedded import EmbeddedRedis
 from oncall_server.storage import migrate
@@ -50,7 +51,7 @@ async def redis_url() -> AsyncIterator[str]:
 
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
+    client = redis_client.connect(redis_url)  # the server's client, so tests speak as it does
     await client.flushdb()
     yield client
     await client.aclose()
