@@ -35,7 +35,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loadgen import LoadError, LoadSettings, _profile, measure_grpc, measure_wrk, seed_grpc, wrk_available
+from loadgen import (
+    LoadError,
+    LoadSettings,
+    _profile,
+    measure_grpc,
+    measure_wrk,
+    seed_grpc,
+    wait_idle,
+    wrk_available,
+)
 from paging_bench import (
     FAR_PREFIX,
     MEASURED_PREFIX,
@@ -47,7 +56,7 @@ from paging_bench import (
     startup_timings,
     take,
 )
-from sysinfo import CpuSample, cpu_seconds, machine_info, percentile, spread
+from sysinfo import cpu_seconds, machine_info, percentile, spread
 from targets import Alertmanager, NoopGrpc, NoopHttp, OncallServer, PageReceiver, _tail, pg_query
 
 BENCH = Path(__file__).resolve().parent
@@ -768,7 +777,7 @@ def _growth_backend(ctx: Context, backend: str, levels: list[int]) -> dict[str, 
                 seeded += seed["alerts"]
                 if seed["errors"]:
                     ctx.note(f"growth seeding on {backend}: {seed['errors']} errors: {seed['error_sample']}")
-            settle = wait_idle(server, timeout=ctx.args.settle_timeout)
+            settle = wait_idle(server.watched, timeout=ctx.args.settle_timeout)
             open_alerts = server.open_alerts()
             memory = server.redis_memory()
             row: dict[str, Any] = {
@@ -841,18 +850,6 @@ def _growth_backend(ctx: Context, backend: str, levels: list[int]) -> dict[str, 
         )
     out["roles"] = ctx.args.growth_roles
     return out
-
-
-def wait_idle(server: OncallServer, *, timeout: float, busy: float = 0.15) -> float:
-    """Wait until the server uses under ``busy`` of a core (background work such as escalation
-    steps of the seeded incidents has caught up); returns the seconds waited."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        before = CpuSample.take([server.pid])
-        time.sleep(1.0)
-        if CpuSample.take([server.pid]).since(before) < busy:
-            break
-    return round(time.monotonic() - started, 1)
 
 
 def grpc_on_load(ctx: Context, label: str, target: Any, load: LoadSettings, keys: str) -> dict[str, Any]:

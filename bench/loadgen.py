@@ -255,6 +255,19 @@ def seed_grpc(target: str, *, key: str, count: int, offset: int, clients: int) -
     }
 
 
+def wait_idle(watch: Watch, *, timeout: float, busy: float = 0.15, interval: float = 1.0) -> float:
+    """Wait until the server uses under ``busy`` of a core over ``interval`` (what it was given has
+    been done: seeded escalations, a warm-up's requests); returns the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        pids = watch()["server"]
+        before = CpuSample.take(pids)
+        time.sleep(interval)
+        if CpuSample.take(pids).since(before) < busy * interval:
+            break
+    return round(time.monotonic() - started, 1)
+
+
 def wrk_available() -> bool:
     return shutil.which("wrk") is not None
 
@@ -300,6 +313,9 @@ def measure_wrk(
     args = [fmt, str(batch), prefix, key]
     if load.warmup >= 0.5:  # wrk takes whole seconds; --quick skips the warm-up run
         _wrk(url, max(1, round(load.warmup)), [fmt, str(batch), f"{prefix}-warm", key], load)
+        # wrk leaves the requests it had in flight (up to connections x batch alerts): the server
+        # finishes them first, and that work must not be charged to the measured run.
+        wait_idle(watch, timeout=60.0, interval=0.25)
     seconds = max(1, round(load.duration))
     pids = watch()
     before = _sample(pids)
