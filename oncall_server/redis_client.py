@@ -14,7 +14,6 @@ from typing import Any, cast
 import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
-from redis.connection import HiredisRespSerializer
 
 
 class _HiredisPacking:
@@ -23,13 +22,15 @@ class _HiredisPacking:
     def pack_command(self, *args: Any) -> list[bytes]:
         head = args[0]
         if isinstance(head, str):  # 'CONFIG GET': the words go as separate arguments
-            args = (*head.encode().split(), *args[1:])
-        elif b" " in head:
-            args = (*head.split(), *args[1:])
+            packed = (*head.encode().split(), *args[1:])
+        elif isinstance(head, bytes) and b" " in head:
+            packed = (*head.split(), *args[1:])
+        else:
+            packed = args
         try:
-            return [hiredis.pack_command(args)]
-        except TypeError:  # bytearray, or what Redis cannot take: redis-py's own path says which
-            return cast(list[bytes], HiredisRespSerializer().pack(*args))
+            return [hiredis.pack_command(packed)]
+        except TypeError:  # bytearray, an int subclass, or what Redis cannot take: redis-py decides
+            return AbstractConnection.pack_command(cast(AbstractConnection, self), *args)
 
 
 _PACKING_CLASSES: dict[type[AbstractConnection], type[AbstractConnection]] = {}
@@ -46,5 +47,8 @@ def connect(url: str, **options: Any) -> Redis:
     """``Redis.from_url`` whose connections (TCP, TLS or unix socket, as the URL says) pack with hiredis."""
     client = Redis.from_url(url, **options)
     pool = client.connection_pool
-    pool.connection_class = _hiredis_packing(pool.connection_class)
+    # hiredis writes text as strict UTF-8, redis-py as the client's encoding says: same bytes only then.
+    encoding = pool.connection_kwargs.get("encoding", "utf-8").lower().replace("_", "-")
+    if encoding in ("utf-8", "utf8") and pool.connection_kwargs.get("encoding_errors", "strict") == "strict":
+        pool.connection_class = _hiredis_packing(pool.connection_class)
     return client
