@@ -146,7 +146,8 @@ class Context:
     def ours_grouped(self, backend: str) -> Iterator[OncallServer]:
         """Our server with time grouping on its service (a fresh one, never reused): the load's
         distinct alerts join one incident, as they join one aggregation group in Alertmanager."""
-        self.release(backend)  # on PostgreSQL two live servers would share one Redis db
+        if backend == "postgresql":
+            self.release(backend)  # two live servers would share one Redis db (see release)
         server = new_server(self, backend)
         server.name += " grouped"
         log(f"  starting {server.name} ...")
