@@ -71,7 +71,7 @@ class App:
         try:
             if run_migrations:
                 await migrate.upgrade(engine)
-            redis = redis_client.connect(redis_url)
+            redis = redis_client.connect(redis_url, timeout_seconds=settings.redis_timeout_seconds)
             await redis.ping()
         except BaseException:
             await engine.dispose()

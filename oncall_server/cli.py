@@ -257,12 +257,14 @@ async def _bus_redis(args: argparse.Namespace) -> AsyncIterator[Any]:
 
     settings = _settings(args)
     if settings.redis_url:
-        redis = redis_client.connect(settings.redis_url)
+        redis = redis_client.connect(settings.redis_url, timeout_seconds=settings.redis_timeout_seconds)
     else:
         socket_path = (settings.data_dir / "redis" / "redis.sock").resolve()
         if not socket_path.exists():
             raise OncallError(f"no Redis: set --redis-url, or start the server on {settings.data_dir} first")
-        redis = redis_client.connect(f"unix://{quote(str(socket_path))}")
+        redis = redis_client.connect(
+            f"unix://{quote(str(socket_path))}", timeout_seconds=settings.redis_timeout_seconds
+        )
     try:
         yield redis
     finally:

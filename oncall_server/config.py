@@ -26,6 +26,12 @@ class Settings(BaseSettings):
     )
     database_url: str = Field(default="", description="SQLAlchemy URL; empty means SQLite in data_dir.")
     redis_url: str = Field(default="", description="Redis URL; empty means an embedded redis-server.")
+    redis_timeout_seconds: float = Field(
+        default=5.0,
+        ge=0.5,  # above the bus consumer's 200 ms blocking reads
+        le=300.0,
+        description="Longest wait for Redis to connect or answer a command before the call fails.",
+    )
     grpc_listen: str = Field(default="127.0.0.1:50051", description="host:port of the gRPC server.")
     http_listen: str = Field(default="127.0.0.1:8080", description="host:port of the HTTP gateway.")
     public_url: str = Field(default="http://127.0.0.1:8080", description="Base of incident links.")

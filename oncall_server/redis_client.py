@@ -43,8 +43,16 @@ def _hiredis_packing(base: type[AbstractConnection]) -> type[AbstractConnection]
     return _PACKING_CLASSES[base]
 
 
-def connect(url: str, **options: Any) -> Redis:
-    """``Redis.from_url`` whose connections (TCP, TLS or unix socket, as the URL says) pack with hiredis."""
+def connect(url: str, *, timeout_seconds: float | None = None, **options: Any) -> Redis:
+    """``Redis.from_url`` whose connections (TCP, TLS or unix socket, as the URL says) pack with hiredis.
+
+    ``timeout_seconds`` bounds connecting and each command's answer: a Redis that stops answering
+    without closing the connection (paused, partitioned away) then fails the call, and ingest
+    answers "unavailable, retry", instead of every caller waiting until TCP gives up, or forever.
+    Pub/sub reads (the change feed's watchers) block without it, as redis-py does for them.
+    """
+    if timeout_seconds is not None:
+        options = {"socket_timeout": timeout_seconds, "socket_connect_timeout": timeout_seconds, **options}
     client = Redis.from_url(url, **options)
     pool = client.connection_pool
     # hiredis writes text as strict UTF-8, redis-py as the client's encoding says: same bytes only then.
