@@ -30,7 +30,7 @@ import time
 import traceback
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -355,7 +355,9 @@ def scenario_3(ctx: Context) -> RunResult:
     return m, ratios
 
 
-def _ours_and_grouped(ctx: Context, backend: str) -> list[contextlib.AbstractContextManager[OncallServer]]:
+def _ours_and_grouped(
+    ctx: Context, backend: str
+) -> Sequence[contextlib.AbstractContextManager[OncallServer]]:
     """Our server as configured by bootstrap (every alert a new incident), then with time grouping
     (the workload Alertmanager's figures are of) unless ``--no-grouped``."""
     return [ctx.ours(backend)] + ([ctx.ours_grouped(backend)] if ctx.args.grouped else [])

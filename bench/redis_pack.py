@@ -18,8 +18,8 @@ from oncall_server import redis_client
 from oncall_server.ids import uuid7
 
 
-def decision_command(alerts: int) -> list[object]:
-    args: list[object] = [
+def decision_command(alerts: int) -> list[str | int]:
+    args: list[str | int] = [
         "EVALSHA",
         "0" * 40,
         6,
