@@ -41,7 +41,9 @@ async def test_a_busy_writer_with_a_linger_gathers_later_requests_into_one_commi
         while not app.writer._boarding:  # noqa: ASYNC110 - until the first request's batch is running
             await asyncio.sleep(0)
         calls.append(asyncio.create_task(app.writer.submit([alert(tenant, app, "queued")])))
-        await asyncio.sleep(0.3)  # after the first batch committed; within the linger, if any
+        while app.writer.batches_committed == before:  # noqa: ASYNC110 - until the first batch committed
+            await asyncio.sleep(0)
+        # Without a linger the writer has already taken "queued" by now; with one it is waiting.
         calls.append(asyncio.create_task(app.writer.submit([alert(tenant, app, "later")])))
         results = await asyncio.wait_for(asyncio.gather(*calls), 10)
         assert [r[0].outcome.name for r in results] == ["CREATED"] * 3
