@@ -89,4 +89,4 @@ class ChangeFeed:
                     yield Change(tenant_id, service_id, incident_id, entry_id)
         finally:
             await pubsub.unsubscribe()
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await pubsub.aclose()
