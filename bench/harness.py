@@ -283,7 +283,9 @@ def wrk_on(ctx: Context, label: str, target: Any, *, fmt: str, batch: int) -> di
 
 def _ratio(m: dict[str, dict[str, Any]], num: str, den: str) -> float | None:
     if num in m and den in m and m[den]["alerts_per_s"]:
-        return m[num]["alerts_per_s"] / m[den]["alerts_per_s"]
+        rate: float = m[num]["alerts_per_s"]
+        base: float = m[den]["alerts_per_s"]
+        return rate / base
     return None
 
 
@@ -795,8 +797,9 @@ def _growth_backend(ctx: Context, backend: str, levels: list[int]) -> dict[str, 
                 if open_alerts
                 else None,
                 "redis_key_bytes_per_open_alert": memory["keys_bytes"] / open_alerts if open_alerts else None,
+                # MEMORY USAGE answers nil when the hash is gone: not measured, reported as "-".
                 "dedup_hash_bytes_per_entry": memory["dedup_hash_bytes"] / memory["dedup_hash_len"]
-                if memory.get("dedup_hash_len")
+                if memory["dedup_hash_len"] and memory["dedup_hash_bytes"] is not None
                 else None,
             }
             ctx.scenario = "7"
@@ -909,9 +912,9 @@ EXTRA_KEYS = (
 def summarize(runs: list[RunResult]) -> dict[str, Any]:
     labels: list[str] = []
     names: list[str] = []
-    for m, ratios in runs:
+    for m, run_ratios in runs:
         labels += [x for x in m if x not in labels]
-        names += [x for x in ratios if x not in names]
+        names += [x for x in run_ratios if x not in names]
     targets = {}
     for label in labels:
         ms = [m[label] for m, _ in runs if label in m]
@@ -927,7 +930,7 @@ def summarize(runs: list[RunResult]) -> dict[str, Any]:
             for role in ("server", "redis", "db", "generator", "receiver")
         }
         targets[label]["errors"] = sum(x["errors"] for x in ms)
-    ratios = {name: spread([r.get(name) for _, r in runs]) for name in names}  # type: ignore[misc]
+    ratios = {name: spread([r.get(name) for _, r in runs]) for name in names}
     return {"targets": targets, "ratios": ratios}
 
 
@@ -939,7 +942,7 @@ def evaluate_goals(results: dict[str, Any], backends: list[str]) -> list[dict[st
             continue
         for spec in specs:
             pattern, bound = spec[0], spec[1]
-            op = spec[2] if len(spec) > 2 else ">="  # type: ignore[misc]
+            op = spec[2] if len(spec) > 2 else ">="
             for backend in backends:
                 name = pattern.format(b=f"oncall/{backend}")
                 value = summary["ratios"].get(name, {}).get("median")

@@ -193,7 +193,13 @@ def _result_file() -> str:
 
 def _collect(procs: list[subprocess.Popen[str]], timeout: float) -> list[dict[str, Any]]:
     """Each worker's JSON line; a watchdog kills workers still running after ``timeout`` seconds."""
-    watchdog = threading.Timer(timeout, lambda: [p.kill() for p in procs if p.poll() is None])
+
+    def kill_running() -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+
+    watchdog = threading.Timer(timeout, kill_running)
     watchdog.start()
     try:
         results = []
@@ -201,7 +207,10 @@ def _collect(procs: list[subprocess.Popen[str]], timeout: float) -> list[dict[st
             assert proc.stdin is not None
             proc.stdin.close()
             proc.wait()
-            out = Path(next(a for a in proc.args if a.startswith("--out="))[len("--out=") :])  # type: ignore[union-attr]
+            args = proc.args  # typed as any command form; ours are always a list of str
+            assert isinstance(args, list)
+            flag = next(a for a in args if isinstance(a, str) and a.startswith("--out="))
+            out = Path(flag[len("--out=") :])
             if proc.returncode != 0 or not out.exists():
                 raise LoadError(f"gRPC load process failed (exit {proc.returncode})")
             results.append(json.loads(out.read_text()))

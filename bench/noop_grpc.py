@@ -38,6 +38,10 @@ class NoopIngest(ingest_service_pb2_grpc.IngestServiceServicer):
             count += len(message.alerts)
         return ingest_service_pb2.IngestAlertsResponse(results=[RESULT] * count)
 
+    async def CreateEscalation(self, request: Any, context: Any) -> Any:
+        # Abstract in the generated base class; no benchmark calls it, it answers the constant result.
+        return ingest_service_pb2.CreateEscalationResponse(result=RESULT)
+
 
 async def serve(port: int) -> None:
     server = grpc.aio.server(

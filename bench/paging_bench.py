@@ -29,7 +29,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sysinfo import CpuSample
 
@@ -199,13 +199,13 @@ async def _seed(
     far_to: float,
     chunk: int,
 ) -> dict[str, Any]:
-    from sqlalchemy import insert
+    from sqlalchemy import Table, insert
 
     from oncall_server.storage.engine import create_engine
     from oncall_server.storage.models import Incident
 
     engine = create_engine(url)
-    table = Incident.__table__
+    table = cast(Table, Incident.__table__)  # a declarative class's __table__ is typed FromClause
     started = time.time()
     far = total - measured
     try:
@@ -363,7 +363,7 @@ def run_paced_load(
             spy.wait(60)
         if proc.returncode != 0 or not Path(out).exists():
             raise RuntimeError(f"paging load process failed (exit {proc.returncode})")
-        result = json.loads(Path(out).read_text())
+        result: dict[str, Any] = json.loads(Path(out).read_text())
     finally:
         if proc.poll() is None:
             proc.kill()

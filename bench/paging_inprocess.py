@@ -23,7 +23,7 @@ import contextlib
 import logging
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +83,8 @@ async def ingest_new_incidents(app: App, tenant: Tenant, incidents: int, batch: 
 @contextlib.contextmanager
 def counting_trips(counts: collections.Counter[str]) -> Iterator[None]:
     """Inside, count trips to SQLite's thread and Redis round trips into ``counts``."""
-    execute = aiosqlite.Connection._execute
+    # aiosqlite leaves this private coroutine method unannotated: (self, fn, *args, **kwargs) -> result
+    execute: Callable[..., Coroutine[Any, Any, Any]] = aiosqlite.Connection._execute
     send = AbstractConnection.send_packed_command
 
     async def counted_execute(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:

@@ -22,7 +22,7 @@ import shutil
 import sqlite3
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,10 +75,11 @@ def recording_sqlite_calls(calls: list[Call]) -> Iterator[None]:
         calls.append(("COMMIT", None, False))
         commit(connection, begin, writes)
 
-    sqlite_driver._run = recording_run  # type: ignore[assignment]
-    sqlite_driver._commit = recording_commit  # type: ignore[assignment]
-    sqlite_driver._run_each = recording_run_each  # type: ignore[assignment]
-    execute = aiosqlite.Connection._execute
+    sqlite_driver._run = recording_run
+    sqlite_driver._commit = recording_commit
+    sqlite_driver._run_each = recording_run_each
+    # aiosqlite leaves this private coroutine method unannotated: (self, fn, *args, **kwargs) -> result
+    execute: Callable[..., Coroutine[Any, Any, Any]] = aiosqlite.Connection._execute
 
     async def recording_execute(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
         name = getattr(fn, "__name__", "")
@@ -90,9 +91,9 @@ def recording_sqlite_calls(calls: list[Call]) -> Iterator[None]:
     try:
         yield
     finally:
-        sqlite_driver._run = run  # type: ignore[assignment]
-        sqlite_driver._commit = commit  # type: ignore[assignment]
-        sqlite_driver._run_each = run_each  # type: ignore[assignment]
+        sqlite_driver._run = run
+        sqlite_driver._commit = commit
+        sqlite_driver._run_each = run_each
         aiosqlite.Connection._execute = execute  # type: ignore[method-assign]
 
 

@@ -87,7 +87,7 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[index]
 
 
-def spread(values: Sequence[float]) -> dict[str, float]:
+def spread(values: Sequence[float | None]) -> dict[str, float]:
     """Median with min and max, ignoring missing values."""
     clean = [v for v in values if v is not None and v == v]
     if not clean:

@@ -24,7 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from sysinfo import free_port, rss_bytes, worker_pids
 
@@ -34,6 +34,16 @@ ALERTMANAGER = os.environ.get("BENCH_ALERTMANAGER", "/usr/bin/prometheus-alertma
 
 class StartError(RuntimeError):
     pass
+
+
+class RedisMemory(TypedDict):
+    """What :meth:`OncallServer.redis_memory` measures, in bytes (lengths in entries)."""
+
+    used_memory: int
+    keys: int
+    keys_bytes: int
+    dedup_hash_bytes: int | None  # MEMORY USAGE answers nil for a key that does not exist
+    dedup_hash_len: int
 
 
 def _stop(proc: subprocess.Popen[Any] | None, timeout: float = 15.0) -> None:
@@ -142,19 +152,21 @@ class OncallServer:
 
     def prepare(self) -> None:
         """The database (a scratch one on PostgreSQL; Redis flushed) and ``oncall-server bootstrap``."""
+        redis_url = ""  # embedded Redis: the server starts its own
         if self.backend == "postgresql":
             assert self.admin_url and self.redis_url
+            redis_url = self.redis_url
             from oncall_server.testing import create_scratch_postgres
 
             self.database_url = asyncio.run(create_scratch_postgres(self.admin_url))
             import redis
 
-            redis.Redis.from_url(self.redis_url).flushdb()
+            redis.Redis.from_url(redis_url).flushdb()
         self.env = _clean_env(
             {
                 "ONCALL_DATA_DIR": str(self.data_dir),
                 "ONCALL_DATABASE_URL": self.database_url,
-                "ONCALL_REDIS_URL": self.redis_url if self.backend == "postgresql" else "",
+                "ONCALL_REDIS_URL": redis_url,
                 "ONCALL_ACCESS_LOG": "false",
                 "ONCALL_LOG_LEVEL": "WARNING",
                 "ONCALL_DRAIN_SECONDS": "2",
@@ -311,22 +323,24 @@ class OncallServer:
         keep = [line for line in lines if " WARNING " in line or " ERROR " in line or "Error:" in line]
         return keep[-limit:]
 
-    def redis_memory(self) -> dict[str, int | None]:
+    def redis_memory(self) -> RedisMemory:
         """Redis ``used_memory`` (the whole instance), the summed MEMORY USAGE of every key in our
         db (precise even on a shared Redis), and the size and length of this service's dedup hash."""
         client = self.redis_client()
         key = f"oncall:{{{self.creds['service_id']}}}:dedup"
-        out: dict[str, int | None] = {"used_memory": int(client.info("memory")["used_memory"])}
+        used_memory = int(client.info("memory")["used_memory"])
         keys_bytes = 0
         keys = 0
         for name in client.scan_iter(count=1000):
             keys += 1
             keys_bytes += client.memory_usage(name, samples=0) or 0
-        out["keys"] = keys
-        out["keys_bytes"] = keys_bytes
-        out["dedup_hash_bytes"] = client.memory_usage(key, samples=0)
-        out["dedup_hash_len"] = int(client.hlen(key))
-        return out
+        return {
+            "used_memory": used_memory,
+            "keys": keys,
+            "keys_bytes": keys_bytes,
+            "dedup_hash_bytes": client.memory_usage(key, samples=0),
+            "dedup_hash_len": int(client.hlen(key)),
+        }
 
 
 class _Script:
