@@ -22,8 +22,8 @@ from oncall_server.errors import FailedPrecondition, InvalidArgument, NotFound
 from oncall_server.ids import is_valid_id, uuid7
 from oncall_server.ingest.coordination import Coordinator
 from oncall_server.ingest.model import AlertState, IncidentStatus
-from oncall_server.outbox import ASSIGNED, PageRequest, enqueue_pages
-from oncall_server.storage.engine import write_transaction
+from oncall_server.outbox import ASSIGNED, PageRequest, Paged, enqueue_pages
+from oncall_server.storage.engine import retrying_write
 from oncall_server.storage.models import Alert, Incident, Service, TimelineEntry, User
 
 MAX_NOTE = 64 * 1024
@@ -104,6 +104,17 @@ class Incidents:
             raise NotFound(f"incident {incident_id!r} not found")
         return incident
 
+    @staticmethod
+    async def _lock_open_alerts(session: AsyncSession, incident_id: str) -> None:
+        """Row locks on an incident's open alerts, taken before the incident's own (PostgreSQL)."""
+        if session.get_bind().dialect.name == "postgresql" and is_valid_id(incident_id):
+            await session.execute(
+                select(Alert.id)
+                .where(Alert.incident_id == incident_id, Alert.state.in_(OPEN_ALERT_STATES))
+                .order_by(Alert.id)
+                .with_for_update()
+            )
+
     async def get(self, tenant_id: str, incident_id: str) -> Incident:
         async with self.sessions() as session:
             return await self._incident(session, tenant_id, incident_id)
@@ -173,10 +184,13 @@ class Incidents:
         summary: str = "",
     ) -> Incident:
         now = self.clock.now()
-        async with write_transaction(self.sessions) as session:
+
+        async def work(session: AsyncSession) -> tuple[Incident, TimelineEntry | None]:
+            # Alerts before their incident, the order ingest locks them in (else: a deadlock).
+            await self._lock_open_alerts(session, incident_id)
             incident = await self._incident(session, tenant_id, incident_id, lock=True)
             if incident.status == target.value:
-                return incident
+                return incident, None
             if incident.status not in {s.value for s in allowed}:
                 raise FailedPrecondition(
                     f"incident {incident_id!r} is {incident.status}; it cannot become {target.value}"
@@ -213,6 +227,11 @@ class Incidents:
             )
             entry = self._entry(incident, kind, actor, message, {})
             session.add(entry)
+            return incident, entry
+
+        incident, entry = await retrying_write(self.sessions, work)
+        if entry is None:
+            return incident
         self._publish(incident, entry)
         if self.schedule is not None:
             await self.schedule(incident)
@@ -224,7 +243,8 @@ class Incidents:
         if not assignee:
             raise InvalidArgument.field("assigned_to", "must not be empty")
         now = self.clock.now()
-        async with write_transaction(self.sessions) as session:
+
+        async def work(session: AsyncSession) -> tuple[Incident, TimelineEntry, Paged]:
             incident = await self._incident(session, tenant_id, incident_id, lock=True)
             if incident.status == IncidentStatus.RESOLVED.value:
                 raise FailedPrecondition(f"incident {incident_id!r} is resolved")
@@ -266,6 +286,9 @@ class Incidents:
                 ],
                 now,
             )
+            return incident, entry, paged
+
+        incident, entry, paged = await retrying_write(self.sessions, work)
         self._publish(incident, entry)
         if paged.notifications:
             self.on_enqueued()
@@ -276,11 +299,15 @@ class Incidents:
             raise InvalidArgument.field("note", "must not be empty")
         if len(note) > MAX_NOTE:
             raise InvalidArgument.field("note", f"must be at most {MAX_NOTE} characters")
-        async with write_transaction(self.sessions) as session:
+
+        async def work(session: AsyncSession) -> tuple[Incident, TimelineEntry]:
             incident = await self._incident(session, tenant_id, incident_id, lock=True)
             incident.updated_at = self.clock.now()
             entry = self._entry(incident, "note", actor, note, {})
             session.add(entry)
+            return incident, entry
+
+        incident, entry = await retrying_write(self.sessions, work)
         self._publish(incident, entry)
         return entry
 

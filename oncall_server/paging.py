@@ -33,7 +33,7 @@ from oncall_server.outbox import PAGE, OutboxRow, PageRequest, enqueue_pages
 from oncall_server.schedules import Schedule, from_json, who_is_on_call
 from oncall_server.storage import bulk
 from oncall_server.storage.bulk import Executor
-from oncall_server.storage.engine import write_transaction
+from oncall_server.storage.engine import retrying_write
 from oncall_server.storage.models import (
     Alert,
     EscalationPolicy,
@@ -353,8 +353,8 @@ class Escalator:
             await self.due.finish([member], outcome.following)
 
     async def _steps(self, steps: list[tuple[str, int, int]]) -> _Outcome:
-        outcome = _Outcome()
-        async with write_transaction(self.sessions) as session:
+        async def work(session: AsyncSession) -> _Outcome:
+            outcome = _Outcome()
             # Locked in id order, so two replicas' batches cannot deadlock on PostgreSQL.
             incidents = {
                 row.id: _Escalating(*row)
@@ -387,7 +387,9 @@ class Escalator:
             await bulk.execute_all(
                 session, [*outcome.writes, (bulk.insert_into(TimelineEntry), outcome.entries)]
             )
-        return outcome
+            return outcome
+
+        return await retrying_write(self.sessions, work)
 
     async def _start(
         self, incidents: list[_Escalating], session: Executor, now: datetime, outcome: _Outcome

@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import logging
 import os
+import random
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -23,8 +26,12 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import NullPool
 
-from oncall_server import json_codec
+from oncall_server import failures, json_codec
 from oncall_server.storage.sqlite_driver import OneHopConnection, OneHopDBAPI
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_WRITE_ATTEMPTS = 5
 
 
 def is_sqlite(url: str) -> bool:
@@ -186,6 +193,31 @@ async def write_transaction(sessions: async_sessionmaker[AsyncSession]) -> Async
     async with write_lock(engine), sessions.begin() as session:
         await session.connection(execution_options={SQLITE_IMMEDIATE: True})
         yield session
+
+
+async def retrying_write(
+    sessions: async_sessionmaker[AsyncSession],
+    work: Callable[[AsyncSession], Awaitable[T]],
+    *,
+    attempts: int = _WRITE_ATTEMPTS,
+) -> T:
+    """``work`` in a :func:`write_transaction`, run again from the start after a deadlock or
+    serialization failure, so a person's action never fails because a concurrent one won the tie.
+
+    ``work`` must touch nothing outside its session: a failed attempt leaves no trace.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            async with write_transaction(sessions) as session:
+                return await work(session)
+        except DBAPIError as exc:
+            if attempt == attempts or not failures.is_transient(exc):
+                raise
+            log.info(
+                "write transaction hit %s (attempt %d); running it again", type(exc.orig).__name__, attempt
+            )
+            await asyncio.sleep(random.uniform(0.005, 0.02) * attempt)  # the winner commits meanwhile
+    raise AssertionError("unreachable")
 
 
 @asynccontextmanager
