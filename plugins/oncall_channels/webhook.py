@@ -1,10 +1,12 @@
 """The ``webhook`` channel: POST the page as signed JSON to an http(s) URL.
 
 Tenants choose these URLs, so the server must not become their way into the
-private network (SSRF): a destination whose address is private, loopback,
-link-local, multicast, reserved or unspecified is refused unless an operator
-allowed its network (``ONCALL_WEBHOOK_ALLOWED_NETWORKS``). Names are resolved
-by :class:`GuardedResolver`, and aiohttp connects to exactly the addresses it
+private network (SSRF): a destination whose address is not globally routable
+(private, loopback, link-local, site-local, multicast, reserved, unspecified,
+or an IPv6 form that carries such an IPv4 address: IPv4-mapped, 6to4, Teredo,
+NAT64) is refused unless an operator allowed its network
+(``ONCALL_WEBHOOK_ALLOWED_NETWORKS``). Names are resolved by
+:class:`GuardedResolver`, and aiohttp connects to exactly the addresses it
 checked, so a name cannot be re-pointed between check and connect (DNS
 rebinding). Redirects are not followed: the target of one is not checked.
 """
@@ -18,21 +20,23 @@ import hmac
 import ipaddress
 import socket
 import time
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from oncall_server import json_codec
-from oncall_server.hookspecs import DeliveryError, Destination, Page
+from oncall_server.hookspecs import AT_LEAST_ONCE, DeliveryError, Destination, Page
 
 if TYPE_CHECKING:
     from oncall_server.config import Settings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: ``loop.getaddrinfo``'s shape: what :class:`GuardedResolver` asks for a name's addresses.
+Lookup = Callable[..., Awaitable[list[tuple[Any, Any, Any, Any, Any]]]]
 
 USER_AGENT = "oncall-server"
 ALLOW_SETTING = "ONCALL_WEBHOOK_ALLOWED_NETWORKS"
@@ -48,8 +52,43 @@ class AddressRefused(Exception):
     """
 
 
+#: RFC 6052's well-known NAT64 prefix: globally routable, so judged by the IPv4 address it carries
+#: (an IPv6-only host with DNS64 reaches every IPv4 receiver through it).
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+#: RFC 8215's local-use NAT64 prefix: never global (``is_global`` agrees on recent Pythons only).
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+#: Deprecated IPv4-compatible addresses (``::a.b.c.d``, RFC 4291 2.5.5.1), minus ``::`` and ``::1``.
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+
+
+def embedded_ipv4(ip: IPAddress) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries: IPv4-mapped and -compatible, 6to4 (2002::/16),
+    Teredo (2001::/32: server and client) and NAT64 (64:ff9b::/96). Empty for anything else."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return []
+    carried: list[ipaddress.IPv4Address] = []
+    if ip.ipv4_mapped is not None:
+        carried.append(ip.ipv4_mapped)
+    if ip.sixtofour is not None:
+        carried.append(ip.sixtofour)
+    if ip.teredo is not None:
+        carried.extend(ip.teredo)
+    if ip in _NAT64 or (ip in _IPV4_COMPATIBLE and int(ip) > 1):
+        carried.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    return carried
+
+
 def is_internal(ip: IPAddress) -> bool:
-    """Whether ``ip`` is not a public unicast address (``is_global`` alone lets multicast through)."""
+    """Whether ``ip`` is not a public unicast address: not ``is_global`` (which alone lets multicast
+    through), or an IPv6 address carrying an IPv4 address that is internal (6to4, Teredo, NAT64,
+    IPv4-mapped), or site-local (fec0::/10, deprecated, still routed inside some networks)."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if any(is_internal(carried) for carried in embedded_ipv4(ip)):
+            return True
+        if ip in _NAT64:
+            return False  # Python calls all of ::/8 reserved; this prefix is global, its IPv4 decided
+        if ip.is_site_local or ip in _NAT64_LOCAL:
+            return True
     return (
         ip.is_private
         or ip.is_loopback
@@ -62,13 +101,26 @@ def is_internal(ip: IPAddress) -> bool:
 
 
 def is_allowed(ip: IPAddress, allowed_networks: Sequence[IPNetwork]) -> bool:
-    """Whether a webhook may connect to ``ip``; ``::ffff:a.b.c.d`` is judged as ``a.b.c.d`` too."""
+    """Whether a webhook may connect to ``ip``: it is public (see :func:`is_internal`), or it is
+    inside an operator's allowed network (``::ffff:a.b.c.d`` counts as ``a.b.c.d`` there)."""
     candidates: list[IPAddress] = [ip]
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         candidates.append(ip.ipv4_mapped)
     if any(candidate in network for candidate in candidates for network in allowed_networks):
         return True
-    return not any(is_internal(candidate) for candidate in candidates)
+    return not is_internal(ip)
+
+
+def _carrying(ip: IPAddress) -> str:
+    """`` carrying a.b.c.d`` for an IPv6 address that carries IPv4 addresses, else ``""``."""
+    carried = embedded_ipv4(ip)
+    return f" carrying {', '.join(str(v4) for v4 in carried)}" if carried else ""
+
+
+def refusal(ip: IPAddress) -> str:
+    """Why ``ip`` is refused, naming the IPv4 address it carries if any."""
+    carrying = _carrying(ip)
+    return f"{ip} is an internal address" + (f" ({carrying.lstrip()})" if carrying else "")
 
 
 def signature(secret: str, timestamp: str, body: bytes) -> str:
@@ -99,10 +151,18 @@ def parse_url(address: str) -> URL:
 
 
 def _ip_literal(host: str) -> IPAddress | None:
+    """The address if ``host`` is an IP literal, including the shorthand IPv4 forms the system
+    resolver accepts without DNS (``127.1``, ``2130706433``, ``0x7f000001``, ``0177.0.0.1``)."""
     try:
         return ipaddress.ip_address(host)
     except ValueError:
-        return None
+        pass
+    if host and all(ch in "0123456789abcdefxABCDEFX." for ch in host):
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    return None
 
 
 class GuardedResolver(AbstractResolver):
@@ -112,21 +172,22 @@ class GuardedResolver(AbstractResolver):
     checks those itself.
     """
 
-    def __init__(self, allowed_networks: Sequence[IPNetwork]) -> None:
+    def __init__(self, allowed_networks: Sequence[IPNetwork], *, lookup: Lookup | None = None) -> None:
         self._allowed = tuple(allowed_networks)
+        self._lookup = lookup
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
-        infos = await asyncio.get_running_loop().getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, family=family
-        )
+        lookup = self._lookup or asyncio.get_running_loop().getaddrinfo
+        infos = await lookup(host, port, type=socket.SOCK_STREAM, family=family)
         results: list[ResolveResult] = []
         refused: set[str] = set()
         for info_family, _, proto, _, sockaddr in infos:
             address = str(sockaddr[0])
-            if not is_allowed(ipaddress.ip_address(address), self._allowed):
-                refused.add(address)
+            ip = ipaddress.ip_address(address)
+            if not is_allowed(ip, self._allowed):
+                refused.add(f"{ip}{_carrying(ip)}")
                 continue
             results.append(
                 ResolveResult(
@@ -151,6 +212,9 @@ class GuardedResolver(AbstractResolver):
 
 class WebhookChannel:
     name = "webhook"
+    # A receiver drops a repeat by X-OnCall-Notification-Id (the body's notification_id), so a page
+    # whose sender died mid-send is sent again by the replica that takes it over.
+    delivery = AT_LEAST_ONCE
 
     def __init__(self, *, timeout_seconds: float = 10.0, allowed_networks: Iterable[str] = ()) -> None:
         self._timeout_seconds = timeout_seconds
@@ -174,9 +238,7 @@ class WebhookChannel:
         # Names are checked at send time (DNS changes); a literal internal IP can be refused now.
         ip = self._refused_literal(url)
         if ip is not None:
-            raise ValueError(
-                f"{ip} is an internal address; webhooks may reach it only if {ALLOW_SETTING} allows it"
-            )
+            raise ValueError(f"{refusal(ip)}; webhooks may reach it only if {ALLOW_SETTING} allows it")
         return str(url)
 
     def _refused_literal(self, url: URL) -> IPAddress | None:
@@ -199,7 +261,7 @@ class WebhookChannel:
         ip = self._refused_literal(url)
         if ip is not None:
             return DeliveryError(
-                f"refused {url}: {ip} is an internal address; allow it with {ALLOW_SETTING}", retryable=False
+                f"refused {url}: {refusal(ip)}; allow it with {ALLOW_SETTING}", retryable=False
             )
         return url
 
