@@ -78,6 +78,13 @@ class Settings(BaseSettings):
     notify_poll_seconds: float = Field(
         default=0.5, description="Longest the dispatcher sleeps before looking for due notifications."
     )
+    notify_lease_seconds: float = Field(
+        default=10.0,
+        ge=1.0,
+        le=3600.0,
+        description="A notification being sent is leased this long, renewed while its send runs; "
+        "a dead replica's sends are taken over once it runs out.",
+    )
     # Notification channels (plugins/oncall_channels)
     webhook_timeout_seconds: float = Field(
         default=10.0, description="Whole-request timeout of one webhook delivery (connect, send, answer)."

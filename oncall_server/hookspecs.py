@@ -121,8 +121,47 @@ class DeliveryError(Exception):
         self.retryable = retryable
 
 
+class OutcomeUnknown(DeliveryError):
+    """The send may or may not have reached the receiver (it went out, then no answer came).
+
+    An :data:`AT_LEAST_ONCE` channel's page is retried as after any retryable failure; an
+    :data:`AT_MOST_ONCE` channel's page is not sent again: it is recorded as ``unknown``.
+    """
+
+
+#: Delivery semantics a channel declares in its ``delivery`` attribute (see :class:`Channel`).
+AT_LEAST_ONCE = "at_least_once"
+AT_MOST_ONCE = "at_most_once"
+DELIVERIES = (AT_LEAST_ONCE, AT_MOST_ONCE)
+
+
+def delivery_of(channel: object) -> str:
+    """A channel's declared delivery semantics; :data:`AT_MOST_ONCE` when it declares none."""
+    delivery = getattr(channel, "delivery", AT_MOST_ONCE)
+    if delivery not in DELIVERIES:
+        raise ValueError(
+            f"notification channel {getattr(channel, 'name', channel)!r} declares delivery={delivery!r}; "
+            f"choose one of {list(DELIVERIES)}"
+        )
+    return str(delivery)
+
+
 class Channel(Protocol):
-    """Sends pages through one kind of contact method (``ContactMethod.type``)."""
+    """Sends pages through one kind of contact method (``ContactMethod.type``).
+
+    A channel may also declare ``delivery`` (a class attribute; not part of this protocol, so
+    channels written before it still type-check), which decides what happens to a page whose
+    sender died, or whose send raised :class:`OutcomeUnknown`, before its outcome was known:
+
+    * :data:`AT_LEAST_ONCE` — the receiver drops repeats by ``page.notification_id`` (a webhook
+      receiver, a provider with an idempotency key, a log line). The page is sent again, with the
+      same notification id, by whichever replica takes it over.
+    * :data:`AT_MOST_ONCE` (the default) — a repeat reaches a person twice (an SMS, a phone call,
+      an email). The dispatcher durably marks the page before the network call; a page marked so
+      whose outcome never came back is not sent again: it is recorded as ``unknown`` on the
+      incident timeline, logged as a warning and counted in
+      ``oncall_pages_outcome_unknown_total``, and escalation goes on as after a failed page.
+    """
 
     #: The contact method type it serves, e.g. ``"email"``.
     name: str
@@ -132,7 +171,8 @@ class Channel(Protocol):
         ...
 
     async def send(self, page: Page, destination: Destination) -> None:
-        """Deliver once (the dispatcher retries); raise :class:`DeliveryError` on failure."""
+        """Deliver once (the dispatcher retries); raise :class:`DeliveryError` on failure, and
+        :class:`OutcomeUnknown` when the request went out but whether it arrived is unknown."""
         ...
 
     async def close(self) -> None:

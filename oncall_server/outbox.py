@@ -7,7 +7,15 @@ dispatcher claims rows with a lease in one conditional UPDATE that also
 checks the incident (still triggered, same escalation run), so once an
 acknowledgement commits no further page of that incident is claimed; rows
 already claimed before it are the only ones that can still go out. Every
-outcome — sent, retrying, failed — lands on the incident timeline.
+outcome — sent, retrying, failed, unknown — lands on the incident timeline.
+
+Leases are short (``ONCALL_NOTIFY_LEASE_SECONDS``) and renewed while a send is in progress, so a
+slow but live send keeps its row and a dead replica's rows are taken over within about one lease.
+What a take-over does depends on the channel's declared delivery (``hookspecs.delivery_of``): an
+at-least-once channel's page is sent again with the same notification id; an at-most-once
+channel's page is marked ``delivering`` in its own transaction before the network call, and a
+``delivering`` row whose lease ran out is never sent again: its outcome is recorded as
+``unknown``, the operator is told (a warning, ``oncall_pages_outcome_unknown_total``).
 """
 
 from __future__ import annotations
@@ -22,13 +30,23 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, exists, or_, select, update
+from prometheus_client import Counter
+from sqlalchemy import Table, and_, bindparam, exists, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from oncall_server.changes import Change, ChangeFeed
 from oncall_server.clock import Clock
-from oncall_server.hookspecs import DeliveryError, Destination, Page
+from oncall_server.hookspecs import (
+    AT_LEAST_ONCE,
+    AT_MOST_ONCE,
+    Channel,
+    DeliveryError,
+    Destination,
+    OutcomeUnknown,
+    Page,
+    delivery_of,
+)
 from oncall_server.ids import uuid7
 from oncall_server.ingest.model import IncidentFacts, IncidentStatus
 from oncall_server.ingest.rides import Carrier, Ride
@@ -51,6 +69,20 @@ log = logging.getLogger(__name__)
 
 PAGE = "page"
 ASSIGNED = "assigned"
+
+# Outbox statuses: "pending" -> "sending" (claimed: leased, not begun) -> ["delivering" (an
+# at-most-once channel's network call has begun)] -> "sent" | "failed" | "unknown"; a retry goes
+# back to "pending"; an acknowledgement or resolve "cancelled" pending rows.
+SENDING = "sending"
+DELIVERING = "delivering"
+UNKNOWN = "unknown"
+
+PAGES_OUTCOME_UNKNOWN = Counter(
+    "oncall_pages_outcome_unknown_total",
+    "Notifications of at-most-once channels whose send began but whose outcome never came back "
+    "(the sender died, or the channel could not tell); recorded as unknown, not sent again.",
+    ["channel"],
+)
 
 
 def incident_url(public_url: str, incident_id: str) -> str:
@@ -197,7 +229,7 @@ async def enqueue_pages(
                         "user_id": user_id,
                         "contact_method_id": method_id,
                         "channel": method_of[method_id].channel,
-                        "status": "sending" if claimed else "pending",
+                        "status": SENDING if claimed else "pending",
                         "attempts": 1 if claimed else 0,
                         "next_attempt_at": now + timedelta(seconds=delay),
                         "lease_until": claim_until if claimed else None,
@@ -223,7 +255,7 @@ async def enqueue_pages(
     claimed_rows = [
         OutboxRow.of(row, _content(facts.get(row["incident_id"]), method_of[row["contact_method_id"]]))
         for row in rows
-        if row["status"] == "sending" and row["id"] in inserted
+        if row["status"] == SENDING and row["id"] in inserted
     ]
     return results, claimed_rows
 
@@ -304,7 +336,7 @@ def _claimable(now: datetime) -> Any:
         Notification.next_attempt_at <= now,
         or_(
             Notification.status == "pending",
-            and_(Notification.status == "sending", Notification.lease_until < now),
+            and_(Notification.status == SENDING, Notification.lease_until < now),
         ),
     )
 
@@ -345,6 +377,37 @@ class _Outcomes:
     updates: list[dict[str, Any]]
     entries: list[dict[str, Any]]
     changes: list[Change]
+    unknown: list[_Unknown] = field(default_factory=list)  # told to the operator once committed
+
+
+@dataclass(frozen=True, slots=True)
+class _Unknown:
+    """An at-most-once page whose outcome is unknown: what the operator is told."""
+
+    notification_id: str
+    incident_id: str
+    channel: str
+    who: str
+    why: str
+
+    def report(self) -> None:
+        PAGES_OUTCOME_UNKNOWN.labels(self.channel).inc()
+        log.warning(
+            "page %s of incident %s to %s via %s: outcome unknown (%s); not sent again, %s cannot "
+            "drop a repeat: check with them",
+            self.notification_id,
+            self.incident_id,
+            self.who,
+            self.channel,
+            self.why,
+            self.channel,
+        )
+
+    def message(self) -> str:
+        return (
+            f"Page to {self.who} via {self.channel} may not have arrived: {self.why}; not sent again "
+            f"({self.channel} cannot drop a repeat)"
+        )
 
 
 # Outcomes waiting to be committed, and the future their sender waits on.
@@ -373,6 +436,17 @@ class _Delivery:
     retryable: bool = True
     user_name: str = ""
     service_id: str = ""
+    channel: Channel | None = None
+    at_most_once: bool = True
+    unknown: bool = False  # the send went out, its outcome did not come back
+
+
+def _delivery_semantics(channel: Channel) -> str:
+    try:
+        return delivery_of(channel)
+    except ValueError as exc:  # a plugin's typo: the safe reading, loudly
+        log.error("%s; treated as %s", exc, AT_MOST_ONCE)
+        return AT_MOST_ONCE
 
 
 class Dispatcher:
@@ -392,7 +466,7 @@ class Dispatcher:
         *,
         public_url: str,
         max_attempts: int = 10,
-        lease_seconds: float = 60.0,
+        lease_seconds: float = 10.0,
         retry_base_seconds: float = 1.0,
         retry_max_seconds: float = 300.0,
         poll_seconds: float = 0.5,
@@ -419,6 +493,8 @@ class Dispatcher:
         self._refused: list[_Queued] = []  # rode in an ingest transaction that failed
         self._recorder: asyncio.Task[None] | None = None
         self.carrier: Carrier | None = None  # the ingest writer, which can carry outcomes
+        # Rows this process is sending (id -> attempts, the claim's fencing token): leases renewed.
+        self._in_flight: dict[str, int] = {}
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -449,6 +525,7 @@ class Dispatcher:
 
     async def run_forever(self, stopping: asyncio.Event) -> None:
         self.running = True
+        heartbeat = asyncio.create_task(self._keep_leases(), name="outbox-leases")
         try:
             while not stopping.is_set():
                 self._wakeup.clear()  # before the work: a wake-up during it must not be lost
@@ -463,7 +540,39 @@ class Dispatcher:
                     await asyncio.wait_for(self._wakeup.wait(), self.poll_seconds)
         finally:
             self.running = False
-            await self.drain()
+            try:
+                await self.drain()
+            finally:
+                heartbeat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await heartbeat
+
+    async def _keep_leases(self) -> None:
+        """Renew the leases of rows in flight three times per lease, so a slow send keeps its row."""
+        interval = self.lease.total_seconds() / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.renew_leases()
+            except Exception as exc:  # the next beat tries again; past the lease others take over
+                log.warning(
+                    "could not renew the leases of %d page(s) in flight: %s", len(self._in_flight), exc
+                )
+
+    async def renew_leases(self) -> int:
+        """Extend by one lease every row this process is still sending; returns how many it held.
+
+        Fenced by the claim's ``attempts``: a row another dispatcher took over is left alone.
+        """
+        held = list(self._in_flight.items())
+        if not held:
+            return 0
+        until = self.clock.now() + self.lease
+        async with write_connection(self.sessions.kw["bind"]) as conn:
+            await bulk.execute_all(
+                conn, [(_RENEW_LEASE, [{"b_id": i, "b_attempts": a, "b_until": until} for i, a in held])]
+            )
+        return len(held)
 
     async def drain(self) -> None:
         """Until every batch handed over by :meth:`take` is sent and recorded."""
@@ -478,13 +587,50 @@ class Dispatcher:
         return len(claimed)
 
     async def _deliver(self, rows: list[OutboxRow]) -> None:
-        deliveries = await self._prepare(rows)
-        await asyncio.gather(*(self._send(d) for d in deliveries))
-        await self._record(deliveries)
+        for row in rows:
+            self._in_flight[row.id] = row.attempts
+        try:
+            deliveries = await self._prepare(rows)
+            deliveries = await self._begin_at_most_once(deliveries)
+            await asyncio.gather(*(self._send(d) for d in deliveries))
+            await self._record(deliveries)
+        finally:
+            for row in rows:
+                if self._in_flight.get(row.id) == row.attempts:  # not re-claimed here meanwhile
+                    del self._in_flight[row.id]
+
+    async def _begin_at_most_once(self, deliveries: list[_Delivery]) -> list[_Delivery]:
+        """Mark the at-most-once sends ``delivering`` (committed) before any of them goes out.
+
+        The mark is fenced by the claim (status ``sending``, same ``attempts``): a row whose lease
+        ran out and that another dispatcher took meanwhile is not sent here (nor recorded).
+        """
+        starting = [d for d in deliveries if d.at_most_once and d.channel is not None and d.page is not None]
+        if not starting:
+            return deliveries
+        async with write_connection(self.sessions.kw["bind"]) as conn:
+            result = await conn.execute(
+                update(_notifications)
+                .where(
+                    tuple_(_notifications.c.id, _notifications.c.attempts).in_(
+                        [(d.row.id, d.row.attempts) for d in starting]
+                    ),
+                    _notifications.c.status == SENDING,
+                )
+                .values(status=DELIVERING, lease_until=self.clock.now() + self.lease)
+                .returning(_notifications.c.id)
+            )
+            ours = {row_id for (row_id,) in result}
+        if len(ours) == len(starting):
+            return deliveries
+        lost = {d.row.id for d in starting if d.row.id not in ours}
+        log.info("%d page(s) were taken over by another dispatcher before their send began", len(lost))
+        return [d for d in deliveries if d.row.id not in lost]
 
     async def _claim(self) -> list[OutboxRow]:
         now = self.clock.now()
         async with write_transaction(self.sessions) as session:
+            unknown = await self._abandon_unknown(session, now)
             # Rows their incident no longer wants (acknowledged, resolved, a newer run) are cancelled.
             await session.execute(
                 update(Notification)
@@ -502,11 +648,77 @@ class Dispatcher:
             result = await session.execute(
                 update(Notification)
                 .where(Notification.id.in_(candidates.scalar_subquery()))
-                .values(status="sending", lease_until=now + self.lease, attempts=Notification.attempts + 1)
+                .values(status=SENDING, lease_until=now + self.lease, attempts=Notification.attempts + 1)
                 .returning(*(getattr(Notification, name) for name in _OUTBOX_COLUMNS))
                 .execution_options(synchronize_session=False)
             )
-            return [OutboxRow.of(row) for row in result.all()]
+            claimed = [OutboxRow.of(row) for row in result.all()]
+        if unknown:
+            self._announce([unknown])
+        return claimed
+
+    async def _abandon_unknown(self, session: AsyncSession, now: datetime) -> _Outcomes | None:
+        """``delivering`` rows whose lease ran out: their sender died mid-send. Recorded ``unknown``
+        with a timeline entry, in the claim's transaction; never sent again."""
+        result = await session.execute(
+            update(Notification)
+            .where(Notification.status == DELIVERING, Notification.lease_until < now)
+            .values(
+                status=UNKNOWN,
+                lease_until=None,
+                last_error="outcome unknown: the process sending it stopped mid-send",
+            )
+            .returning(Notification.id)
+            .execution_options(synchronize_session=False)
+        )
+        ids = [row_id for (row_id,) in result]
+        if not ids:
+            return None
+        rows = await session.execute(
+            select(
+                Notification.id,
+                Notification.tenant_id,
+                Notification.incident_id,
+                Notification.user_id,
+                Notification.channel,
+                Notification.tier,
+                Notification.attempts,
+                Incident.service_id,
+                User.name,
+            )
+            .join(Incident, Incident.id == Notification.incident_id)
+            .outerjoin(User, User.id == Notification.user_id)
+            .where(Notification.id.in_(ids))
+        )
+        outcomes = _Outcomes([], [], [])
+        for row in rows:
+            unknown = _Unknown(
+                row.id,
+                row.incident_id,
+                row.channel,
+                row.name or row.user_id,
+                f"the process sending it stopped mid-send, attempt {row.attempts}",
+            )
+            entry = _timeline_entry(
+                row.tenant_id,
+                row.incident_id,
+                unknown.message(),
+                {
+                    "notification_id": row.id,
+                    "user_id": row.user_id,
+                    "channel": row.channel,
+                    "attempts": str(row.attempts),
+                    "tier": str(row.tier),
+                    "status": UNKNOWN,
+                    "error": "outcome unknown",
+                },
+                now,
+            )
+            outcomes.entries.append(entry)
+            outcomes.changes.append(Change(row.tenant_id, row.service_id, row.incident_id, entry["id"]))
+            outcomes.unknown.append(unknown)
+        await bulk.execute_all(session, [(bulk.insert_into(TimelineEntry), outcomes.entries)])
+        return outcomes
 
     async def _prepare(self, claimed: list[OutboxRow]) -> list[_Delivery]:
         """Each row's page and destination: from the row when it was handed over with them (the page
@@ -530,23 +742,28 @@ class Dispatcher:
             destination = Destination(
                 found.contact_method_id, found.contact_type, found.address, found.secret
             )
-            out.append(
-                _Delivery(row, page, destination, user_name=found.user_name, service_id=found.service_id)
+            delivery = _Delivery(
+                row, page, destination, user_name=found.user_name, service_id=found.service_id
             )
+            channel = self.plugins.channels.get(row.channel)
+            if channel is None:
+                delivery.error = f"no notification channel named {row.channel!r} is installed"
+                delivery.retryable = False
+            else:
+                delivery.channel = channel
+                delivery.at_most_once = _delivery_semantics(channel) != AT_LEAST_ONCE
+            out.append(delivery)
         return out
 
     async def _send(self, delivery: _Delivery) -> None:
-        if delivery.page is None or delivery.destination is None:
-            return
-        channel = self.plugins.channels.get(delivery.row.channel)
-        if channel is None:
-            delivery.error = f"no notification channel named {delivery.row.channel!r} is installed"
-            delivery.retryable = False
+        channel = delivery.channel
+        if delivery.page is None or delivery.destination is None or channel is None:
             return
         try:
             await channel.send(delivery.page, delivery.destination)
         except DeliveryError as exc:
             delivery.error, delivery.retryable = str(exc) or type(exc).__name__, exc.retryable
+            delivery.unknown = isinstance(exc, OutcomeUnknown)
         except Exception as exc:  # a plugin bug must not stop other pages
             log.exception("channel %s failed", delivery.row.channel)
             delivery.error, delivery.retryable = f"{type(exc).__name__}: {exc}", True
@@ -614,10 +831,17 @@ class Dispatcher:
         return taken
 
     def _recorded(self, taken: list[_Queued]) -> None:
-        self.changes.publish(c for o, _ in taken for c in o.changes)
+        self._announce([o for o, _ in taken])
         for _, done in taken:
             if not done.done():
                 done.set_result(None)
+
+    def _announce(self, committed: list[_Outcomes]) -> None:
+        """What committed outcomes tell others: the change feed, and the operator about unknowns."""
+        self.changes.publish(c for o in committed for c in o.changes)
+        for outcomes in committed:
+            for unknown in outcomes.unknown:
+                unknown.report()
 
     def _outcomes(self, deliveries: list[_Delivery]) -> _Outcomes:
         """The outbox updates, timeline entries and change-feed messages of sent (or failed) pages."""
@@ -625,11 +849,13 @@ class Dispatcher:
         updates: list[dict[str, Any]] = []
         entries: list[dict[str, Any]] = []
         changes: list[Change] = []
+        unknowns: list[_Unknown] = []
         for delivery in deliveries:
             row = delivery.row
             who = delivery.user_name or row.user_id
             outcome = {
                 "b_id": row.id,
+                "b_attempts": row.attempts,
                 "status": "sent",
                 "sent_at": None,
                 "next_attempt_at": row.next_attempt_at,
@@ -638,6 +864,10 @@ class Dispatcher:
             if not delivery.error:
                 outcome["sent_at"] = now
                 message = f"Notified {who} via {row.channel}"
+            elif delivery.unknown and delivery.at_most_once:
+                unknown = _Unknown(row.id, row.incident_id, row.channel, who, delivery.error)
+                outcome["status"], message = UNKNOWN, unknown.message()
+                unknowns.append(unknown)
             elif delivery.retryable and row.attempts < self.max_attempts:
                 delay = self._retry_delay(row.attempts)
                 outcome["status"], outcome["next_attempt_at"] = "retrying", now + timedelta(seconds=delay)
@@ -650,39 +880,56 @@ class Dispatcher:
                     f"Failed to notify {who} via {row.channel} after {row.attempts} attempt(s): "
                     f"{delivery.error}"
                 )
-            entry_id = uuid7()
-            entries.append(
+            entry = _timeline_entry(
+                row.tenant_id,
+                row.incident_id,
+                message,
                 {
-                    "id": entry_id,
-                    "tenant_id": row.tenant_id,
-                    "incident_id": row.incident_id,
-                    "kind": "notification",
-                    "actor": "system",
-                    "message": message,
-                    "details": {
-                        "notification_id": row.id,
-                        "user_id": row.user_id,
-                        "channel": row.channel,
-                        "attempts": str(row.attempts),
-                        "tier": str(row.tier),
-                        "status": outcome["status"],
-                        "error": delivery.error,
-                    },
-                    "created_at": now,
-                }
+                    "notification_id": row.id,
+                    "user_id": row.user_id,
+                    "channel": row.channel,
+                    "attempts": str(row.attempts),
+                    "tier": str(row.tier),
+                    "status": str(outcome["status"]),
+                    "error": delivery.error,
+                },
+                now,
             )
+            entries.append(entry)
             if outcome["status"] == "retrying":
                 outcome["status"] = "pending"
             updates.append(outcome)
-            changes.append(Change(row.tenant_id, delivery.service_id, row.incident_id, entry_id))
-        return _Outcomes(updates, entries, changes)
+            changes.append(Change(row.tenant_id, delivery.service_id, row.incident_id, entry["id"]))
+        return _Outcomes(updates, entries, changes, unknowns)
+
+
+def _timeline_entry(
+    tenant_id: str, incident_id: str, message: str, details: dict[str, str], now: datetime
+) -> dict[str, Any]:
+    """A ``notification`` timeline entry's row."""
+    return {
+        "id": uuid7(),
+        "tenant_id": tenant_id,
+        "incident_id": incident_id,
+        "kind": "notification",
+        "actor": "system",
+        "message": message,
+        "details": details,
+        "created_at": now,
+    }
 
 
 _notifications = cast(Table, Notification.__table__)
+# Still ours: in flight, and not claimed again since (a claim increments attempts).
+_STILL_OURS = (
+    _notifications.c.id == bindparam("b_id"),
+    _notifications.c.attempts == bindparam("b_attempts"),
+    or_(_notifications.c.status == SENDING, _notifications.c.status == DELIVERING),
+)
 # Only a row still leased to us changes: a row another replica reclaimed after our lease is theirs.
 _RECORD_OUTCOME = (
     update(_notifications)
-    .where(_notifications.c.id == bindparam("b_id"), _notifications.c.status == "sending")
+    .where(*_STILL_OURS)
     .values(
         status=bindparam("status"),
         sent_at=bindparam("sent_at"),
@@ -691,6 +938,7 @@ _RECORD_OUTCOME = (
         lease_until=None,
     )
 )
+_RENEW_LEASE = update(_notifications).where(*_STILL_OURS).values(lease_until=bindparam("b_until"))
 
 
 def build_page(row: OutboxRow, content: Any, public_url: str) -> Page:

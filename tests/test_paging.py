@@ -519,7 +519,7 @@ async def test_ack_racing_the_next_tier_never_pages_after_the_ack(
                             select(Notification.id).where(
                                 Notification.incident_id == incident_id,
                                 Notification.tier == 1,
-                                Notification.status.in_(("sending", "sent")),
+                                Notification.status.in_(("sending", "delivering", "sent")),
                             )
                         )
                     ).all()
@@ -624,9 +624,9 @@ async def test_a_dispatcher_dying_after_claiming_loses_no_page(
     await app.escalator.tick()
     claimed = await app.dispatcher._claim()  # ...and this "process" dies here, before sending
     assert len(claimed) == 1 and channel.sent == []
-    await advance(app, clock, 30)
+    await advance(app, clock, 9)
     assert channel.sent == []  # still leased to the dead process
-    await advance(app, clock, 31)  # the 60 s lease ran out
+    await advance(app, clock, 2)  # the 10 s lease ran out
     assert channel.addresses == ["alice"]
     async with app.sessions() as session:
         row = await session.scalar(select(Notification))

@@ -8,6 +8,7 @@ onward delivery, so an async SMTP client would buy nothing but a dependency.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import smtplib
 import ssl
@@ -17,7 +18,7 @@ from email.policy import SMTP
 from email.utils import format_datetime, parseaddr
 from typing import TYPE_CHECKING
 
-from oncall_server.hookspecs import DeliveryError, Destination, Page
+from oncall_server.hookspecs import AT_MOST_ONCE, DeliveryError, Destination, OutcomeUnknown, Page
 
 if TYPE_CHECKING:
     from oncall_server.config import Settings
@@ -100,6 +101,9 @@ def _one_line(text: str) -> str:
 
 class EmailChannel:
     name = "email"
+    # A mailbox does not drop a repeat (the Message-ID is the same, but clients show both): a page
+    # whose send began and whose outcome is unknown is not sent again (docs/notification-channels.md).
+    delivery = AT_MOST_ONCE
 
     def __init__(
         self,
@@ -150,28 +154,51 @@ class EmailChannel:
 
     def _deliver(self, message: EmailMessage, recipient: str) -> None:
         relay = f"SMTP server {self._host}:{self._port}"
+        smtp = _Session(timeout=self._timeout_seconds)
         try:
-            with smtplib.SMTP(self._host, self._port, timeout=self._timeout_seconds) as smtp:
+            try:
+                code, greeting = smtp.connect(self._host, self._port)
+                if code != 220:
+                    raise smtplib.SMTPConnectError(code, greeting)
                 if self._starttls:
                     smtp.starttls(context=ssl.create_default_context())
                 if self._username:
                     smtp.login(self._username, self._password)
                 smtp.send_message(message, from_addr=self._envelope_sender, to_addrs=[recipient])
-        except smtplib.SMTPRecipientsRefused as exc:
-            code, text = exc.recipients.get(recipient, (550, b"recipient refused"))
-            raise _reply_error(f"{relay} refused {recipient}", code, text) from None
-        except smtplib.SMTPNotSupportedError as exc:
-            raise DeliveryError(f"{relay}: {exc}", retryable=False) from None
-        except smtplib.SMTPConnectError as exc:
-            raise DeliveryError(f"{relay} refused the connection: {exc}") from None
-        except smtplib.SMTPResponseException as exc:
-            raise _reply_error(relay, exc.smtp_code, exc.smtp_error) from None
-        except (smtplib.SMTPException, OSError) as exc:
-            # Disconnects, timeouts, refused connections, TLS failures: the relay may be back next try.
-            raise DeliveryError(f"{relay}: {exc or type(exc).__name__}") from None
+            except smtplib.SMTPRecipientsRefused as exc:
+                code, text = exc.recipients.get(recipient, (550, b"recipient refused"))
+                raise _reply_error(f"{relay} refused {recipient}", code, text) from None
+            except smtplib.SMTPNotSupportedError as exc:
+                raise DeliveryError(f"{relay}: {exc}", retryable=False) from None
+            except smtplib.SMTPConnectError as exc:
+                raise DeliveryError(f"{relay} refused the connection: {exc}") from None
+            except smtplib.SMTPResponseException as exc:
+                raise _reply_error(relay, exc.smtp_code, exc.smtp_error) from None
+            except (smtplib.SMTPException, OSError) as exc:
+                what = f"{relay}: {exc or type(exc).__name__}"
+                if smtp.content_sent:  # the message went out; whether the relay took it is unknown
+                    raise OutcomeUnknown(f"{what}, after the message was sent") from None
+                # Disconnects, timeouts, refused connections, TLS failures: the relay may be back next try.
+                raise DeliveryError(what) from None
+            with contextlib.suppress(smtplib.SMTPException, OSError):
+                smtp.quit()  # the relay accepted the message: a failed goodbye changes nothing
+        finally:
+            smtp.close()
 
     async def close(self) -> None:
         return None  # one SMTP connection per page, closed after it
+
+
+class _Session(smtplib.SMTP):
+    """An SMTP session that knows whether the message itself went out (the relay said 354)."""
+
+    content_sent = False
+
+    def getreply(self) -> tuple[int, bytes]:
+        code, text = super().getreply()
+        if code == 354:  # "start mail input": what follows is the message
+            self.content_sent = True
+        return code, text
 
 
 def _reply_error(what: str, code: int, text: bytes | str) -> DeliveryError:

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import logging
 
-from oncall_server.hookspecs import Destination, Page
+from oncall_server.hookspecs import AT_LEAST_ONCE, Destination, Page
 
 log = logging.getLogger("oncall.notifications")
 
 
 class LogChannel:
     name = "log"
+    # A repeated line (same notification=) after a replica died mid-send harms nobody.
+    delivery = AT_LEAST_ONCE
 
     def validate_address(self, address: str) -> str:
         label = address.strip()
