@@ -141,7 +141,8 @@ async def _cmd_service_create(args: argparse.Namespace) -> int:
 async def _cmd_integration_create(args: argparse.Namespace) -> int:
     async def work(sessions: Any, clock: Any) -> int:
         tenant = await tenancy.find_tenant(sessions, args.tenant)
-        integration, key = await Integrations(sessions, clock).create(
+        # Refuses a type no loaded plugin provides (INVALID_ARGUMENT naming integration.type).
+        integration, key = await Integrations(sessions, clock, Plugins().load()).create(
             tenant.id, args.service, args.name, args.type, []
         )
         _emit(args, {"integration_id": integration.id, "integration_key": key})
@@ -169,7 +170,7 @@ async def _cmd_bootstrap(args: argparse.Namespace) -> int:
             )
         if not service.escalation_policy_id:
             service = await _first_policy(sessions, clock, tenant.id, service.id)
-        integration, key = await Integrations(sessions, clock).create(
+        integration, key = await Integrations(sessions, clock, Plugins().load()).create(
             tenant.id, service.id, args.integration, "webhook", []
         )
         secret, _ = await tenancy.create_api_token(sessions, clock, tenant.id, "bootstrap")
@@ -382,7 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     integration_create.add_argument("name")
     integration_create.add_argument("--tenant", required=True, help="tenant id or name")
     integration_create.add_argument("--service", required=True, help="service id")
-    integration_create.add_argument("--type", default="webhook", help="adapter name (default webhook)")
+    integration_create.add_argument(
+        "--type", default="webhook", help="adapter name (default webhook; `oncall-server plugins` lists them)"
+    )
     integration_create.set_defaults(handler=_cmd_integration_create)
 
     incidents = sub.add_parser("incidents", help="incidents, via the gRPC API").add_subparsers(

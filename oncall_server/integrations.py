@@ -3,6 +3,12 @@
 The ingest path resolves a key on every request, so resolved keys are cached
 in process for a few seconds. Changes made through this process invalidate
 its cache at once; other replicas see them within ``CACHE_SECONDS``.
+
+An integration's type names the adapter that parses its alerts: creation
+refuses a type no loaded plugin provides, and alerts for an integration whose
+plugin was removed or blocked since are refused (:class:`~oncall_server.plugins.NoAdapter`,
+422 / ``FAILED_PRECONDITION``), logged once per integration and counted in
+``oncall_ingest_refused_no_adapter_total``.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import Counter
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -20,6 +27,7 @@ from oncall_server.catalog import get_service, grouping_window_ms
 from oncall_server.clock import Clock
 from oncall_server.errors import InvalidArgument, NotFound, Unauthenticated
 from oncall_server.ids import is_valid_id, uuid7
+from oncall_server.plugins import NoAdapter, Plugins
 from oncall_server.routing_rules import RoutingRule, parse_rules, rules_to_json
 from oncall_server.storage.engine import write_transaction
 from oncall_server.storage.models import Integration, Service
@@ -28,6 +36,11 @@ log = logging.getLogger(__name__)
 KEY_PREFIX = "oci_"
 CACHE_SECONDS = 5.0
 _CACHE_LIMIT = 10_000
+NO_ADAPTER_REFUSALS = Counter(
+    "oncall_ingest_refused_no_adapter_total",
+    "Ingest requests refused because the integration's type is provided by no loaded plugin.",
+    ["integration_type"],
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,10 +60,47 @@ class IntegrationContext:
 class Integrations:
     """Integration CRUD and key resolution for one process."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], clock: Clock) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], clock: Clock, plugins: Plugins | None = None
+    ) -> None:
         self.sessions = sessions
         self.clock = clock
+        self._plugins = plugins
         self._cache: dict[str, tuple[float, IntegrationContext]] = {}
+        self._warned_no_adapter: set[str] = set()
+
+    @property
+    def plugins(self) -> Plugins:
+        """The plugins whose adapters decide which integration types exist.
+
+        The app's own registry when it was given one; otherwise the installed plugins minus
+        ``ONCALL_BLOCK_PLUGINS``, loaded on first use (the same set the app loads).
+        """
+        if self._plugins is None:
+            self._plugins = Plugins().load()
+        return self._plugins
+
+    def _check_adapter(self, context: IntegrationContext) -> IntegrationContext:
+        """The context, unless no loaded plugin parses its type: then NoAdapter, logged once."""
+        if context.type in self.plugins.adapters:
+            return context
+        NO_ADAPTER_REFUSALS.labels(context.type).inc()
+        if context.integration_id not in self._warned_no_adapter:
+            self._warned_no_adapter.add(context.integration_id)
+            log.warning(
+                "integration %s (%r, tenant %s) has type %r, which no loaded plugin provides "
+                "(loaded: %s); its alerts are refused until a plugin providing it is installed "
+                "or unblocked (ONCALL_BLOCK_PLUGINS)",
+                context.integration_id,
+                context.name,
+                context.tenant_id,
+                context.type,
+                self.plugins.adapter_types_text(),
+            )
+        raise NoAdapter(
+            f"integration {context.name!r} has type {context.type!r}, which no loaded plugin provides; "
+            "its alerts cannot be parsed until the operator installs or unblocks that plugin"
+        )
 
     async def resolve_key(self, key: str | None) -> IntegrationContext:
         """The integration a key belongs to; UNAUTHENTICATED for a missing or unknown key."""
@@ -59,21 +109,21 @@ class Integrations:
         wanted = security.digest(key)
         cached = self._cache.get(wanted)
         if cached and cached[0] > time.monotonic():
-            return cached[1]
+            return self._check_adapter(cached[1])
         context = await self._load_context(Integration.key_digest == wanted)
         if context is None or not security.matches(key, context.key_digest):
             raise Unauthenticated("unknown integration key")
         if len(self._cache) >= _CACHE_LIMIT:
             self._cache.clear()
         self._cache[wanted] = (time.monotonic() + CACHE_SECONDS, context)
-        return context
+        return self._check_adapter(context)
 
     async def context_of(self, integration_id: str) -> IntegrationContext:
         """The context of an integration found by id (internal callers that route by tenant)."""
         context = await self._load_context(Integration.id == integration_id)
         if context is None:
             raise NotFound(f"integration {integration_id!r} not found")
-        return context
+        return self._check_adapter(context)
 
     async def for_tenant(self, tenant_id: str, integration_type: str) -> IntegrationContext:
         """The tenant's (oldest) integration of a type: how internal sources route by ``tenant_id``."""
@@ -128,6 +178,8 @@ class Integrations:
         name = name.strip()
         if not name or len(name) > 200:
             raise InvalidArgument.field("integration.name", "must be 1 to 200 characters")
+        type_ = type_.strip() or "webhook"
+        self.plugins.check_adapter_type(type_)
         rules = rules_to_json(parse_rules(routing_rules or []))
         key = security.new_secret(KEY_PREFIX)
         now = self.clock.now()
@@ -138,7 +190,7 @@ class Integrations:
                 tenant_id=tenant_id,
                 service_id=service_id,
                 name=name,
-                type=type_ or "webhook",
+                type=type_,
                 key_digest=security.digest(key),
                 key_prefix=security.display_prefix(key),
                 routing_rules=rules,

@@ -11,7 +11,7 @@ import pluggy
 
 from oncall_server import hookspecs
 from oncall_server.config import Settings
-from oncall_server.errors import InvalidArgument
+from oncall_server.errors import FailedPrecondition, InvalidArgument
 from oncall_server.hookspecs import Adapter, Channel
 
 log = logging.getLogger(__name__)
@@ -19,6 +19,16 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "oncall"
 #: Comma-separated plugin (entry point) names that must not be loaded.
 BLOCK_ENV = "ONCALL_BLOCK_PLUGINS"
+
+
+class NoAdapter(FailedPrecondition):
+    """Alerts for an integration whose type no loaded plugin provides (removed or blocked since).
+
+    Not the sender's fault and not a server failure: ``FAILED_PRECONDITION`` / HTTP 422, so senders
+    that retry 5xx do not retry it forever and the error says what the operator has to fix.
+    """
+
+    http_status = 422
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,12 +99,27 @@ class Plugins:
         self.channels = channels
 
     def adapter(self, integration_type: str) -> Adapter:
+        """The adapter for a stored integration's type; :class:`NoAdapter` when none is loaded."""
         try:
             return self.adapters[integration_type]
         except KeyError:
-            raise InvalidArgument.field(
-                "integration.type", f"no adapter named {integration_type!r} is installed"
+            raise NoAdapter(
+                f"integration type {integration_type!r} is provided by no loaded plugin "
+                f"(loaded: {self.adapter_types_text()})"
             ) from None
+
+    def adapter_types_text(self) -> str:
+        """The adapter types the loaded plugins offer, for messages: ``"defend, rmm, webhook"``."""
+        return ", ".join(sorted(self.adapters)) or "none"
+
+    def check_adapter_type(self, integration_type: str, field: str = "integration.type") -> None:
+        """INVALID_ARGUMENT naming ``field`` unless a loaded plugin provides ``integration_type``."""
+        if integration_type not in self.adapters:
+            raise InvalidArgument.field(
+                field,
+                f"no loaded plugin provides an adapter named {integration_type!r}; "
+                f"choose one of: {self.adapter_types_text()}",
+            )
 
     def channel(self, contact_type: str) -> Channel:
         try:
