@@ -12,6 +12,7 @@ import contextlib
 import re
 import smtplib
 import ssl
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 _LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
 _DOMAIN = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _UNSAFE_ID = re.compile(r"[^A-Za-z0-9._-]")
+#: SMTP sessions one process runs at once (smtplib blocks: one thread each).
+SMTP_SESSIONS = 32
 _DEFEND_FIELDS = (
     ("Device name", "device_name"),
     ("Detection type", "detection_type"),
@@ -124,6 +127,7 @@ class EmailChannel:
         self._password = password
         self._starttls = starttls
         self._timeout_seconds = timeout_seconds
+        self._pool: ThreadPoolExecutor | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EmailChannel:
@@ -150,7 +154,15 @@ class EmailChannel:
         except ValueError as exc:
             raise DeliveryError(f"email address {destination.address!r}: {exc}", retryable=False) from None
         message = build_message(page, recipient, self._sender)
-        await asyncio.to_thread(self._deliver, message, recipient)
+        await asyncio.get_running_loop().run_in_executor(self._sessions(), self._deliver, message, recipient)
+
+    def _sessions(self) -> ThreadPoolExecutor:
+        # Its own pool, not asyncio's default (CPUs + 4 threads): the dispatcher marks an email
+        # "delivering" before calling send, so one waiting here for a thread when the replica dies
+        # is recorded as unknown although it never left. Up to SMTP_SESSIONS leave at once.
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(SMTP_SESSIONS, thread_name_prefix="oncall-smtp")
+        return self._pool
 
     def _deliver(self, message: EmailMessage, recipient: str) -> None:
         relay = f"SMTP server {self._host}:{self._port}"
@@ -186,7 +198,10 @@ class EmailChannel:
             smtp.close()
 
     async def close(self) -> None:
-        return None  # one SMTP connection per page, closed after it
+        # One SMTP connection per page, closed after it; the threads end once idle.
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
 
 
 class _Session(smtplib.SMTP):
