@@ -564,7 +564,7 @@ class Dispatcher:
 
         Fenced by the claim's ``attempts``: a row another dispatcher took over is left alone.
         """
-        held = list(self._in_flight.items())
+        held = sorted(self._in_flight.items())  # rows locked in id order on PostgreSQL
         if not held:
             return 0
         until = self.clock.now() + self.lease
