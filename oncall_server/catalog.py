@@ -14,7 +14,7 @@ from oncall_server.clock import Clock
 from oncall_server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from oncall_server.escalation_policies import check_policy_reference
 from oncall_server.ids import is_valid_id, uuid7
-from oncall_server.storage.engine import write_transaction
+from oncall_server.storage.engine import retrying_write
 from oncall_server.storage.listing import tenant_page
 from oncall_server.storage.models import Incident, Integration, MaintenanceWindow, Service
 
@@ -75,14 +75,17 @@ async def create_service(
 ) -> Service:
     spec.validate()
     now = clock.now()
-    service = Service(id=uuid7(), tenant_id=tenant_id, created_at=now, updated_at=now, **_values(spec))
+
+    async def work(session: AsyncSession) -> Service:
+        service = Service(id=uuid7(), tenant_id=tenant_id, created_at=now, updated_at=now, **_values(spec))
+        await _check_policy(session, tenant_id, spec)
+        session.add(service)
+        return service
+
     try:
-        async with write_transaction(sessions) as session:
-            await _check_policy(session, tenant_id, spec)
-            session.add(service)
+        return await retrying_write(sessions, work)
     except IntegrityError:
         raise AlreadyExists(f"a service named {spec.name!r} already exists") from None
-    return service
 
 
 async def get_service(session: AsyncSession, tenant_id: str, service_id: str) -> Service:
@@ -108,7 +111,8 @@ async def update_service(
     service_id: str,
     changes: dict[str, Any],
 ) -> Service:
-    async with write_transaction(sessions) as session:
+
+    async def work(session: AsyncSession) -> Service:
         service = await get_service(session, tenant_id, service_id)
         spec = ServiceFields(**{f.name: getattr(service, f.name) for f in fields(ServiceFields)})
         for name, value in changes.items():
@@ -123,11 +127,14 @@ async def update_service(
             await session.flush()
         except IntegrityError:
             raise AlreadyExists(f"a service named {spec.name!r} already exists") from None
-    return service
+        return service
+
+    return await retrying_write(sessions, work)
 
 
 async def delete_service(sessions: async_sessionmaker[AsyncSession], tenant_id: str, service_id: str) -> None:
-    async with write_transaction(sessions) as session:
+
+    async def work(session: AsyncSession) -> None:
         service = await get_service(session, tenant_id, service_id)
         integrations = await session.scalar(
             select(func.count()).where(Integration.service_id == service_id, Integration.deleted_at.is_(None))
@@ -143,6 +150,8 @@ async def delete_service(sessions: async_sessionmaker[AsyncSession], tenant_id: 
         for window in windows:
             await session.delete(window)
         await session.delete(service)
+
+    await retrying_write(sessions, work)
 
 
 async def create_maintenance_window(
@@ -160,7 +169,8 @@ async def create_maintenance_window(
         raise InvalidArgument.field("maintenance_window.end_time", "is required")
     if end <= start:
         raise InvalidArgument.field("maintenance_window.end_time", "must be after start_time")
-    async with write_transaction(sessions) as session:
+
+    async def work(session: AsyncSession) -> MaintenanceWindow:
         await get_service(session, tenant_id, service_id)
         window = MaintenanceWindow(
             id=uuid7(),
@@ -172,7 +182,9 @@ async def create_maintenance_window(
             created_at=clock.now(),
         )
         session.add(window)
-    return window
+        return window
+
+    return await retrying_write(sessions, work)
 
 
 async def list_maintenance_windows(
@@ -194,12 +206,15 @@ async def delete_maintenance_window(
     sessions: async_sessionmaker[AsyncSession], tenant_id: str, window_id: str
 ) -> str:
     """Delete a window; returns the service it belonged to."""
-    async with write_transaction(sessions) as session:
+
+    async def work(session: AsyncSession) -> str:
         window = await session.get(MaintenanceWindow, window_id) if is_valid_id(window_id) else None
         if window is None or window.tenant_id != tenant_id:
             raise NotFound(f"maintenance window {window_id!r} not found")
         await session.delete(window)
-    return window.service_id
+        return window.service_id
+
+    return await retrying_write(sessions, work)
 
 
 async def _check_policy(session: AsyncSession, tenant_id: str, spec: ServiceFields) -> None:

@@ -30,7 +30,7 @@ from oncall_server.clock import Clock
 from oncall_server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from oncall_server.ids import is_valid_id, uuid7
 from oncall_server.plugins import Plugins
-from oncall_server.storage.engine import write_transaction
+from oncall_server.storage.engine import retrying_write
 from oncall_server.storage.listing import tenant_page
 from oncall_server.storage.models import (
     ContactMethod,
@@ -177,12 +177,16 @@ async def create_user(
 ) -> UserRecord:
     spec.validate()
     now = clock.now()
-    user = User(
-        id=uuid7(), tenant_id=tenant_id, name=spec.name, email=spec.email, created_at=now, updated_at=now
-    )
+
+    async def work(session: AsyncSession) -> User:
+        user = User(
+            id=uuid7(), tenant_id=tenant_id, name=spec.name, email=spec.email, created_at=now, updated_at=now
+        )
+        session.add(user)
+        return user
+
     try:
-        async with write_transaction(sessions) as session:
-            session.add(user)
+        user = await retrying_write(sessions, work)
     except IntegrityError:
         raise AlreadyExists(f"a user with email {spec.email!r} already exists") from None
     return UserRecord(user)
@@ -215,7 +219,8 @@ async def update_user(
 ) -> UserRecord:
     """Replaces name and email; validated before anything is written, so a bad update changes nothing."""
     spec.validate()
-    async with write_transaction(sessions) as session:
+
+    async def work(session: AsyncSession) -> UserRecord:
         user = await load_user(session, tenant_id, user_id, lock="no_key_update")
         user.name, user.email, user.updated_at = spec.name, spec.email, clock.now()
         try:
@@ -224,10 +229,13 @@ async def update_user(
             raise AlreadyExists(f"a user with email {spec.email!r} already exists") from None
         return await _record(session, user)
 
+    return await retrying_write(sessions, work)
+
 
 async def delete_user(sessions: async_sessionmaker[AsyncSession], tenant_id: str, user_id: str) -> None:
     """Deletes the user, their rules and contact methods; FAILED_PRECONDITION while anything names them."""
-    async with write_transaction(sessions) as session:
+
+    async def work(session: AsyncSession) -> None:
         user = await load_user(session, tenant_id, user_id, lock="update")
         referrers = await user_referrers(session, tenant_id, user_id)
         if referrers:
@@ -237,6 +245,8 @@ async def delete_user(sessions: async_sessionmaker[AsyncSession], tenant_id: str
         await session.execute(delete(NotificationRule).where(NotificationRule.user_id == user_id))
         await session.execute(delete(ContactMethod).where(ContactMethod.user_id == user_id))
         await session.delete(user)
+
+    await retrying_write(sessions, work)
 
 
 async def user_referrers(session: AsyncSession, tenant_id: str, user_id: str) -> list[str]:
@@ -269,7 +279,8 @@ async def add_contact_method(
     spec: ContactMethodFields,
 ) -> tuple[ContactMethod, UserRecord]:
     spec.validate(plugins)
-    async with write_transaction(sessions) as session:
+
+    async def work(session: AsyncSession) -> tuple[ContactMethod, UserRecord]:
         user = await load_user(session, tenant_id, user_id, lock="no_key_update")
         count = await session.scalar(
             select(func.count()).select_from(ContactMethod).where(ContactMethod.user_id == user_id)
@@ -289,12 +300,15 @@ async def add_contact_method(
         await session.flush()
         return method, await _record(session, user)
 
+    return await retrying_write(sessions, work)
+
 
 async def remove_contact_method(
     sessions: async_sessionmaker[AsyncSession], tenant_id: str, user_id: str, contact_method_id: str
 ) -> UserRecord:
     """Removes the contact method and the rules that use it (a rule without its method pages nobody)."""
-    async with write_transaction(sessions) as session:
+
+    async def work(session: AsyncSession) -> UserRecord:
         user = await load_user(session, tenant_id, user_id, lock="no_key_update")
         method = (
             await session.get(ContactMethod, contact_method_id) if is_valid_id(contact_method_id) else None
@@ -307,6 +321,8 @@ async def remove_contact_method(
         await session.delete(method)
         await session.flush()
         return await _record(session, user)
+
+    return await retrying_write(sessions, work)
 
 
 async def add_notification_rule(
@@ -321,7 +337,8 @@ async def add_notification_rule(
         raise InvalidArgument.field("notification_rule.delay", "must be between 0 and 24 hours")
     if not contact_method_id:
         raise InvalidArgument.field("notification_rule.contact_method_id", "is required")
-    async with write_transaction(sessions) as session:
+
+    async def work(session: AsyncSession) -> tuple[NotificationRule, UserRecord]:
         user = await load_user(session, tenant_id, user_id, lock="no_key_update")
         method = (
             await session.get(ContactMethod, contact_method_id) if is_valid_id(contact_method_id) else None
@@ -352,11 +369,14 @@ async def add_notification_rule(
         await session.flush()
         return rule, await _record(session, user)
 
+    return await retrying_write(sessions, work)
+
 
 async def remove_notification_rule(
     sessions: async_sessionmaker[AsyncSession], tenant_id: str, user_id: str, rule_id: str
 ) -> UserRecord:
-    async with write_transaction(sessions) as session:
+
+    async def work(session: AsyncSession) -> UserRecord:
         user = await load_user(session, tenant_id, user_id, lock="no_key_update")
         rule = await session.get(NotificationRule, rule_id) if is_valid_id(rule_id) else None
         if rule is None or rule.user_id != user.id:
@@ -364,3 +384,5 @@ async def remove_notification_rule(
         await session.delete(rule)
         await session.flush()
         return await _record(session, user)
+
+    return await retrying_write(sessions, work)

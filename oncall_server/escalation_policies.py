@@ -29,7 +29,7 @@ from oncall_server import directory, oncall_schedules
 from oncall_server.clock import Clock
 from oncall_server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from oncall_server.ids import is_valid_id, uuid7
-from oncall_server.storage.engine import write_transaction
+from oncall_server.storage.engine import retrying_write
 from oncall_server.storage.listing import tenant_page
 from oncall_server.storage.models import EscalationPolicy, Service
 
@@ -174,23 +174,26 @@ async def create_policy(
 ) -> EscalationPolicy:
     spec.validate()
     now = clock.now()
-    row = EscalationPolicy(
-        id=uuid7(),
-        tenant_id=tenant_id,
-        name=spec.name,
-        description=spec.description,
-        tiers=spec.tiers_json(),
-        repeat_count=spec.repeat_count,
-        created_at=now,
-        updated_at=now,
-    )
+
+    async def work(session: AsyncSession) -> EscalationPolicy:
+        row = EscalationPolicy(
+            id=uuid7(),
+            tenant_id=tenant_id,
+            name=spec.name,
+            description=spec.description,
+            tiers=spec.tiers_json(),
+            repeat_count=spec.repeat_count,
+            created_at=now,
+            updated_at=now,
+        )
+        await spec.check_targets(session, tenant_id)
+        session.add(row)
+        return row
+
     try:
-        async with write_transaction(sessions) as session:
-            await spec.check_targets(session, tenant_id)
-            session.add(row)
+        return await retrying_write(sessions, work)
     except IntegrityError:
         raise AlreadyExists(f"an escalation policy named {spec.name!r} already exists") from None
-    return row
 
 
 async def get_policy(
@@ -220,7 +223,8 @@ async def update_policy(
     Incidents already escalating keep the snapshot they started with.
     """
     spec.validate()
-    async with write_transaction(sessions) as session:
+
+    async def work(session: AsyncSession) -> EscalationPolicy:
         row = await load_policy(session, tenant_id, policy_id, lock=True)
         await spec.check_targets(session, tenant_id)
         row.name, row.description = spec.name, spec.description
@@ -230,12 +234,15 @@ async def update_policy(
             await session.flush()
         except IntegrityError:
             raise AlreadyExists(f"an escalation policy named {spec.name!r} already exists") from None
-    return row
+        return row
+
+    return await retrying_write(sessions, work)
 
 
 async def delete_policy(sessions: async_sessionmaker[AsyncSession], tenant_id: str, policy_id: str) -> None:
     """FAILED_PRECONDITION while a service uses the policy: its incidents would page nobody."""
-    async with write_transaction(sessions) as session:
+
+    async def work(session: AsyncSession) -> None:
         row = await load_policy(session, tenant_id, policy_id, lock=True)
         services = (
             await session.scalars(
@@ -250,3 +257,5 @@ async def delete_policy(sessions: async_sessionmaker[AsyncSession], tenant_id: s
                 f"escalation policy {policy_id!r} is used by {names}; give it another policy first"
             )
         await session.delete(row)
+
+    await retrying_write(sessions, work)

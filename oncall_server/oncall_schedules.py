@@ -25,7 +25,7 @@ from oncall_server import directory, schedules
 from oncall_server.clock import Clock
 from oncall_server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from oncall_server.ids import is_valid_id, uuid7
-from oncall_server.storage.engine import write_transaction
+from oncall_server.storage.engine import retrying_write
 from oncall_server.storage.listing import tenant_page
 from oncall_server.storage.models import EscalationPolicy, OnCallSchedule
 
@@ -185,15 +185,18 @@ async def create_schedule(
 ) -> OnCallSchedule:
     schedule = spec.build()
     now = clock.now()
-    row = OnCallSchedule(id=uuid7(), tenant_id=tenant_id, name=spec.name, created_at=now, updated_at=now)
-    _store(row, schedule)
+
+    async def work(session: AsyncSession) -> OnCallSchedule:
+        row = OnCallSchedule(id=uuid7(), tenant_id=tenant_id, name=spec.name, created_at=now, updated_at=now)
+        _store(row, schedule)
+        await directory.check_users(session, tenant_id, user_refs(schedule))
+        session.add(row)
+        return row
+
     try:
-        async with write_transaction(sessions) as session:
-            await directory.check_users(session, tenant_id, user_refs(schedule))
-            session.add(row)
+        return await retrying_write(sessions, work)
     except IntegrityError:
         raise AlreadyExists(f"a schedule named {spec.name!r} already exists") from None
-    return row
 
 
 async def get_schedule(
@@ -220,7 +223,8 @@ async def update_schedule(
 ) -> OnCallSchedule:
     """Replaces the whole schedule, checked before the row changes, so a bad update changes nothing."""
     schedule = spec.build()
-    async with write_transaction(sessions) as session:
+
+    async def work(session: AsyncSession) -> OnCallSchedule:
         row = await load_schedule(session, tenant_id, schedule_id, lock=True)
         await directory.check_users(session, tenant_id, user_refs(schedule))
         row.name = spec.name
@@ -230,14 +234,17 @@ async def update_schedule(
             await session.flush()
         except IntegrityError:
             raise AlreadyExists(f"a schedule named {spec.name!r} already exists") from None
-    return row
+        return row
+
+    return await retrying_write(sessions, work)
 
 
 async def delete_schedule(
     sessions: async_sessionmaker[AsyncSession], tenant_id: str, schedule_id: str
 ) -> None:
     """FAILED_PRECONDITION while an escalation policy pages the schedule: that policy would page nobody."""
-    async with write_transaction(sessions) as session:
+
+    async def work(session: AsyncSession) -> None:
         row = await load_schedule(session, tenant_id, schedule_id, lock=True)
         users = [
             f"escalation policy {policy.name!r} ({policy.id})"
@@ -257,6 +264,8 @@ async def delete_schedule(
                 f"schedule {schedule_id!r} is still paged by {', '.join(users)}; remove it there first"
             )
         await session.delete(row)
+
+    await retrying_write(sessions, work)
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,7 +302,8 @@ async def add_override(
 ) -> OnCallSchedule:
     """Appends an override (the newest wins where overrides overlap) and drops long-finished ones."""
     override = spec.build("override")
-    async with write_transaction(sessions) as session:
+
+    async def work(session: AsyncSession) -> OnCallSchedule:
         row = await load_schedule(session, tenant_id, schedule_id, lock=True)
         await directory.check_users(session, tenant_id, [("override.user_id", override.user)])
         now = clock.now()
@@ -305,7 +315,9 @@ async def add_override(
             )
         _store(row, schedules.Schedule(current.time_zone, current.layers, (*kept, override)))
         row.updated_at = now
-    return row
+        return row
+
+    return await retrying_write(sessions, work)
 
 
 async def remove_override(
@@ -317,7 +329,8 @@ async def remove_override(
 ) -> OnCallSchedule:
     """Removes the (last) override equal to ``spec``: overrides have no ids, their fields identify them."""
     override = spec.build("override")
-    async with write_transaction(sessions) as session:
+
+    async def work(session: AsyncSession) -> OnCallSchedule:
         row = await load_schedule(session, tenant_id, schedule_id, lock=True)
         current = engine_schedule(row)
         matches = [i for i, o in enumerate(current.overrides) if o == override]
@@ -327,4 +340,6 @@ async def remove_override(
         del overrides[matches[-1]]
         _store(row, schedules.Schedule(current.time_zone, current.layers, tuple(overrides)))
         row.updated_at = clock.now()
-    return row
+        return row
+
+    return await retrying_write(sessions, work)
