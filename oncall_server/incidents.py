@@ -22,7 +22,7 @@ from oncall_server.errors import FailedPrecondition, InvalidArgument, NotFound
 from oncall_server.ids import is_valid_id, uuid7
 from oncall_server.ingest.coordination import Coordinator
 from oncall_server.ingest.model import AlertState, IncidentStatus
-from oncall_server.outbox import ASSIGNED, PageRequest, Paged, enqueue_pages
+from oncall_server.outbox import ASSIGNED, Paged, PageRequest, enqueue_pages
 from oncall_server.storage.engine import retrying_write
 from oncall_server.storage.models import Alert, Incident, Service, TimelineEntry, User
 
