@@ -14,6 +14,7 @@ from dataclasses import replace
 
 from prometheus_client import Counter
 
+from oncall_server import json_codec
 from oncall_server.clock import Clock
 from oncall_server.errors import InvalidArgument
 from oncall_server.hookspecs import AdapterContext
@@ -59,15 +60,8 @@ class IngestPipeline:
     ) -> list[IngestResult]:
         """A raw JSON body from the webhook gateway, parsed by the integration's adapter."""
         context = await self.integrations.resolve_key(key)
-        try:
-            text = body.decode("utf-8")
-            payload = json.loads(text)
-        except UnicodeDecodeError:
-            raise InvalidArgument.field("body", "is not UTF-8 text") from None
-        except json.JSONDecodeError as exc:
-            raise InvalidArgument.field(
-                "body", f"is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-            ) from None
+        text = json_codec.request_text(body, field="body")
+        payload = json_codec.loads_request(text, field="body")
         events = self.normalize(context, payload, headers or {})
         if len(events) == 1 and not events[0].raw_payload:
             events[0].raw_payload = text
