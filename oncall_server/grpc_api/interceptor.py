@@ -1,8 +1,14 @@
-"""Maps domain errors to gRPC statuses in one place.
+"""Maps domain errors to gRPC statuses in one place, and checks requests before servicers run.
 
 ``INVALID_ARGUMENT`` carries ``google.rpc.BadRequest`` details naming the
-field; anything unexpected becomes ``INTERNAL`` with no internals exposed
-(the traceback goes to the log).
+field; an outage of the database or Redis (:mod:`oncall_server.failures`) is
+``UNAVAILABLE`` with ``google.rpc.RetryInfo``, whichever path met it; anything
+unexpected becomes ``INTERNAL`` with no internals exposed (the traceback goes
+to the log, with the method name: never metadata, which carries credentials).
+
+Every request message is checked by :func:`convert.check_request` first (enum
+values, time ranges, JSON depth), and bytes that are not a valid message are
+``INVALID_ARGUMENT`` rather than grpcio's ``INTERNAL``.
 """
 
 from __future__ import annotations
@@ -13,12 +19,25 @@ from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[import-untyped]
 from grpc_status import rpc_status
 
-from oncall_server.errors import InvalidArgument, OncallError, ResourceExhausted
+from oncall_server import failures
+from oncall_server.errors import InvalidArgument, OncallError, ResourceExhausted, Unavailable
+from oncall_server.grpc_api import convert
 
 log = logging.getLogger(__name__)
+UNAVAILABLE_RETRY_SECONDS = 5.0
+"""``RetryInfo`` of an ``UNAVAILABLE``: the database or Redis is unreachable, a quick retry would fail too."""
+
+
+def _retry_info(seconds: float) -> any_pb2.Any:
+    retry = error_details_pb2.RetryInfo()
+    retry.retry_delay.FromMilliseconds(int(seconds * 1000))
+    packed = any_pb2.Any()
+    packed.Pack(retry)
+    return packed
 
 
 def to_status(error: OncallError) -> grpc.Status:
@@ -34,11 +53,9 @@ def to_status(error: OncallError) -> grpc.Status:
         packed.Pack(bad)
         details.append(packed)
     if isinstance(error, ResourceExhausted):
-        retry = error_details_pb2.RetryInfo()
-        retry.retry_delay.FromMilliseconds(int(error.retry_after_seconds * 1000))
-        packed = any_pb2.Any()
-        packed.Pack(retry)
-        details.append(packed)
+        details.append(_retry_info(error.retry_after_seconds))
+    elif isinstance(error, Unavailable):
+        details.append(_retry_info(UNAVAILABLE_RETRY_SECONDS))
     code = getattr(code_pb2, error.grpc_code.name)
     status: grpc.Status = rpc_status.to_status(
         status_pb2.Status(code=code, message=error.message, details=details)
@@ -46,35 +63,80 @@ def to_status(error: OncallError) -> grpc.Status:
     return status
 
 
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
-    if isinstance(exc, OncallError):
-        status = to_status(exc)
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException, method: str) -> None:
+    error = exc if isinstance(exc, OncallError) else failures.as_unavailable(exc)
+    if error is not None:
+        if not isinstance(exc, OncallError):
+            log.warning("%s: the database or Redis is unavailable (%s)", method, type(exc).__name__)
+        status = to_status(error)
         await context.abort(status.code, status.details, status.trailing_metadata)
-    log.exception("unexpected error in gRPC handler", exc_info=exc)
+    log.exception("unexpected error in gRPC handler %s", method, exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
 
-def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+class _Undecodable:
+    """What the deserializer hands on for bytes that are not a valid request message."""
+
+    def __init__(self, message_name: str) -> None:
+        self.error = InvalidArgument.field("request", f"is not a valid {message_name} message")
+
+
+def _deserializer(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+    owner = getattr(deserialize, "__self__", None)  # Message.FromString is bound to its class
+    name = getattr(owner, "__name__", "request")
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except DecodeError:
+            return _Undecodable(name)
+
+    return parse
+
+
+def _checked(request: Any, path: str = "") -> Any:
+    if isinstance(request, _Undecodable):
+        raise request.error
+    if hasattr(request, "DESCRIPTOR"):
+        convert.check_request(request, path)
+    return request
+
+
+async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    index = 0
+    async for request in requests:
+        yield _checked(request, f"requests[{index}]")
+        index += 1
+
+
+def _wrap_unary(
+    behavior: Callable[..., Awaitable[Any]], method: str, *, streaming_request: bool = False
+) -> Callable[..., Awaitable[Any]]:
     async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
-            return await behavior(request, context)
+            checked = _checked_stream(request) if streaming_request else _checked(request)
+            return await behavior(checked, context)
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
-            await _abort(context, exc)
+            await _abort(context, exc, method)
 
     return call
 
 
-def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+def _wrap_stream(
+    behavior: Callable[..., AsyncIterator[Any]], method: str
+) -> Callable[..., AsyncIterator[Any]]:
     async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         try:
-            async for item in behavior(request, context):
+            async for item in behavior(_checked(request), context):
                 yield item
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
-            await _abort(context, exc)
+            await _abort(context, exc, method)
 
     return call
 
@@ -88,15 +150,18 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
+        method = str(handler_call_details.method)
         serial = {
-            "request_deserializer": handler.request_deserializer,
+            "request_deserializer": _deserializer(handler.request_deserializer),
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(_wrap_unary(handler.unary_unary), **serial)
+            return grpc.unary_unary_rpc_method_handler(_wrap_unary(handler.unary_unary, method), **serial)
         if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(_wrap_unary(handler.stream_unary), **serial)
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap_unary(handler.stream_unary, method, streaming_request=True), **serial
+            )
         if handler.unary_stream:
             streaming: Any = handler.unary_stream  # an async generator under grpc.aio, whatever the stubs say
-            return grpc.unary_stream_rpc_method_handler(_wrap_stream(streaming), **serial)
+            return grpc.unary_stream_rpc_method_handler(_wrap_stream(streaming, method), **serial)
         return handler
