@@ -36,6 +36,32 @@ class Settings(BaseSettings):
     http_listen: str = Field(default="127.0.0.1:8080", description="host:port of the HTTP gateway.")
     public_url: str = Field(default="http://127.0.0.1:8080", description="Base of incident links.")
     max_body_bytes: int = Field(default=512 * 1024, description="Largest accepted webhook body (413 above).")
+    # HTTP gateway connections: slow or idle clients must not hold connections without bound.
+    http_header_timeout_seconds: float = Field(
+        default=10.0,
+        ge=0.0,
+        le=3600.0,
+        description="Close a connection whose request headers are not complete this long after it "
+        "opened or after the request's first byte (0: no limit).",
+    )
+    http_body_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0.0,
+        le=3600.0,
+        description="Answer 408 and close when a request's body is not complete this long after its headers.",
+    )
+    http_keepalive_seconds: float = Field(
+        default=75.0,
+        ge=0.0,
+        le=3600.0,
+        description="Close a keep-alive connection idle this long between requests (0: close after each).",
+    )
+    http_max_connections_per_client: int = Field(
+        default=256,
+        ge=0,
+        description="Most open HTTP connections from one client address per process; more are answered "
+        "503 and closed (0: no limit). Behind a proxy, above its connection pool.",
+    )
     max_batch_alerts: int = Field(default=1000, description="Most alerts in one ingest request.")
     write_batch_size: int = Field(default=500, description="Most alerts committed in one transaction.")
     write_linger_ms: float = Field(

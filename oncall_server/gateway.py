@@ -1,27 +1,60 @@
-"""The HTTP webhook gateway (aiohttp): thin handlers over the same core as gRPC."""
+"""The HTTP webhook gateway (aiohttp): thin handlers over the same core as gRPC.
+
+Around the handlers:
+
+* :func:`errors_middleware` maps domain errors to statuses with a JSON body naming the problem,
+  an outage of the database or Redis to 503 + ``Retry-After`` (:mod:`oncall_server.failures`),
+  a declared ``Content-Length`` above ``ONCALL_MAX_BODY_BYTES`` to 413 before any of the body is
+  read, and closes the connection after a refusal the client might still be sending a body for.
+* Bodies are read within ``ONCALL_HTTP_BODY_TIMEOUT_SECONDS`` (:func:`read_body`) and parsed by
+  :func:`oncall_server.json_codec.loads_request`, like every face.
+* Connections come through a :class:`ConnectionGuard` (see :func:`listen`): a request's headers
+  must arrive within ``ONCALL_HTTP_HEADER_TIMEOUT_SECONDS`` of the connection opening or of the
+  request's first byte, and one client address holds at most
+  ``ONCALL_HTTP_MAX_CONNECTIONS_PER_CLIENT`` connections. aiohttp closes idle keep-alive
+  connections after ``ONCALL_HTTP_KEEPALIVE_SECONDS``.
+* The access log and the error log name a request by its route template (never its path or query,
+  which may carry an integration key), see :func:`route_of`.
+"""
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from aiohttp.http_exceptions import HttpProcessingError
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from sqlalchemy import text
 
-from oncall_server import escalations, tenancy
+from oncall_server import escalations, failures, json_codec, security, tenancy
 from oncall_server.app import App
-from oncall_server.errors import InvalidArgument, OncallError, PayloadTooLarge, ResourceExhausted
+from oncall_server.config import Settings, split_host_port
+from oncall_server.errors import (
+    InvalidArgument,
+    OncallError,
+    PayloadTooLarge,
+    ResourceExhausted,
+    Unavailable,
+)
 from oncall_server.ingest.model import IngestResult
 from oncall_server.outbox import incident_url
 from oncall_server.routing_rules import parse_rules, rules_to_json
-from oncall_server.security import scrub
 
 log = logging.getLogger(__name__)
 APP_KEY = web.AppKey("oncall_app", App)
+UNAVAILABLE_RETRY_AFTER_SECONDS = 5
+"""``Retry-After`` of a 503: the database or Redis is unreachable, so a quick retry would fail too."""
+CONNECTIONS_CLOSED = Counter(
+    "oncall_http_connections_closed_total",
+    "HTTP connections the gateway closed or refused to protect itself, by reason "
+    "(per_client_limit, header_timeout, body_timeout, body_too_large).",
+    ["reason"],
+)
+_LOGGED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def error_body(error: OncallError) -> dict[str, Any]:
@@ -31,44 +64,125 @@ def error_body(error: OncallError) -> dict[str, Any]:
     return body
 
 
+def error_response(error: OncallError) -> web.Response:
+    """The JSON answer for a domain error, with ``Retry-After`` where a retry is the remedy."""
+    headers = {}
+    if isinstance(error, ResourceExhausted):
+        headers["Retry-After"] = str(max(1, round(error.retry_after_seconds)))
+    elif isinstance(error, Unavailable):
+        headers["Retry-After"] = str(UNAVAILABLE_RETRY_AFTER_SECONDS)
+    return web.json_response(error_body(error), status=error.http_status, headers=headers)
+
+
+def route_of(request: web.BaseRequest) -> str:
+    """What the logs may say about a request's target: the matched route's template
+    (``/api/integrations/{integration_id}``), or ``-`` for a path no route matched. Never the path
+    or the query as sent: either may carry a key, encoded in ways no pattern can list."""
+    match_info = getattr(request, "match_info", None)  # absent when aiohttp could not parse the request
+    route = getattr(match_info, "route", None)
+    resource = getattr(route, "resource", None)
+    return resource.canonical if resource is not None else "-"
+
+
+def method_of(request: web.BaseRequest) -> str:
+    """The method for the logs: a standard one, else ``-`` (a made-up method is free text)."""
+    return request.method if request.method in _LOGGED_METHODS else "-"
+
+
+class _BodyTimeout(Exception):
+    """The client did not send the body it announced in time."""
+
+
+async def _closing(request: web.Request, response: web.StreamResponse, reason: str) -> web.StreamResponse:
+    """Send ``response``, then close the connection: no more of the body is read (aiohttp would
+    otherwise read and discard it for up to ``lingering_time`` to keep the connection)."""
+    CONNECTIONS_CLOSED.labels(reason).inc()
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()
+    return response
+
+
+def _too_large(settings: Settings) -> web.Response:
+    limit = settings.max_body_bytes
+    too_large = PayloadTooLarge.field(
+        "body", f"is larger than the {limit}-byte limit (ONCALL_MAX_BODY_BYTES)"
+    )
+    return error_response(too_large)
+
+
 @web.middleware
 async def errors_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
+    connection = request.app[CONNECTIONS_KEY].of(request)
+    if connection is not None:
+        connection.request_started()
+    settings = request.app[APP_KEY].settings
     try:
+        if request.content_length is not None and request.content_length > settings.max_body_bytes:
+            return await _closing(request, _too_large(settings), "body_too_large")  # before reading any
         return await handler(request)
     except OncallError as error:
-        headers = {}
-        if isinstance(error, ResourceExhausted):
-            headers["Retry-After"] = str(max(1, round(error.retry_after_seconds)))
-        return web.json_response(error_body(error), status=error.http_status, headers=headers)
-    except web.HTTPRequestEntityTooLarge:
-        limit = request.app[APP_KEY].settings.max_body_bytes
-        too_large = PayloadTooLarge.field(
-            "body", f"is larger than the {limit}-byte limit (ONCALL_MAX_BODY_BYTES)"
+        return error_response(error)
+    except web.HTTPRequestEntityTooLarge:  # a body without Content-Length grew past the limit
+        return await _closing(request, _too_large(settings), "body_too_large")
+    except _BodyTimeout:
+        timeout = InvalidArgument.field(
+            "body",
+            f"was not received within {settings.http_body_timeout_seconds:g} s "
+            "(ONCALL_HTTP_BODY_TIMEOUT_SECONDS)",
         )
-        return web.json_response(error_body(too_large), status=413)
+        return await _closing(request, web.json_response(error_body(timeout), status=408), "body_timeout")
     except web.HTTPException:
         raise
-    except Exception:
-        log.exception("unexpected error handling %s %s", request.method, scrub(request.path_qs))
+    except Exception as exc:
+        if request.transport is None or request.transport.is_closing():
+            raise  # the client went away mid-request: nobody to answer, and no outage to report
+        unavailable = failures.as_unavailable(exc)
+        if unavailable is not None:
+            log.warning(
+                "%s %s: the database or Redis is unavailable (%s)",
+                method_of(request),
+                route_of(request),
+                type(exc).__name__,
+            )
+            return error_response(unavailable)
+        log.exception("unexpected error handling %s %s", method_of(request), route_of(request))
         return web.json_response(
             {"status": "error", "error": "Internal", "message": "internal error"}, status=500
         )
+    finally:
+        if connection is not None:
+            connection.request_finished()
 
 
 class ScrubbingAccessLogger(AbstractAccessLogger):
-    """One line per request with ``key=`` and ``token=`` values removed."""
+    """One line per request naming its route template, never the path or query as sent."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         self.logger.info(
             '%s "%s %s" %s %.1fms',
             request.remote,
-            request.method,
-            scrub(request.path_qs),
+            method_of(request),
+            route_of(request),
             response.status,
             time * 1000,
         )
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The whole body, within ``ONCALL_HTTP_BODY_TIMEOUT_SECONDS`` (408 and close after it)."""
+    try:
+        async with asyncio.timeout(request.app[APP_KEY].settings.http_body_timeout_seconds):
+            return await request.read()
+    except TimeoutError:
+        raise _BodyTimeout from None
+
+
+def _header_credential(request: web.Request, name: str) -> str | None:
+    return security.credential(request.headers.get(name))
 
 
 def _result(result: IngestResult) -> dict[str, str]:
@@ -82,9 +196,9 @@ def _result(result: IngestResult) -> dict[str, str]:
 
 async def ingest_webhook(request: web.Request) -> web.Response:
     app = request.app[APP_KEY]
-    key = request.query.get("key") or request.headers.get("X-Integration-Key")
+    key = security.credential(request.query.get("key")) or _header_credential(request, "X-Integration-Key")
     await app.integrations.resolve_key(key)  # 401 before reading a body we would discard (cached after)
-    body = await request.read()
+    body = await read_body(request)
     results = await app.pipeline.ingest_body(
         key,
         body,
@@ -99,12 +213,10 @@ async def ingest_webhook(request: web.Request) -> web.Response:
 async def create_escalation(request: web.Request) -> web.Response:
     """``POST /api/internal/escalations/create``: Defend pages the on-call technician."""
     app = request.app[APP_KEY]
-    escalations.check_service_key(app, request.headers.get("X-Integration-Key"))
-    try:
-        payload = json.loads(await request.read())
-    except ValueError as exc:
-        raise InvalidArgument.field("body", f"is not valid JSON: {exc}") from None
-    result = await escalations.create_escalation(app, request.headers.get("X-Integration-Key"), payload)
+    key = _header_credential(request, "X-Integration-Key")
+    escalations.check_service_key(app, key)
+    payload = json_codec.loads_request(await read_body(request), field="body")
+    result = await escalations.create_escalation(app, key, payload)
     body = {"status": "ok", **_result(result)}
     if result.incident_id:
         body["incident_url"] = incident_url(app.settings.public_url, result.incident_id)
@@ -114,15 +226,12 @@ async def create_escalation(request: web.Request) -> web.Response:
 async def update_integration(request: web.Request) -> web.Response:
     """``PUT /api/integrations/:id`` with any of name, service_id, routing_rules."""
     app = request.app[APP_KEY]
-    header = request.headers.get("Authorization", "")
+    header = _header_credential(request, "Authorization") or ""
     scheme, _, token = header.partition(" ")
     who = await tenancy.authenticate_token(
         app.sessions, token.strip() if scheme.lower() == "bearer" else None
     )
-    try:
-        changes = json.loads(await request.read())
-    except ValueError as exc:
-        raise InvalidArgument.field("body", f"is not valid JSON: {exc}") from None
+    changes = json_codec.loads_request(await read_body(request), field="body")
     if not isinstance(changes, dict):
         raise InvalidArgument.field("body", "must be a JSON object")
     row = await app.integrations.update(who.tenant_id, request.match_info["integration_id"], changes)
@@ -157,9 +266,186 @@ async def metrics(_request: web.Request) -> web.Response:
     return response
 
 
+_TOO_MANY_BODY = (
+    b'{"status": "error", "error": "Unavailable", "message": "too many connections from this address"}'
+)
+_TOO_MANY_CONNECTIONS = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
+    b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+    % (len(_TOO_MANY_BODY), _TOO_MANY_BODY)
+)
+
+
+class ConnectionGuard(asyncio.Protocol):
+    """Wraps aiohttp's protocol for one connection: the header timeout and the per-client count.
+
+    aiohttp bounds idle keep-alive connections (``keepalive_timeout``) but not the time a client
+    takes to send a request's headers, so a client trickling a header byte at a time (slowloris)
+    held a connection for as long as it liked. Here a request's headers must be complete within
+    ``header_timeout`` of the connection opening, or of the first byte after the previous request
+    was answered; the middleware says when a request's headers have arrived
+    (:meth:`request_started`) and when it was answered (:meth:`request_finished`). The body has its
+    own bound (:func:`read_body`).
+    """
+
+    def __init__(self, guards: Connections, inner: asyncio.Protocol) -> None:
+        self._guards = guards
+        self._inner = inner
+        self._transport: asyncio.Transport | None = None
+        self._peer = ""
+        self._admitted = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._idle = False  # answered its last request; the next byte starts a new one
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's is one without the subclass
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self._peer = str(peer[0]) if isinstance(peer, tuple | list) and peer else ""
+        if not self._guards.admit(self._peer):
+            CONNECTIONS_CLOSED.labels("per_client_limit").inc()
+            transport.write(_TOO_MANY_CONNECTIONS)
+            transport.close()
+            return
+        self._admitted = True
+        self._guards.handlers[self._inner] = self
+        self._inner.connection_made(transport)
+        self._await_headers()
+
+    def _await_headers(self) -> None:
+        self._idle = False
+        if self._timer is None and self._guards.header_timeout > 0:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._guards.header_timeout, self._headers_too_slow)
+
+    def _headers_too_slow(self) -> None:
+        self._timer = None
+        if self._transport is not None and not self._transport.is_closing():
+            CONNECTIONS_CLOSED.labels("header_timeout").inc()
+            self._transport.close()
+
+    def request_started(self) -> None:
+        """The request's headers are in (the handler is running): the header clock stops."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._idle = False
+
+    def request_finished(self) -> None:
+        self._idle = True
+
+    def data_received(self, data: bytes) -> None:
+        if not self._admitted:
+            return
+        if self._idle:
+            self._await_headers()
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received() if self._admitted else None
+
+    def pause_writing(self) -> None:
+        if self._admitted:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._admitted:
+            self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._admitted:
+            return
+        self._admitted = False
+        self._guards.release(self._peer)
+        self._guards.handlers.pop(self._inner, None)
+        self._inner.connection_lost(exc)
+
+
+class Connections:
+    """The gateway's open connections: counts per client address, guards by aiohttp protocol."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.header_timeout = settings.http_header_timeout_seconds
+        self.per_client = settings.http_max_connections_per_client
+        self.by_address: dict[str, int] = {}
+        self.handlers: dict[object, ConnectionGuard] = {}
+
+    def admit(self, address: str) -> bool:
+        count = self.by_address.get(address, 0)
+        if self.per_client and count >= self.per_client:
+            return False
+        self.by_address[address] = count + 1
+        return True
+
+    def release(self, address: str) -> None:
+        count = self.by_address.get(address, 0) - 1
+        if count > 0:
+            self.by_address[address] = count
+        else:
+            self.by_address.pop(address, None)
+
+    def of(self, request: web.BaseRequest) -> ConnectionGuard | None:
+        """The guard of the connection a request came on (None if it did not come through one)."""
+        return self.handlers.get(request.protocol)
+
+
+CONNECTIONS_KEY = web.AppKey("oncall_connections", Connections)
+
+
+class _MalformedRequestFilter(logging.Filter):
+    """aiohttp logs a request it cannot parse with the parser's message, which quotes the
+    offending bytes: a request line with ``?key=...`` or a credential header with one stray
+    control character would reach the log in clear. Such records keep the client address and
+    the kind of error, nothing of the request."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else "-"
+            record.msg = "malformed HTTP request from %s: %s (answered %s)"
+            record.args = (remote, type(error).__name__, error.code)
+            record.exc_info = None
+            record.exc_text = None
+            if record.levelno > logging.INFO:
+                record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+_PROTOCOL_LOG = logging.getLogger("oncall.gateway.http")
+_PROTOCOL_LOG.addFilter(_MalformedRequestFilter())
+
+
+def runner_options(settings: Settings) -> dict[str, Any]:
+    """aiohttp's per-connection settings for the gateway's ``AppRunner``."""
+    return {"keepalive_timeout": settings.http_keepalive_seconds, "logger": _PROTOCOL_LOG}
+
+
+async def listen(runner: web.AppRunner, settings: Settings) -> asyncio.Server:
+    """Accept connections for the runner's gateway on ``ONCALL_HTTP_LISTEN``, each behind a
+    :class:`ConnectionGuard`. Close the returned server before ``runner.cleanup()``."""
+    server = runner.server
+    assert server is not None, "call runner.setup() first"
+    guards = runner.app[CONNECTIONS_KEY]
+    host, port = split_host_port(settings.http_listen)
+    return await asyncio.get_running_loop().create_server(
+        lambda: ConnectionGuard(guards, server()),
+        host,
+        port,
+        backlog=1024,
+        reuse_port=settings.workers > 1,
+    )
+
+
 def build_gateway(app: App) -> web.Application:
-    gateway = web.Application(client_max_size=app.settings.max_body_bytes, middlewares=[errors_middleware])
+    # aiohttp refuses a body of client_max_size bytes or more; ONCALL_MAX_BODY_BYTES is the largest accepted.
+    gateway = web.Application(
+        client_max_size=app.settings.max_body_bytes + 1, middlewares=[errors_middleware]
+    )
     gateway[APP_KEY] = app
+    gateway[CONNECTIONS_KEY] = Connections(app.settings)
     gateway.router.add_post("/api/webhooks/ingest", ingest_webhook)
     gateway.router.add_post("/api/internal/escalations/create", create_escalation)
     gateway.router.add_put("/api/integrations/{integration_id}", update_integration)

@@ -19,7 +19,7 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from oncall_server import workers
+from oncall_server import gateway, workers
 from oncall_server.api.v1 import (
     catalog_service_pb2,
     catalog_service_pb2_grpc,
@@ -130,19 +130,22 @@ class GatewayRole:
             access_log_class=ScrubbingAccessLogger,
             access_log=logging.getLogger("oncall.access") if app.settings.access_log else None,
             shutdown_timeout=app.settings.drain_seconds,
+            **gateway.runner_options(app.settings),
         )
+        self.listener: asyncio.Server | None = None
         self.port = 0
 
     async def start(self) -> None:
         await self.runner.setup()
-        host, port = split_host_port(self.app.settings.http_listen)
-        site = web.TCPSite(self.runner, host, port, backlog=1024, reuse_port=self.app.settings.workers > 1)
-        await site.start()
-        sockets = self.runner.addresses
-        self.port = sockets[0][1] if sockets else port
+        # Connections come through the gateway's guard (header timeout, per-client limit).
+        self.listener = await gateway.listen(self.runner, self.app.settings)
+        sockets = self.listener.sockets
+        self.port = sockets[0].getsockname()[1] if sockets else 0
         log.info("HTTP gateway listening on port %d", self.port)
 
     async def stop(self) -> None:
+        if self.listener is not None:
+            self.listener.close()  # stop accepting; the runner closes the open connections
         await self.runner.cleanup()
 
 
