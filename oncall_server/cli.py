@@ -15,7 +15,7 @@ from oncall_server import __version__, catalog, directory, escalation_policies, 
 from oncall_server.clock import SystemClock
 from oncall_server.config import Settings
 from oncall_server.errors import OncallError
-from oncall_server.integrations import Integrations
+from oncall_server.integrations import CACHE_SECONDS, Integrations
 from oncall_server.plugins import Plugins
 from oncall_server.storage import migrate
 from oncall_server.storage.engine import create_engine, session_factory
@@ -107,6 +107,73 @@ async def _cmd_tenant_create(args: argparse.Namespace) -> int:
     async def work(sessions: Any, clock: Any) -> int:
         tenant = await tenancy.create_tenant(sessions, clock, args.name)
         _emit(args, {"tenant_id": tenant.id, "name": tenant.name})
+        return 0
+
+    return await _with_db(args, work)
+
+
+async def _cmd_tenant_list(args: argparse.Namespace) -> int:
+    async def work(sessions: Any, clock: Any) -> int:
+        tenants = [tenancy.describe(t) for t in await tenancy.list_tenants(sessions)]
+        if args.json:
+            print(json.dumps(tenants, indent=2))
+            return 0
+        print(f"{'ID':36}  {'STATUS':11}  NAME")
+        for tenant in tenants:
+            print(f"{tenant['tenant_id']:36}  {tenant['status']:11}  {tenant['name']}")
+        return 0
+
+    return await _with_db(args, work)
+
+
+async def _cmd_tenant_deactivate(args: argparse.Namespace) -> int:
+    """Tokens and keys refused, escalations stopped; then, once every server's key cache has
+    expired, stop whatever an alert accepted with a cached key started meanwhile."""
+
+    async def work(sessions: Any, clock: Any) -> int:
+        tenant, stopped = await tenancy.deactivate_tenant(sessions, clock, args.name)
+        if args.wait > 0:
+            print(
+                f"tenant {tenant.name!r} deactivated; waiting {args.wait:g}s for running servers' "
+                "integration-key caches to expire...",
+                file=sys.stderr,
+            )
+            await asyncio.sleep(args.wait)
+            stopped += await tenancy.stop_paging(sessions, clock, tenant.id, "tenant deactivated")
+        _emit(args, {**tenancy.describe(tenant), "escalations_stopped": stopped})
+        return 0
+
+    return await _with_db(args, work)
+
+
+async def _cmd_tenant_activate(args: argparse.Namespace) -> int:
+    async def work(sessions: Any, clock: Any) -> int:
+        _emit(args, tenancy.describe(await tenancy.activate_tenant(sessions, args.name)))
+        return 0
+
+    return await _with_db(args, work)
+
+
+async def _cmd_tenant_delete(args: argparse.Namespace) -> int:
+    """Every row of a deactivated tenant, for good; without --yes only says what would go."""
+
+    async def work(sessions: Any, clock: Any) -> int:
+        tenant = await tenancy.find_tenant(sessions, args.name)
+        if tenant.deactivated_at is None:
+            raise OncallError(
+                f"tenant {tenant.name!r} is active; deactivate it first (oncall-server tenant deactivate)"
+            )
+        if not args.yes:
+            rows = await tenancy.tenant_contents(sessions, tenant.id)
+            listed = ", ".join(f"{count} {table}" for table, count in rows.items()) or "no rows"
+            print(
+                f"tenant {tenant.name!r} ({tenant.id}) has {listed}; "
+                "run again with --yes to delete the tenant and all of them for good",
+                file=sys.stderr,
+            )
+            return 1
+        deleted = await tenancy.delete_tenant(sessions, clock, tenant.id, key_cache_seconds=CACHE_SECONDS)
+        _emit(args, {"tenant_id": tenant.id, "name": tenant.name, "deleted": deleted})
         return 0
 
     return await _with_db(args, work)
@@ -360,6 +427,34 @@ def build_parser() -> argparse.ArgumentParser:
     tenant_create = tenant.add_parser("create", parents=[common])
     tenant_create.add_argument("name")
     tenant_create.set_defaults(handler=_cmd_tenant_create)
+    tenant.add_parser("list", parents=[common], help="every tenant, with its status").set_defaults(
+        handler=_cmd_tenant_list
+    )
+    tenant_deactivate = tenant.add_parser(
+        "deactivate",
+        parents=[common],
+        help="refuse the tenant's tokens and keys and stop its escalations (its data stays)",
+    )
+    tenant_deactivate.add_argument("name", help="tenant id or name")
+    tenant_deactivate.add_argument(
+        "--wait",
+        type=float,
+        default=CACHE_SECONDS + 1,
+        help="seconds to wait for servers' key caches to expire before stopping escalations "
+        f"again (default {CACHE_SECONDS + 1:g})",
+    )
+    tenant_deactivate.set_defaults(handler=_cmd_tenant_deactivate)
+    tenant_activate = tenant.add_parser(
+        "activate", parents=[common], help="accept a deactivated tenant's tokens and keys again"
+    )
+    tenant_activate.add_argument("name", help="tenant id or name")
+    tenant_activate.set_defaults(handler=_cmd_tenant_activate)
+    tenant_delete = tenant.add_parser(
+        "delete", parents=[common], help="delete a deactivated tenant and all its data, for good"
+    )
+    tenant_delete.add_argument("name", help="tenant id or name")
+    tenant_delete.add_argument("--yes", action="store_true", help="really delete (else: list what would go)")
+    tenant_delete.set_defaults(handler=_cmd_tenant_delete)
 
     token = sub.add_parser("token", help="admin API tokens").add_subparsers(dest="action", required=True)
     token_create = token.add_parser("create", parents=[common])

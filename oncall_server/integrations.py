@@ -22,15 +22,15 @@ from prometheus_client import Counter
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from oncall_server import json_codec, security
+from oncall_server import security
 from oncall_server.catalog import get_service, grouping_window_ms
 from oncall_server.clock import Clock
-from oncall_server.errors import InvalidArgument, NotFound, Unauthenticated
+from oncall_server.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
 from oncall_server.ids import is_valid_id, uuid7
 from oncall_server.plugins import NoAdapter, Plugins
 from oncall_server.routing_rules import RoutingRule, parse_rules, rules_to_json
 from oncall_server.storage.engine import write_transaction
-from oncall_server.storage.models import Integration, Service
+from oncall_server.storage.models import Integration, Service, Tenant
 
 log = logging.getLogger(__name__)
 KEY_PREFIX = "oci_"
@@ -103,7 +103,9 @@ class Integrations:
         )
 
     async def resolve_key(self, key: str | None) -> IntegrationContext:
-        """The integration a key belongs to; UNAUTHENTICATED for a missing or unknown key."""
+        """The integration a key belongs to; UNAUTHENTICATED for a missing or unknown key, and for
+        the key of a deactivated or deleted tenant (a key this process resolved less than
+        ``CACHE_SECONDS`` ago keeps working until its cache entry expires)."""
         if not key:
             raise Unauthenticated("an integration key is required (?key=... or the X-Integration-Key header)")
         wanted = security.digest(key)
@@ -129,18 +131,23 @@ class Integrations:
         """The tenant's (oldest) integration of a type: how internal sources route by ``tenant_id``."""
         if is_valid_id(tenant_id):
             async with self.sessions() as session:
-                integration_id = await session.scalar(
-                    select(Integration.id)
-                    .where(
-                        Integration.tenant_id == tenant_id,
-                        Integration.type == integration_type,
-                        Integration.deleted_at.is_(None),
+                found = (
+                    await session.execute(
+                        select(Integration.id, Tenant.deactivated_at)
+                        .join(Tenant, Tenant.id == Integration.tenant_id)
+                        .where(
+                            Integration.tenant_id == tenant_id,
+                            Integration.type == integration_type,
+                            Integration.deleted_at.is_(None),
+                        )
+                        .order_by(Integration.id)
+                        .limit(1)
                     )
-                    .order_by(Integration.id)
-                    .limit(1)
-                )
-            if integration_id is not None:
-                return await self.context_of(integration_id)
+                ).first()
+            if found is not None:
+                if found.deactivated_at is not None:
+                    raise FailedPrecondition(f"tenant {tenant_id!r} is deactivated")
+                return await self.context_of(found.id)
         log.warning("no %s integration for tenant %r", integration_type, tenant_id)
         raise NotFound(f"tenant {tenant_id!r} has no {integration_type} integration")
 
@@ -150,7 +157,8 @@ class Integrations:
                 await session.execute(
                     select(Integration, Service)
                     .join(Service, Service.id == Integration.service_id)
-                    .where(where, Integration.deleted_at.is_(None))
+                    .join(Tenant, Tenant.id == Integration.tenant_id)
+                    .where(where, Integration.deleted_at.is_(None), Tenant.deactivated_at.is_(None))
                 )
             ).first()
         if row is None:
@@ -175,7 +183,9 @@ class Integrations:
         self, tenant_id: str, service_id: str, name: str, type_: str, routing_rules: Any
     ) -> tuple[Integration, str]:
         """A new integration and its key, shown only now."""
-        name = json_codec.check_name(name, "integration.name")
+        name = name.strip()
+        if not name or len(name) > 200:
+            raise InvalidArgument.field("integration.name", "must be 1 to 200 characters")
         type_ = type_.strip() or "webhook"
         self.plugins.check_adapter_type(type_)
         rules = rules_to_json(parse_rules(routing_rules or []))
@@ -235,7 +245,10 @@ class Integrations:
         async with write_transaction(self.sessions) as session:
             integration = await self._get(session, tenant_id, integration_id)
             if "name" in changes:
-                integration.name = json_codec.check_name(changes["name"], "integration.name")
+                name = str(changes["name"]).strip()
+                if not name or len(name) > 200:
+                    raise InvalidArgument.field("integration.name", "must be 1 to 200 characters")
+                integration.name = name
             if "service_id" in changes:
                 await get_service(session, tenant_id, str(changes["service_id"]))
                 integration.service_id = str(changes["service_id"])

@@ -118,13 +118,18 @@ class Base(DeclarativeBase):
 
 
 class Tenant(Base):
-    """A customer organisation (an MSP); every other row belongs to one."""
+    """A customer organisation (an MSP); every other row belongs to one.
+
+    A deactivated tenant (``deactivated_at`` set, by ``oncall-server tenant deactivate``) keeps its
+    data, but its API tokens and integration keys are refused and its escalations stopped.
+    """
 
     __tablename__ = "tenants"
 
     id: Mapped[str] = mapped_column(ID, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime]
+    deactivated_at: Mapped[datetime | None]
 
 
 class ApiToken(Base):
