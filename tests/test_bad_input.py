@@ -295,7 +295,9 @@ async def test_grpc_bytes_that_are_not_a_message_are_invalid_argument(
 ) -> None:
     tenant, before = await seeded(server)
     async with grpc.aio.insecure_channel(server.grpc_target) as channel:
-        call = channel.unary_unary(method)  # no serializers: the bytes go as they are
+        call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+            method
+        )  # bytes as they are
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await call(b"\xff\xff\xff\xff", metadata=tenant.auth, timeout=10)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()

@@ -109,7 +109,7 @@ async def proxied_redis(redis_url: str) -> AsyncIterator[tuple[Proxy, str]]:
 class Outage:
     """Makes the server's database unreachable and reachable again."""
 
-    def __init__(self, down: Callable[[], Awaitable[None]], up: Callable[[], Awaitable[None]]) -> None:
+    def __init__(self, down: Callable[[], Awaitable[object]], up: Callable[[], Awaitable[object]]) -> None:
         self.down, self.up = down, up
 
 
