@@ -87,20 +87,24 @@ def _too_deep(field: str) -> InvalidArgument:
     )
 
 
+_CONTAINERS = frozenset((dict, list))
+
+
 def _depth_exceeds(value: Any, limit: int) -> bool:
-    """Whether arrays/objects nest deeper than ``limit``, without recursion (only containers are
-    visited: a flat payload costs one pass over its values)."""
-    if not isinstance(value, dict | list):
-        return False
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        container, depth = stack.pop()
+    """Whether the arrays/objects of a parsed JSON value nest deeper than ``limit``: one level at
+    a time, without recursion, looking only at containers (``json.loads`` makes exact dicts and
+    lists, so ``type`` is enough, and cheaper than ``isinstance``)."""
+    level = [value] if type(value) in _CONTAINERS else []
+    depth = 1
+    while level:
         if depth > limit:
             return True
-        children = container.values() if isinstance(container, dict) else container
-        for child in children:
-            if isinstance(child, dict | list):
-                stack.append((child, depth + 1))
+        below: list[Any] = []
+        for container in level:
+            children = container.values() if type(container) is dict else container
+            below += [child for child in children if type(child) in _CONTAINERS]
+        level = below
+        depth += 1
     return False
 
 
@@ -109,7 +113,8 @@ def loads_request(body: str | bytes, field: str = "body") -> Any:
 
     Refuses: bytes that are not UTF-8, text that is not JSON (``NaN``, ``Infinity`` and numbers
     beyond a float's range such as ``1e999`` included), integers longer than
-    :data:`MAX_INT_DIGITS` digits, and arrays/objects nested deeper than :data:`MAX_REQUEST_DEPTH`. Integers beyond 64 bits stay exact (the standard library parses).
+    :data:`MAX_INT_DIGITS` digits, and arrays/objects nested deeper than
+    :data:`MAX_REQUEST_DEPTH`. Integers beyond 64 bits stay exact (the standard library parses).
     Strings are returned as JSON wrote them, NUL and unpaired surrogates included: what may be
     stored is decided where the fields are known.
     """
