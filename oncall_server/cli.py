@@ -229,6 +229,10 @@ async def _cmd_bootstrap(args: argparse.Namespace) -> int:
             tenant = await tenancy.find_tenant(sessions, args.tenant)
         except OncallError:
             tenant = await tenancy.create_tenant(sessions, clock, args.tenant)
+        if tenant.deactivated_at is not None:  # before creating anything: its keys would not work
+            raise OncallError(
+                f"tenant {tenant.name!r} is deactivated; activate it first (oncall-server tenant activate)"
+            )
         services = await catalog.list_services(sessions, tenant.id, 1000, None)
         service = next((s for s in services if s.name == args.service), None)
         if service is None:

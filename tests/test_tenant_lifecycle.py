@@ -210,6 +210,17 @@ async def test_a_deactivated_tenant_is_refused_everywhere_until_activated(
     assert status == 202, body
 
 
+async def test_bootstrap_refuses_a_deactivated_tenant_before_creating_anything(
+    server: RunningServer, database_url: str, tmp_path: Path
+) -> None:
+    tenant = await bootstrap(server.app, tenant="acme")
+    await tenancy.deactivate_tenant(server.app.sessions, server.app.clock, "acme")
+    before = await owned_rows(server.app, tenant.tenant_id)
+    code, out, err = await cli(database_url, tmp_path, "bootstrap", "--tenant", "acme", "--service", "New")
+    assert code == 2 and out == "" and "is deactivated" in err
+    assert await owned_rows(server.app, tenant.tenant_id) == before
+
+
 async def test_a_key_cached_before_deactivation_stops_working_within_the_cache_window(
     server: RunningServer,
 ) -> None:
