@@ -122,7 +122,7 @@ class App:
         )
         writer.rides = dispatcher
         dispatcher.carrier = writer
-        integrations = Integrations(sessions, clock)
+        integrations = Integrations(sessions, clock, plugins)
         pipeline = IngestPipeline(
             integrations, plugins, writer, DropLog(redis), clock, max_batch_alerts=settings.max_batch_alerts
         )

@@ -10,8 +10,9 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from oncall_server import failures
 from oncall_server.clock import Clock
-from oncall_server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from oncall_server.errors import FailedPrecondition, InvalidArgument, NotFound
 from oncall_server.escalation_policies import check_policy_reference
 from oncall_server.ids import is_valid_id, uuid7
 from oncall_server.storage.engine import retrying_write
@@ -84,8 +85,12 @@ async def create_service(
 
     try:
         return await retrying_write(sessions, work)
-    except IntegrityError:
-        raise AlreadyExists(f"a service named {spec.name!r} already exists") from None
+    except IntegrityError as exc:
+        raise failures.integrity_error(
+            exc,
+            taken=f"a service named {spec.name!r} already exists",
+            missing="the tenant is gone (deleted meanwhile)",
+        ) from None
 
 
 async def get_service(session: AsyncSession, tenant_id: str, service_id: str) -> Service:
@@ -125,8 +130,12 @@ async def update_service(
         service.updated_at = clock.now()
         try:
             await session.flush()
-        except IntegrityError:
-            raise AlreadyExists(f"a service named {spec.name!r} already exists") from None
+        except IntegrityError as exc:
+            raise failures.integrity_error(
+                exc,
+                taken=f"a service named {spec.name!r} already exists",
+                missing="the tenant is gone (deleted meanwhile)",
+            ) from None
         return service
 
     return await retrying_write(sessions, work)

@@ -26,6 +26,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from oncall_server import failures
 from oncall_server.clock import Clock
 from oncall_server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from oncall_server.ids import is_valid_id, uuid7
@@ -187,8 +188,12 @@ async def create_user(
 
     try:
         user = await retrying_write(sessions, work)
-    except IntegrityError:
-        raise AlreadyExists(f"a user with email {spec.email!r} already exists") from None
+    except IntegrityError as exc:
+        raise failures.integrity_error(
+            exc,
+            taken=f"a user with email {spec.email!r} already exists",
+            missing="the tenant is gone (deleted meanwhile)",
+        ) from None
     return UserRecord(user)
 
 
@@ -225,8 +230,12 @@ async def update_user(
         user.name, user.email, user.updated_at = spec.name, spec.email, clock.now()
         try:
             await session.flush()
-        except IntegrityError:
-            raise AlreadyExists(f"a user with email {spec.email!r} already exists") from None
+        except IntegrityError as exc:
+            raise failures.integrity_error(
+                exc,
+                taken=f"a user with email {spec.email!r} already exists",
+                missing="the tenant is gone (deleted meanwhile)",
+            ) from None
         return await _record(session, user)
 
     return await retrying_write(sessions, work)

@@ -25,9 +25,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from oncall_server import directory, oncall_schedules
+from oncall_server import directory, failures, oncall_schedules
 from oncall_server.clock import Clock
-from oncall_server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from oncall_server.errors import FailedPrecondition, InvalidArgument, NotFound
 from oncall_server.ids import is_valid_id, uuid7
 from oncall_server.storage.engine import retrying_write
 from oncall_server.storage.listing import tenant_page
@@ -192,8 +192,12 @@ async def create_policy(
 
     try:
         return await retrying_write(sessions, work)
-    except IntegrityError:
-        raise AlreadyExists(f"an escalation policy named {spec.name!r} already exists") from None
+    except IntegrityError as exc:
+        raise failures.integrity_error(
+            exc,
+            taken=f"an escalation policy named {spec.name!r} already exists",
+            missing="the tenant or a target it names is gone (deleted meanwhile)",
+        ) from None
 
 
 async def get_policy(
@@ -232,8 +236,12 @@ async def update_policy(
         row.updated_at = clock.now()
         try:
             await session.flush()
-        except IntegrityError:
-            raise AlreadyExists(f"an escalation policy named {spec.name!r} already exists") from None
+        except IntegrityError as exc:
+            raise failures.integrity_error(
+                exc,
+                taken=f"an escalation policy named {spec.name!r} already exists",
+                missing="the tenant or a target it names is gone (deleted meanwhile)",
+            ) from None
         return row
 
     return await retrying_write(sessions, work)

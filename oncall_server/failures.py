@@ -18,7 +18,7 @@ import asyncpg.exceptions
 import redis.exceptions
 from sqlalchemy import exc as sa_exc
 
-from oncall_server.errors import Unavailable
+from oncall_server.errors import AlreadyExists, FailedPrecondition, Unavailable
 
 # SQLSTATE classes and codes: 08 connection exception, 53 insufficient resources, 57 operator
 # intervention (admin shutdown, cannot connect now), 40001 serialization failure, 40P01 deadlock.
@@ -91,3 +91,35 @@ def as_unavailable(exc: BaseException) -> Unavailable | None:
     if is_outage(exc):
         return Unavailable("the database or Redis is unavailable; retry shortly")
     return None
+
+
+def is_unique_violation(exc: sa_exc.IntegrityError) -> bool:
+    """A UNIQUE (or primary key) constraint refused the row: the name or key is taken."""
+    orig = exc.orig
+    if getattr(orig, "sqlstate", None) == "23505":  # PostgreSQL unique_violation
+        return True
+    name = str(getattr(orig, "sqlite_errorname", ""))
+    return name in ("SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY")
+
+
+def is_foreign_key_violation(exc: sa_exc.IntegrityError) -> bool:
+    """A FOREIGN KEY constraint refused the row: something it refers to does not exist (any more)."""
+    orig = exc.orig
+    if getattr(orig, "sqlstate", None) == "23503":  # PostgreSQL foreign_key_violation
+        return True
+    return str(getattr(orig, "sqlite_errorname", "")) == "SQLITE_CONSTRAINT_FOREIGNKEY"
+
+
+def integrity_error(exc: sa_exc.IntegrityError, *, taken: str, missing: str) -> Exception:
+    """The error a caller sees for a constraint violation on create or update.
+
+    ``AlreadyExists(taken)`` only for a unique violation; a foreign-key violation means a referenced
+    object is missing (deleted meanwhile): ``FailedPrecondition(missing)``. Anything else (NOT NULL,
+    CHECK) is a bug, returned as is so it surfaces as INTERNAL with its traceback in the log.
+    Use as ``raise integrity_error(exc, taken=..., missing=...) from None``.
+    """
+    if is_unique_violation(exc):
+        return AlreadyExists(taken)
+    if is_foreign_key_violation(exc):
+        return FailedPrecondition(missing)
+    return exc

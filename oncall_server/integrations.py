@@ -22,7 +22,7 @@ from prometheus_client import Counter
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from oncall_server import security
+from oncall_server import json_codec, security
 from oncall_server.catalog import get_service, grouping_window_ms
 from oncall_server.clock import Clock
 from oncall_server.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
@@ -60,25 +60,12 @@ class IntegrationContext:
 class Integrations:
     """Integration CRUD and key resolution for one process."""
 
-    def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], clock: Clock, plugins: Plugins | None = None
-    ) -> None:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], clock: Clock, plugins: Plugins) -> None:
         self.sessions = sessions
         self.clock = clock
-        self._plugins = plugins
+        self.plugins = plugins  # their adapters decide which integration types exist
         self._cache: dict[str, tuple[float, IntegrationContext]] = {}
         self._warned_no_adapter: set[str] = set()
-
-    @property
-    def plugins(self) -> Plugins:
-        """The plugins whose adapters decide which integration types exist.
-
-        The app's own registry when it was given one; otherwise the installed plugins minus
-        ``ONCALL_BLOCK_PLUGINS``, loaded on first use (the same set the app loads).
-        """
-        if self._plugins is None:
-            self._plugins = Plugins().load()
-        return self._plugins
 
     def _check_adapter(self, context: IntegrationContext) -> IntegrationContext:
         """The context, unless no loaded plugin parses its type: then NoAdapter, logged once."""
@@ -183,9 +170,7 @@ class Integrations:
         self, tenant_id: str, service_id: str, name: str, type_: str, routing_rules: Any
     ) -> tuple[Integration, str]:
         """A new integration and its key, shown only now."""
-        name = name.strip()
-        if not name or len(name) > 200:
-            raise InvalidArgument.field("integration.name", "must be 1 to 200 characters")
+        name = json_codec.check_name(name, "integration.name")
         type_ = type_.strip() or "webhook"
         self.plugins.check_adapter_type(type_)
         rules = rules_to_json(parse_rules(routing_rules or []))
@@ -245,10 +230,7 @@ class Integrations:
         async with write_transaction(self.sessions) as session:
             integration = await self._get(session, tenant_id, integration_id)
             if "name" in changes:
-                name = str(changes["name"]).strip()
-                if not name or len(name) > 200:
-                    raise InvalidArgument.field("integration.name", "must be 1 to 200 characters")
-                integration.name = name
+                integration.name = json_codec.check_name(changes["name"], "integration.name")
             if "service_id" in changes:
                 await get_service(session, tenant_id, str(changes["service_id"]))
                 integration.service_id = str(changes["service_id"])

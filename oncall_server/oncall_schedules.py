@@ -21,9 +21,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from oncall_server import directory, schedules
+from oncall_server import directory, failures, schedules
 from oncall_server.clock import Clock
-from oncall_server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from oncall_server.errors import FailedPrecondition, InvalidArgument, NotFound
 from oncall_server.ids import is_valid_id, uuid7
 from oncall_server.storage.engine import retrying_write
 from oncall_server.storage.listing import tenant_page
@@ -195,8 +195,12 @@ async def create_schedule(
 
     try:
         return await retrying_write(sessions, work)
-    except IntegrityError:
-        raise AlreadyExists(f"a schedule named {spec.name!r} already exists") from None
+    except IntegrityError as exc:
+        raise failures.integrity_error(
+            exc,
+            taken=f"a schedule named {spec.name!r} already exists",
+            missing="the tenant or a user it names is gone (deleted meanwhile)",
+        ) from None
 
 
 async def get_schedule(
@@ -232,8 +236,12 @@ async def update_schedule(
         row.updated_at = clock.now()
         try:
             await session.flush()
-        except IntegrityError:
-            raise AlreadyExists(f"a schedule named {spec.name!r} already exists") from None
+        except IntegrityError as exc:
+            raise failures.integrity_error(
+                exc,
+                taken=f"a schedule named {spec.name!r} already exists",
+                missing="the tenant or a user it names is gone (deleted meanwhile)",
+            ) from None
         return row
 
     return await retrying_write(sessions, work)

@@ -18,9 +18,9 @@ from sqlalchemy import Column, CursorResult, Select, Table, delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from oncall_server import security
+from oncall_server import failures, security
 from oncall_server.clock import Clock
-from oncall_server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
+from oncall_server.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
 from oncall_server.ids import uuid7
 from oncall_server.storage.engine import retrying_write, write_transaction
 from oncall_server.storage.models import ApiToken, Base, Incident, Notification, Tenant, TimelineEntry
@@ -41,38 +41,6 @@ class Principal:
     name: str
 
 
-def is_unique_violation(exc: IntegrityError) -> bool:
-    """A UNIQUE (or primary key) constraint refused the row: the name or key is taken."""
-    orig = exc.orig
-    if getattr(orig, "sqlstate", None) == "23505":  # PostgreSQL unique_violation
-        return True
-    name = str(getattr(orig, "sqlite_errorname", ""))
-    return name in ("SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY")
-
-
-def is_foreign_key_violation(exc: IntegrityError) -> bool:
-    """A FOREIGN KEY constraint refused the row: something it refers to does not exist (any more)."""
-    orig = exc.orig
-    if getattr(orig, "sqlstate", None) == "23503":  # PostgreSQL foreign_key_violation
-        return True
-    return str(getattr(orig, "sqlite_errorname", "")) == "SQLITE_CONSTRAINT_FOREIGNKEY"
-
-
-def integrity_error(exc: IntegrityError, *, taken: str, missing: str) -> Exception:
-    """The error a caller sees for a constraint violation on create or update.
-
-    ``AlreadyExists(taken)`` only for a unique violation; a foreign-key violation means a referenced
-    object is missing (deleted meanwhile): ``FailedPrecondition(missing)``. Anything else (NOT NULL,
-    CHECK) is a bug, returned as is so it surfaces as INTERNAL with its traceback in the log.
-    Use as ``raise integrity_error(exc, taken=..., missing=...) from None``.
-    """
-    if is_unique_violation(exc):
-        return AlreadyExists(taken)
-    if is_foreign_key_violation(exc):
-        return FailedPrecondition(missing)
-    return exc
-
-
 async def create_tenant(sessions: async_sessionmaker[AsyncSession], clock: Clock, name: str) -> Tenant:
     name = name.strip()
     if not name:
@@ -82,7 +50,7 @@ async def create_tenant(sessions: async_sessionmaker[AsyncSession], clock: Clock
         async with write_transaction(sessions) as session:
             session.add(tenant)
     except IntegrityError as exc:
-        raise integrity_error(
+        raise failures.integrity_error(
             exc, taken=f"a tenant named {name!r} already exists", missing="the tenant refers to nothing"
         ) from None
     return tenant
@@ -130,7 +98,7 @@ async def create_api_token(
                 )
             session.add(token)
     except IntegrityError as exc:  # the tenant was deleted between the read and the commit
-        raise integrity_error(
+        raise failures.integrity_error(
             exc, taken="token digest collision", missing=f"no tenant {tenant_id!r}"
         ) from None
     return secret, token
@@ -351,7 +319,7 @@ async def delete_tenant(
     except IntegrityError as exc:
         left = await tenant_contents(sessions, tenant.id)
         what = ", ".join(f"{table} ({count})" for table, count in left.items()) or "rows another writer added"
-        raise integrity_error(
+        raise failures.integrity_error(
             exc,
             taken="tenant row changed",
             missing=f"tenant {tenant.name!r} still has rows: {what}; run it again",

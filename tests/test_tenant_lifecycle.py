@@ -27,7 +27,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 import oncall_server.api.v1 as api_v1
-from oncall_server import catalog, directory, oncall_schedules, tenancy
+from oncall_server import catalog, directory, failures, oncall_schedules, tenancy
 from oncall_server.app import App
 from oncall_server.clock import FakeClock
 from oncall_server.errors import AlreadyExists, FailedPrecondition, NotFound
@@ -471,10 +471,10 @@ async def test_unique_and_foreign_key_violations_are_told_apart(server: RunningS
                 session.add(row)
         errors.append(caught.value)
     unique, foreign = errors
-    assert tenancy.is_unique_violation(unique) and not tenancy.is_foreign_key_violation(unique)
-    assert tenancy.is_foreign_key_violation(foreign) and not tenancy.is_unique_violation(foreign)
-    assert isinstance(tenancy.integrity_error(unique, taken="t", missing="m"), AlreadyExists)
-    assert isinstance(tenancy.integrity_error(foreign, taken="t", missing="m"), FailedPrecondition)
+    assert failures.is_unique_violation(unique) and not failures.is_foreign_key_violation(unique)
+    assert failures.is_foreign_key_violation(foreign) and not failures.is_unique_violation(foreign)
+    assert isinstance(failures.integrity_error(unique, taken="t", missing="m"), AlreadyExists)
+    assert isinstance(failures.integrity_error(foreign, taken="t", missing="m"), FailedPrecondition)
 
     # A token for a tenant that does not exist (deleted meanwhile) is NOT_FOUND, not a crash.
     with pytest.raises(NotFound):
@@ -482,11 +482,6 @@ async def test_unique_and_foreign_key_violations_are_told_apart(server: RunningS
     assert (await tenancy.create_api_token(app.sessions, app.clock, tenant.id, "ci"))[0].startswith("oct_")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="catalog/directory/escalation_policies/oncall_schedules map every IntegrityError to "
-    "AlreadyExists; they should use tenancy.integrity_error (not files of this change)",
-)
 @pytest.mark.parametrize("kind", ["service", "user", "schedule"])
 async def test_creating_for_a_tenant_deleted_meanwhile_is_not_already_exists(
     server: RunningServer, kind: str
@@ -504,4 +499,5 @@ async def test_creating_for_a_tenant_deleted_meanwhile_is_not_already_exists(
             await oncall_schedules.create_schedule(
                 app.sessions, app.clock, gone, oncall_schedules.ScheduleSpec(name="S", time_zone="UTC")
             )
-    assert not isinstance(caught.value, AlreadyExists), caught.value
+    assert isinstance(caught.value, FailedPrecondition), caught.value
+    assert "deleted meanwhile" in caught.value.message
