@@ -28,12 +28,13 @@ from typing import Any, NamedTuple, Protocol
 from prometheus_client import Histogram
 from sqlalchemy import bindparam, delete, func, insert, null, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from oncall_server import failures
 from oncall_server.changes import Change, ChangeFeed
 from oncall_server.clock import Clock, to_millis
-from oncall_server.errors import Unavailable
+from oncall_server.errors import InvalidArgument, OncallError, Unavailable
 from oncall_server.ids import uuid7
 from oncall_server.ingest.coordination import Coordinator, Decision, DecisionRequest, GroupWindow, Repair
 from oncall_server.ingest.model import (
@@ -262,21 +263,19 @@ class GroupCommitWriter:
         slots = [_Slot(alert) for req in requests for alert in req.alerts]
         BATCH_ALERTS.observe(len(slots))
         self._boarding = True
+        written: tuple[list[Change], StartedEscalations | None] | Exception
         try:
-            changes, started = await self._write(slots)
+            written = await self._write(slots)
         except Exception as exc:  # every caller must hear back, whatever failed
-            log.exception("ingest batch of %d alerts failed", len(slots))
-            error = (
-                exc if isinstance(exc, Unavailable) else Unavailable("alert storage is unavailable; retry")
-            )
-            for req in requests:
-                if not req.future.done():
-                    req.future.set_exception(error)
-            return
+            written = exc
         finally:
             if self._boarding:  # ended (failed, cancelled) before its take point: riders must not wait on
                 self._boarding = False
                 self._no_ride()
+        if isinstance(written, Exception):
+            await self._failed(requests, written)
+            return
+        changes, started = written
         self.batches_committed += 1
         # Before answering: a caller that heard "accepted" can count on the next step being scheduled.
         try:
@@ -293,6 +292,39 @@ class GroupCommitWriter:
             if not req.future.done():
                 req.future.set_result([r for r in results if r is not None])
         BATCH_SECONDS.observe(time.perf_counter() - started_at)
+
+    async def _failed(self, requests: list[_Request], exc: Exception) -> None:
+        """A batch did not commit: isolate the request at fault, or tell every caller why.
+
+        An outage, or a transient failure that outlasted the retries, is every caller's (503). Anything
+        else may be one request's: an alert the database refuses (a constraint, a value it cannot
+        hold) must not fail its neighbours, so the batch is written again in halves until the
+        requests that can commit have, and the offender fails alone. The failed attempt's Redis
+        decisions stay behind, as after a crash before commit: SQL arbitrates and the writer
+        points Redis back at what it committed.
+        """
+        if len(requests) > 1 and not isinstance(exc, OncallError) and _may_be_one_request(exc):
+            log.warning(
+                "ingest batch of %d requests failed (%s); writing it again in halves",
+                len(requests),
+                _describe(exc),
+            )
+            half = len(requests) // 2
+            await self._process(requests[:half])
+            await self._process(requests[half:])
+            return
+        error = _caller_error(exc)
+        if isinstance(error, InvalidArgument):
+            log.warning("the database refused an ingest request (%s)", _describe(exc))
+        else:
+            log.error(
+                "ingest batch of %d alerts failed",
+                sum(len(r.alerts) for r in requests),
+                exc_info=exc,
+            )
+        for req in requests:
+            if not req.future.done():
+                req.future.set_exception(error)
 
     async def _write(self, slots: list[_Slot]) -> tuple[list[Change], StartedEscalations | None]:
         earliest = min(s.alert.received_at for s in slots)
@@ -317,7 +349,7 @@ class GroupCommitWriter:
                 # A failure with a ride aboard may be the ride's: try once more without it.
                 if not isinstance(exc, Exception) or attempt == _MAX_ATTEMPTS:
                     raise
-                if ride is None and not (isinstance(exc, DBAPIError) and _is_retryable(exc)):
+                if ride is None and not failures.is_transient(exc):
                     raise
                 log.warning("ingest batch failed (attempt %d), retrying: %s", attempt, exc)
                 await asyncio.sleep(0.01 * attempt)
@@ -439,13 +471,46 @@ def _result_alert_id(slot: _Slot) -> str:
     return slot.result.alert_id if slot.result else slot.alert_id
 
 
-def _is_retryable(exc: DBAPIError) -> bool:
-    """Deadlocks, serialization failures and SQLite lock timeouts are safe to retry."""
-    text = str(exc.orig).lower()
-    code = getattr(exc.orig, "sqlstate", None) or getattr(
-        getattr(exc.orig, "__cause__", None), "sqlstate", None
-    )
-    return code in {"40P01", "40001"} or "deadlock" in text or "database is locked" in text
+# SQLSTATE classes of a refusal of the data: 22 data exception, 23 integrity constraint violation.
+# (asyncpg's data exceptions reach us as a plain DBAPIError carrying the SQLSTATE.)
+_REFUSAL_SQLSTATE_CLASSES = ("22", "23")
+
+
+def _refused(exc: BaseException) -> bool:
+    """The database refused the data itself (a constraint, a value it cannot hold): running the same
+    alerts again fails again, and nothing says the database is unwell."""
+    orig = getattr(exc, "orig", None)
+    for cause in (exc, exc.__cause__, orig, getattr(orig, "__cause__", None)):
+        if isinstance(cause, IntegrityError | DataError | UnicodeError):
+            return True
+        code = getattr(cause, "sqlstate", None)
+        if isinstance(code, str) and code[:2] in _REFUSAL_SQLSTATE_CLASSES:
+            return True
+    return False
+
+
+def _may_be_one_request(exc: Exception) -> bool:
+    """Neither an outage nor a transient failure: the cause may be one request of the batch."""
+    return not failures.is_outage(exc) and not failures.is_transient(exc)
+
+
+def _caller_error(exc: Exception) -> OncallError:
+    """What the callers of a batch that failed hear (internals go to the log only)."""
+    if isinstance(exc, OncallError):
+        return exc
+    if _refused(exc):
+        return InvalidArgument(
+            "the database refused this alert (a value or reference it cannot store); nothing of "
+            "this request was stored"
+        )
+    return failures.as_unavailable(exc) or Unavailable("alert storage is unavailable; retry")
+
+
+def _describe(exc: BaseException) -> str:
+    """One line naming a database error without the statement and its parameters."""
+    orig = getattr(exc, "orig", None) or exc
+    first = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
+    return f"{type(orig).__name__}: {first}"[:300]
 
 
 class _Stored(NamedTuple):
@@ -589,14 +654,13 @@ class _Batch:
 
     async def _write_unpaged(self, slots: list[_Slot]) -> None:
         """Suppressed (maintenance) and record-only alerts: stored, no incident, no page."""
-        rows = []
-        for slot in slots:
-            if slot.suppressed or slot.alert.event.record_only:
-                rows.append(self._alert_row(slot, None, AlertState.SUPPRESSED))
-                outcome = Outcome.SUPPRESSED if slot.suppressed else Outcome.RECORDED
-                slot.result = IngestResult(outcome, slot.alert_id, "", slot.alert.event.dedup_key or "")
-        if rows:
-            await bulk.insert_rows(self.conn, Alert, rows)
+        unpaged = [s for s in slots if s.suppressed or s.alert.event.record_only]
+        for slot in unpaged:
+            outcome = Outcome.SUPPRESSED if slot.suppressed else Outcome.RECORDED
+            slot.result = IngestResult(outcome, slot.alert_id, "", slot.alert.event.dedup_key or "")
+        if unpaged:
+            rows = [self._alert_row(s, None, AlertState.SUPPRESSED) for s in unpaged]
+            await self._insert_once(unpaged, rows)
 
     def _target_incident(self, slot: _Slot) -> tuple[str, AlertState]:
         """The incident a newly inserted alert joins, per the Redis decision."""
@@ -690,9 +754,15 @@ class _Batch:
         """Alerts without a dedup key: always new, unless a retry repeats an idempotency key."""
         if not slots:
             return []
-        rows = [self._alert_row(s, *self._target_incident(s)) for s in slots]
-        with_key = [r for r in rows if r["idempotency_key"]]
-        if not with_key:
+        return await self._insert_once(slots, [self._alert_row(s, *self._target_incident(s)) for s in slots])
+
+    async def _insert_once(self, slots: list[_Slot], rows: list[dict[str, Any]]) -> list[_Slot]:
+        """Insert the slots' rows, except where a retry repeats a stored idempotency key: such a slot
+        answers with the stored alert. Returns the slots inserted.
+
+        Any key, even an empty one, is a key here (the pipeline turns an empty one into None).
+        """
+        if all(row["idempotency_key"] is None for row in rows):
             await bulk.insert_rows(self.conn, Alert, rows)
             return slots
         fresh = set(
