@@ -101,6 +101,7 @@ class App:
             public_url=settings.public_url,
             max_attempts=settings.notify_max_attempts,
             lease_seconds=settings.notify_lease_seconds,
+            send_timeout_seconds=settings.notify_send_timeout_seconds,
             retry_base_seconds=settings.notify_retry_base_seconds,
             retry_max_seconds=settings.notify_retry_max_seconds,
             poll_seconds=settings.notify_poll_seconds,

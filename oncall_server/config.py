@@ -104,6 +104,13 @@ class Settings(BaseSettings):
     notify_poll_seconds: float = Field(
         default=0.5, description="Longest the dispatcher sleeps before looking for due notifications."
     )
+    notify_send_timeout_seconds: float = Field(
+        default=30.0,
+        ge=0.1,
+        le=600.0,
+        description="Longest one send may take; past it the page counts as failed with an unknown outcome "
+        "(retried on at-least-once channels, recorded unknown on at-most-once ones).",
+    )
     notify_lease_seconds: float = Field(
         default=10.0,
         ge=1.0,

@@ -467,6 +467,7 @@ class Dispatcher:
         public_url: str,
         max_attempts: int = 10,
         lease_seconds: float = 10.0,
+        send_timeout_seconds: float = 30.0,
         retry_base_seconds: float = 1.0,
         retry_max_seconds: float = 300.0,
         poll_seconds: float = 0.5,
@@ -480,6 +481,8 @@ class Dispatcher:
         self.public_url = public_url
         self.max_attempts = max_attempts
         self.lease = timedelta(seconds=lease_seconds)
+        # Without it a channel that never answers would keep its lease renewed, and its page, forever.
+        self.send_timeout_seconds = send_timeout_seconds
         self.retry_base_seconds = retry_base_seconds
         self.retry_max_seconds = retry_max_seconds
         self.poll_seconds = poll_seconds
@@ -760,13 +763,20 @@ class Dispatcher:
         if delivery.page is None or delivery.destination is None or channel is None:
             return
         try:
-            await channel.send(delivery.page, delivery.destination)
+            async with asyncio.timeout(self.send_timeout_seconds):
+                await channel.send(delivery.page, delivery.destination)
+        except TimeoutError:  # it may have gone out: an at-most-once page is not sent again
+            delivery.error = (
+                f"no answer within {self.send_timeout_seconds:g} s (ONCALL_NOTIFY_SEND_TIMEOUT_SECONDS)"
+            )
+            delivery.retryable, delivery.unknown = True, True
         except DeliveryError as exc:
             delivery.error, delivery.retryable = str(exc) or type(exc).__name__, exc.retryable
             delivery.unknown = isinstance(exc, OutcomeUnknown)
-        except Exception as exc:  # a plugin bug must not stop other pages
+        except Exception as exc:  # a plugin bug must not stop other pages; the page may have gone out
             log.exception("channel %s failed", delivery.row.channel)
             delivery.error, delivery.retryable = f"{type(exc).__name__}: {exc}", True
+            delivery.unknown = True
 
     def _retry_delay(self, attempts: int) -> float:
         return float(min(self.retry_base_seconds * 2 ** (attempts - 1), self.retry_max_seconds))

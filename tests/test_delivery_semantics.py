@@ -442,3 +442,26 @@ async def test_email_says_when_the_relay_may_have_the_message(drop: str, outcome
         await plugins.close()
         await relay.stop()
     assert len(relay.messages) == (0 if drop == "rcpt" else 1)
+
+
+@pytest.mark.parametrize("channel", ["hook", "pager"])
+async def test_a_send_that_never_answers_is_abandoned_at_the_send_timeout(
+    setup: Setup, clock: FakeClock, channel: str
+) -> None:
+    """A receiver that hangs must not hold its page, lease renewed, forever."""
+    s = setup
+    held = s.hook if channel == "hook" else s.pager
+    await page_one(s, channel)
+    held.held = True  # never released: the receiver hangs
+    s.a.send_timeout_seconds = 0.2
+    assert await asyncio.wait_for(s.a.run_once(), 10) == 1
+    assert held.delivered == []
+    stored = await row(s.app)
+    assert "ONCALL_NOTIFY_SEND_TIMEOUT_SECONDS" in stored.last_error
+    if channel == "hook":  # at least once: tried again later, same notification id
+        assert stored.status == "pending"
+    else:  # at most once: it may have arrived, so it is recorded unknown and never sent again
+        assert stored.status == "unknown"
+        [note] = await notes(s.app)
+        assert note.details["status"] == "unknown"
+    assert await s.a.renew_leases() == 0  # nothing left in flight
