@@ -91,7 +91,10 @@ class Settings(BaseSettings):
     bus_max_deliveries: int = Field(default=5, description="Failures before a message is dead-lettered.")
     # Paging: the escalation scheduler and the notification outbox dispatcher
     scheduler_lease_seconds: float = Field(
-        default=30.0, description="A claimed escalation step returns to the queue if not done in this time."
+        default=10.0,
+        ge=1.0,
+        le=3600.0,
+        description="A claimed escalation step returns to the queue if not done in this time.",
     )
     scheduler_poll_seconds: float = Field(
         default=0.5, description="Longest the scheduler sleeps before looking for due steps again."

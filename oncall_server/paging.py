@@ -184,7 +184,7 @@ class Escalator:
         changes: ChangeFeed,
         incidents: Incidents,
         *,
-        lease_seconds: float = 30.0,
+        lease_seconds: float = 10.0,
         batch_size: int = 500,
         concurrency: int = 8,
         poll_seconds: float = 0.5,
