@@ -428,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     boot.set_defaults(handler=_cmd_bootstrap)
 
     tenant = sub.add_parser("tenant", help="tenants").add_subparsers(dest="action", required=True)
-    tenant_create = tenant.add_parser("create", parents=[common])
+    tenant_create = tenant.add_parser("create", parents=[common], help="a new tenant (an MSP client)")
     tenant_create.add_argument("name")
     tenant_create.set_defaults(handler=_cmd_tenant_create)
     tenant.add_parser("list", parents=[common], help="every tenant, with its status").set_defaults(
@@ -461,13 +461,13 @@ def build_parser() -> argparse.ArgumentParser:
     tenant_delete.set_defaults(handler=_cmd_tenant_delete)
 
     token = sub.add_parser("token", help="admin API tokens").add_subparsers(dest="action", required=True)
-    token_create = token.add_parser("create", parents=[common])
+    token_create = token.add_parser("create", parents=[common], help="a new admin API token, shown once")
     token_create.add_argument("--tenant", required=True, help="tenant id or name")
     token_create.add_argument("--name", default="admin")
     token_create.set_defaults(handler=_cmd_token_create)
 
     service = sub.add_parser("service", help="services").add_subparsers(dest="action", required=True)
-    service_create = service.add_parser("create", parents=[common])
+    service_create = service.add_parser("create", parents=[common], help="a new service")
     service_create.add_argument("name")
     service_create.add_argument("--tenant", required=True, help="tenant id or name")
     service_create.add_argument("--criticality", default="high", choices=catalog.CRITICALITIES)
@@ -478,7 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
     integration = sub.add_parser("integration", help="integrations").add_subparsers(
         dest="action", required=True
     )
-    integration_create = integration.add_parser("create", parents=[common])
+    integration_create = integration.add_parser(
+        "create", parents=[common], help="a new integration and its key, shown once"
+    )
     integration_create.add_argument("name")
     integration_create.add_argument("--tenant", required=True, help="tenant id or name")
     integration_create.add_argument("--service", required=True, help="service id")
