@@ -203,7 +203,8 @@ class Incident(Base):
 
     __tablename__ = "incidents"
     __table_args__ = (
-        Index(None, "tenant_id", "status", "id"),
+        # Named: the convention names an index by its first column, and both start with tenant_id.
+        Index("ix_incidents_tenant_id_status", "tenant_id", "status", "id"),
         Index(None, "tenant_id", "id"),
         Index(None, "service_id", "status"),
     )
