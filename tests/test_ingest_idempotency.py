@@ -1,7 +1,9 @@
-"""Idempotency keys on ingest: no stored value blocks later alerts.
+"""Idempotency keys on ingest: an empty one is no key, and no stored value blocks later alerts.
 
-A keyless alert stored suppressed (maintenance) or recorded ignored its key, so its retry hit the
-unique constraint: 503 for that retry forever, and the batch beside it failed.
+An empty ``Idempotency-Key`` used to be stored as ``""`` and then skipped by the "already seen"
+check, so the next empty-keyed alert of the source hit the unique constraint: 503 for every later
+alert. A keyless alert stored suppressed (maintenance) or recorded ignored its key, so its retry
+hit the same constraint.
 """
 
 from __future__ import annotations
@@ -10,7 +12,11 @@ from datetime import timedelta
 from typing import Any
 
 import aiohttp
+import pytest
+from sqlalchemy import select
 
+from oncall_server.app import App
+from oncall_server.storage.models import Alert
 from oncall_server.testing import RunningServer, Tenant, bootstrap
 from tests.helpers import count_rows, create_window
 
@@ -26,6 +32,36 @@ async def post(
         url, data=data, headers={"Content-Type": "application/json", **(headers or {})}
     ) as r:
         return r.status, await r.json(content_type=None)
+
+
+async def alerts_of(app: App, service_id: str) -> list[Alert]:
+    async with app.sessions() as session:
+        return list((await session.scalars(select(Alert).where(Alert.service_id == service_id))).all())
+
+
+@pytest.mark.parametrize("header", ["", "   "])
+async def test_an_empty_idempotency_key_is_no_key_and_never_blocks_later_alerts(
+    server: RunningServer, header: str
+) -> None:
+    tenant = await bootstrap(server.app)
+    async with aiohttp.ClientSession() as http:
+        answers = [
+            await post(
+                http, webhook_url(server, tenant), b'{"title": "no key 1"}', {"Idempotency-Key": header}
+            ),
+            await post(
+                http, webhook_url(server, tenant), b'{"title": "no key 2"}', {"Idempotency-Key": header}
+            ),
+            await post(http, webhook_url(server, tenant), b'{"title": "plain"}'),
+            await post(http, webhook_url(server, tenant), b'{"title": "keyed"}', {"Idempotency-Key": "k-1"}),
+            await post(http, webhook_url(server, tenant), b'{"title": "keyed"}', {"Idempotency-Key": "k-1"}),
+        ]
+    assert [s for s, _ in answers] == [202] * 5, answers
+    assert [b["outcome"] for _, b in answers] == ["created"] * 4 + ["deduplicated"]
+    assert answers[4][1]["alert_id"] == answers[3][1]["alert_id"]
+    stored = await alerts_of(server.app, tenant.service_id)
+    assert sorted(a.title for a in stored) == ["keyed", "no key 1", "no key 2", "plain"]
+    assert sorted(a.idempotency_key or "-" for a in stored) == ["-", "-", "-", "k-1"]
 
 
 async def test_a_retried_suppressed_alert_with_an_idempotency_key_is_stored_once(

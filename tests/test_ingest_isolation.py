@@ -1,16 +1,20 @@
 """A bad alert is refused on its own and never fails the alerts committed beside it.
 
-The writer commits many requests' alerts in one transaction. What only the database can refuse fails
-the batch, which is then written again in halves, so only the offending request fails and its
-neighbours keep the outcomes they would have had on their own.
+The writer commits many requests' alerts in one transaction. What can be checked is checked before
+the batch, in the pipeline every face goes through: free text is repaired, identifiers the database
+cannot hold are refused naming the field. What only the database can refuse fails the batch, which
+is then written again in halves, so only the offending request fails and its neighbours keep the
+outcomes they would have had on their own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from redis.asyncio import Redis
 from sqlalchemy import select
@@ -24,7 +28,21 @@ from oncall_server.storage.models import Alert, Incident
 from oncall_server.testing import RunningServer, Tenant, bootstrap, running_server, server_settings
 from tests.helpers import count_rows
 
+ROUNDS = 20
 NEIGHBOURS = 5
+
+
+def webhook_url(server: RunningServer, tenant: Tenant) -> str:
+    return f"{server.http_url}/api/webhooks/ingest?key={tenant.integration_key}"
+
+
+async def post(
+    http: aiohttp.ClientSession, url: str, data: bytes, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    async with http.post(
+        url, data=data, headers={"Content-Type": "application/json", **(headers or {})}
+    ) as r:
+        return r.status, await r.json(content_type=None)
 
 
 async def alerts_of(app: App, service_id: str) -> list[Alert]:
@@ -37,6 +55,35 @@ async def incidents_of(app: App, service_id: str) -> list[Incident]:
         return list((await session.scalars(select(Incident).where(Incident.service_id == service_id))).all())
 
 
+async def neighbours_round(
+    http: aiohttp.ClientSession, server: RunningServer, tenant: Tenant, r: int
+) -> None:
+    """The well-behaved tenant's alerts of round ``r``: every one must be accepted."""
+    answers = await asyncio.gather(
+        *(
+            post(
+                http,
+                webhook_url(server, tenant),
+                json.dumps({"title": f"cpu {r}.{i}", "dedup_key": f"b-{r}-{i}"}).encode(),
+            )
+            for i in range(NEIGHBOURS)
+        )
+    )
+    assert [s for s, _ in answers] == [202] * NEIGHBOURS, answers
+    assert [b["outcome"] for _, b in answers] == ["created"] * NEIGHBOURS
+
+
+async def assert_neighbours_stored_once(app: App, tenant: Tenant) -> None:
+    stored = await alerts_of(app, tenant.service_id)
+    assert sorted(a.dedup_key or "" for a in stored) == sorted(
+        f"b-{r}-{i}" for r in range(ROUNDS) for i in range(NEIGHBOURS)
+    )
+    assert {a.occurrence_count for a in stored} == {1}
+    assert len(await incidents_of(app, tenant.service_id)) == ROUNDS * NEIGHBOURS
+
+
+# A webhook body of round r (raw JSON: escapes carry the NUL and lone surrogates) and the field the
+# 400 names. Identifiers are compared and looked up, so they are refused rather than rewritten.
 def prepared(
     tenant: Tenant, app: App, dedup_key: str | None, *, service_id: str = "", window_ms: int = 0
 ) -> PreparedAlert:
@@ -124,3 +171,94 @@ async def test_a_request_the_database_refuses_alone_answers_400_and_stores_nothi
         await app.writer.submit([prepared(tenant, app, "ok"), prepared(tenant, app, "x", service_id=uuid7())])
     assert await count_rows(app) == (0, 0)
     assert (await app.writer.submit([prepared(tenant, app, "ok")]))[0].outcome is Outcome.CREATED
+
+
+# A webhook body of round r (raw JSON: escapes carry the NUL and lone surrogates) and the field the
+# 400 names. Identifiers are compared and looked up, so they are refused rather than rewritten.
+BAD_IDENTIFIERS = [
+    pytest.param('{"title": "x", "dedup_key": "a-%d\\u0000"}', "body.dedup_key", id="nul-dedup-key"),
+    pytest.param('{"title": "x %d", "source": "\\ud800"}', "body.source", id="surrogate-source"),
+    pytest.param('{"title": "x %d", "source": "' + "s" * 65 + '"}', "body.source", id="long-source"),
+    pytest.param(
+        '[{"title": "ok", "dedup_key": "a-%d"}, {"title": "x", "source": "' + "s" * 65 + '"}]',
+        "body[1].source",
+        id="batch-long-source",
+    ),
+]
+
+
+@pytest.mark.parametrize(("bad", "field"), BAD_IDENTIFIERS)
+async def test_an_identifier_the_database_cannot_hold_is_refused_alone_naming_the_field(
+    server: RunningServer, bad: str, field: str
+) -> None:
+    app = server.app
+    offender, neighbour = await bootstrap(app), await bootstrap(app)
+    async with aiohttp.ClientSession() as http:
+        for r in range(ROUNDS):
+            refused, _ = await asyncio.gather(
+                post(http, webhook_url(server, offender), (bad % r).encode()),
+                neighbours_round(http, server, neighbour, r),
+            )
+            assert refused[0] == 400, refused
+            assert refused[1]["fields"][0]["field"] == field
+    await assert_neighbours_stored_once(app, neighbour)
+    assert await alerts_of(app, offender.service_id) == []  # nothing of a refused request is stored
+
+
+# Free text the database cannot hold, as an adapter may hand it to the pipeline (every face goes
+# through ``IngestPipeline.ingest_events``), and what is stored instead: the alert is kept.
+BAD_TEXT = [
+    pytest.param({"title": "disk\x00full"}, "title", "disk\ufffdfull", id="nul-title"),
+    pytest.param(
+        {"description": "half a pair \ud83d here"},
+        "description",
+        "half a pair \ufffd here",
+        id="surrogate-description",
+    ),
+    pytest.param(
+        {"details": {"host\x00": "web\udfff"}}, "details", {"host\ufffd": "web\ufffd"}, id="details"
+    ),
+    pytest.param(
+        {"raw_payload": '{"x": "\x00\udc80"}'}, "raw_payload", '{"x": "\ufffd\ufffd"}', id="raw-payload"
+    ),
+]
+
+
+@pytest.mark.parametrize(("fields", "column", "stored"), BAD_TEXT)
+async def test_free_text_the_database_cannot_hold_is_repaired_and_never_fails_the_batch(
+    server: RunningServer, fields: dict[str, Any], column: str, stored: Any
+) -> None:
+    app = server.app
+    offender, neighbour = await bootstrap(app), await bootstrap(app)
+    context = await app.integrations.resolve_key(offender.integration_key)
+    async with aiohttp.ClientSession() as http:
+        for r in range(ROUNDS):
+            event = NormalizedEvent(
+                **{"title": "t", "severity": Severity.HIGH, "dedup_key": f"a-{r}", **fields}
+            )
+            repaired, _ = await asyncio.gather(
+                app.pipeline.ingest_events(context, [event]), neighbours_round(http, server, neighbour, r)
+            )
+            assert repaired[0].outcome is Outcome.CREATED
+    await assert_neighbours_stored_once(app, neighbour)
+    kept = await alerts_of(app, offender.service_id)
+    assert len(kept) == ROUNDS
+    assert [getattr(a, column) for a in kept] == [stored] * ROUNDS
+
+
+async def test_an_over_long_idempotency_key_is_refused_naming_the_header(server: RunningServer) -> None:
+    tenant = await bootstrap(server.app)
+    async with aiohttp.ClientSession() as http:
+        status, body = await post(
+            http, webhook_url(server, tenant), b'{"title": "x"}', {"Idempotency-Key": "k" * 256}
+        )
+        assert status == 400 and body["fields"][0]["field"] == "Idempotency-Key", body
+        # A batch stores "<key>#<index>": the key must leave room for the longest index.
+        status, body = await post(
+            http,
+            webhook_url(server, tenant),
+            json.dumps([{"title": f"t{i}"} for i in range(12)]).encode(),
+            {"Idempotency-Key": "k" * 253},
+        )
+        assert status == 400 and body["fields"][0]["field"] == "Idempotency-Key", body
+    assert await count_rows(server.app) == (0, 0)

@@ -10,7 +10,7 @@ import functools
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from prometheus_client import Counter
 
@@ -18,6 +18,7 @@ from oncall_server import json_codec
 from oncall_server.clock import Clock
 from oncall_server.errors import InvalidArgument
 from oncall_server.hookspecs import AdapterContext
+from oncall_server.ingest import validation
 from oncall_server.ingest.drops import DropLog
 from oncall_server.ingest.model import IngestResult, NormalizedEvent, Outcome, PreparedAlert
 from oncall_server.ingest.writer import GroupCommitWriter
@@ -29,7 +30,19 @@ from oncall_server.severity import DEFAULT_SEVERITY
 log = logging.getLogger(__name__)
 
 ALERTS_INGESTED = Counter("oncall_alerts_ingested_total", "Alerts accepted, by outcome.", ["outcome"])
-MAX_IDEMPOTENCY_KEY = 255
+
+
+@dataclass(frozen=True, slots=True)
+class IngestPart:
+    """One integration's events within a call, and where each event was in the request.
+
+    ``paths`` name the events for errors (``body[3]``, ``alerts[0]``; empty: top level); None
+    names them by position.
+    """
+
+    context: IntegrationContext
+    events: Sequence[NormalizedEvent]
+    paths: Sequence[str] | None = None
 
 
 class IngestPipeline:
@@ -65,18 +78,24 @@ class IngestPipeline:
         events = self.normalize(context, payload, headers or {})
         if len(events) == 1 and not events[0].raw_payload:
             events[0].raw_payload = text
-        return await self.ingest_events(context, events, idempotency_key=idempotency_key)
+        paths = ["body"] if len(events) == 1 else [f"body[{i}]" for i in range(len(events))]
+        return await self.ingest_events(context, events, idempotency_key=idempotency_key, paths=paths)
 
     def normalize(
         self, context: IntegrationContext, payload: object, headers: Mapping[str, str]
     ) -> list[NormalizedEvent]:
         adapter = self.plugins.adapter(context.type)
         events = adapter.parse(payload, AdapterContext(context.name, context.type, headers))
-        if len(events) > self.max_batch_alerts:
-            raise InvalidArgument.field(
-                "body", f"holds {len(events)} alerts; at most {self.max_batch_alerts} per request"
-            )
+        self.check_count(len(events), "body")
         return events
+
+    def check_count(self, alerts: int, field: str, *, per: str = "request") -> None:
+        """Refuse a request of more than ``ONCALL_MAX_BATCH_ALERTS`` alerts, naming ``field``."""
+        if alerts > self.max_batch_alerts:
+            raise InvalidArgument.field(
+                field,
+                f"holds {alerts} alerts; at most {self.max_batch_alerts} per {per} (ONCALL_MAX_BATCH_ALERTS)",
+            )
 
     async def ingest_events(
         self,
@@ -84,50 +103,72 @@ class IngestPipeline:
         events: Sequence[NormalizedEvent],
         *,
         idempotency_key: str | None = None,
+        paths: Sequence[str] | None = None,
     ) -> list[IngestResult]:
         """Route and store already-normalized events; one result per event, in order."""
-        if idempotency_key is not None and len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
-            raise InvalidArgument.field(
-                "Idempotency-Key", f"must be at most {MAX_IDEMPOTENCY_KEY} characters"
-            )
+        return await self.ingest_parts([IngestPart(context, events, paths)], idempotency_key=idempotency_key)
+
+    async def ingest_parts(
+        self, parts: Sequence[IngestPart], *, idempotency_key: str | None = None
+    ) -> list[IngestResult]:
+        """Validate, route and store one call's events, all or nothing; one result per event, in order.
+
+        Every face comes through here. Every event is checked first (validation.py), so a refused
+        one stores nothing of the call; the survivors of routing go to the writer as one request,
+        which commits in one transaction or not at all. An idempotency key covers the whole call:
+        each of several alerts is stored under ``<key>#<index>``.
+        """
+        total = sum(len(part.events) for part in parts)
+        key = validation.idempotency_key(idempotency_key, total)
+        for part in parts:
+            paths = part.paths or _positions(len(part.events))
+            for event, path in zip(part.events, paths, strict=True):
+                validation.check_event(event, path)
         now = self.clock.now()
         results: list[IngestResult | None] = []
         accepted: list[PreparedAlert] = []
-        for index, event in enumerate(events):
-            drop = (
-                Drop(-1, f"{context.type} adapter", event.drop_reason)
-                if event.drop_reason
-                else evaluate(
-                    context.routing_rules,
-                    severity=event.severity,
-                    title=event.title,
-                    payload=functools.partial(_payload_of, event),
+        index = -1
+        for part in parts:
+            context = part.context
+            for event in part.events:
+                index += 1
+                drop = (
+                    Drop(-1, f"{context.type} adapter", event.drop_reason)
+                    if event.drop_reason
+                    else evaluate(
+                        context.routing_rules,
+                        severity=event.severity,
+                        title=event.title,
+                        payload=functools.partial(_payload_of, event),
+                    )
                 )
-            )
-            if drop is not None:
-                await self.drops.record(context, event, drop, now)
-                results.append(IngestResult(Outcome.DROPPED, dedup_key=event.dedup_key or ""))
-                continue
-            key = idempotency_key
-            if key is not None and len(events) > 1:
-                key = f"{key}#{index}"
-            accepted.append(
-                PreparedAlert(
-                    tenant_id=context.tenant_id,
-                    service_id=context.service_id,
-                    integration_id=context.integration_id,
-                    grouping_window_ms=context.grouping_window_ms,
-                    event=event,
-                    received_at=now,
-                    idempotency_key=key if event.dedup_key is None else None,
+                if drop is not None:
+                    await self.drops.record(context, event, drop, now)
+                    results.append(IngestResult(Outcome.DROPPED, dedup_key=event.dedup_key or ""))
+                    continue
+                alert_key = f"{key}#{index}" if key is not None and total > 1 else key
+                accepted.append(
+                    PreparedAlert(
+                        tenant_id=context.tenant_id,
+                        service_id=context.service_id,
+                        integration_id=context.integration_id,
+                        grouping_window_ms=context.grouping_window_ms,
+                        event=event,
+                        received_at=now,
+                        idempotency_key=alert_key if event.dedup_key is None else None,
+                    )
                 )
-            )
-            results.append(None)
+                results.append(None)
         stored = iter(await self.writer.submit(accepted))
         final = [r if r is not None else next(stored) for r in results]
         for result in final:
             ALERTS_INGESTED.labels(result.outcome.name.lower()).inc()
         return final
+
+
+def _positions(count: int) -> list[str]:
+    """Paths of events a face did not name: the fields of one event, or ``alerts[i]``."""
+    return [""] if count == 1 else [f"alerts[{i}]" for i in range(count)]
 
 
 def fill_defaults(event: NormalizedEvent, integration_name: str) -> NormalizedEvent:
