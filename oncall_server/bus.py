@@ -18,7 +18,6 @@ fix (a bad payload, an unknown tenant) moves to the dead-letter stream
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import socket
@@ -29,6 +28,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from oncall_server import failures, json_codec
 from oncall_server.app import App
 from oncall_server.errors import InvalidArgument, NotFound, OncallError, Unavailable
 from oncall_server.hookspecs import AdapterContext
@@ -56,7 +56,7 @@ async def publish(redis: Redis, source: str, payload: dict[str, Any]) -> str:
     if not isinstance(payload, dict):
         raise InvalidArgument.field("payload", "must be a JSON object")
     message_id = await redis.xadd(
-        stream_of(source), {"payload": json.dumps(payload)}, maxlen=STREAM_MAXLEN, approximate=True
+        stream_of(source), {"payload": json_codec.dumps(payload)}, maxlen=STREAM_MAXLEN, approximate=True
     )
     return _text(message_id)
 
@@ -194,7 +194,7 @@ class BusConsumer:
         source = stream.rsplit(":", 1)[1]
         raw = _text(fields.get(b"payload", fields.get("payload", "")))
         try:
-            payload = json.loads(raw)
+            payload = json_codec.loads_request(raw, "payload")
             tenant_id = payload.get("tenant_id", "") if isinstance(payload, dict) else ""
             context = await self.app.integrations.for_tenant(str(tenant_id), source)
             events = self.app.plugins.adapter(source).parse(payload, AdapterContext(context.name, source, {}))
@@ -202,14 +202,20 @@ class BusConsumer:
                 context, events, idempotency_key=f"bus:{source}:{message_id}"
             )
             return True
-        except Unavailable:
-            log.warning("bus message %s %s: storage unavailable; it stays pending", stream, message_id)
-            return False
-        except (OncallError, ValueError) as exc:
-            return await self._failed(stream, message_id, raw, exc)
+        except OncallError as exc:
+            if isinstance(exc, Unavailable):
+                log.warning("bus message %s %s: storage unavailable; it stays pending", stream, message_id)
+                return False
+            return await self._failed(stream, message_id, raw, exc.message)
+        except Exception as exc:
+            if failures.is_outage(exc):  # the stream holds it until the database or Redis is back
+                log.warning("bus message %s %s: %s; it stays pending", stream, message_id, type(exc).__name__)
+                return False
+            # A bug: counted like a refusal, so the message ends in the dead letters, not in a loop.
+            log.exception("bus message %s %s: unexpected error", stream, message_id)
+            return await self._failed(stream, message_id, raw, f"internal error ({type(exc).__name__})")
 
-    async def _failed(self, stream: str, message_id: str, raw: str, exc: Exception) -> bool:
-        error = exc.message if isinstance(exc, OncallError) else f"invalid JSON: {exc}"
+    async def _failed(self, stream: str, message_id: str, raw: str, error: str) -> bool:
         attempts = await self.redis.hincrby(FAILURES, f"{stream}:{message_id}", 1)
         log.warning(
             "bus message %s %s failed (%d/%d): %s", stream, message_id, attempts, self.max_deliveries, error

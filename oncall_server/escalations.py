@@ -9,9 +9,9 @@ open an incident; lower ones are recorded without an incident or page.
 
 from __future__ import annotations
 
-import hmac
 from dataclasses import replace
 
+from oncall_server import security
 from oncall_server.app import App
 from oncall_server.errors import Unauthenticated
 from oncall_server.hookspecs import AdapterContext
@@ -24,7 +24,7 @@ DEFAULT_THRESHOLD = Severity.HIGH
 
 def check_service_key(app: App, presented: str | None) -> None:
     expected = app.settings.defend_service_key
-    if not expected or not presented or not hmac.compare_digest(presented.encode(), expected.encode()):
+    if not security.same_secret(presented, expected):
         raise Unauthenticated("a valid Defend service key is required (X-Integration-Key)")
 
 

@@ -24,6 +24,14 @@ from oncall_server.errors import AlreadyExists, FailedPrecondition, Unavailable
 # intervention (admin shutdown, cannot connect now), 40001 serialization failure, 40P01 deadlock.
 _OUTAGE_SQLSTATE_CLASSES = ("08", "53", "57")
 _TRANSIENT_SQLSTATES = ("40001", "40P01")
+# OSErrors about local files say nothing of the database's or Redis's reachability.
+_LOCAL_FILE_ERRORS = (
+    FileNotFoundError,
+    FileExistsError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+)
 # asyncpg's own word that the connection is gone, raised without a server's SQLSTATE.
 _ASYNCPG_OUTAGES = (asyncpg.exceptions.PostgresConnectionError, asyncpg.exceptions.ClientCannotConnectError)
 
@@ -73,6 +81,8 @@ def is_outage(exc: BaseException) -> bool:
             return True
         if isinstance(cause, sa_exc.DBAPIError) and cause.connection_invalidated:
             return True
+        if isinstance(cause, _LOCAL_FILE_ERRORS):  # a bug or a misconfiguration, not an outage
+            continue
         if isinstance(cause, OSError | TimeoutError | asyncio.TimeoutError | ConnectionError):
             return True
         if _sqlstate(cause)[:2] in _OUTAGE_SQLSTATE_CLASSES:

@@ -129,8 +129,8 @@ async def test_bad_messages_are_dead_lettered_after_n_failures_and_can_be_replay
         await consumer.reclaim_once()
     letters = await bus.dead_letters(app.redis)
     assert sorted(letter.error for letter in letters) == [
-        "invalid JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)",
         "missing required fields: severity",
+        "payload: is not valid JSON: Expecting property name enclosed in double quotes at line 1 column 2",
     ]
     assert (await app.redis.xpending(bus.stream_of("rmm"), app.settings.bus_group))["pending"] == 0
     assert await counts(app, tenant) == (0, 0)
@@ -161,3 +161,16 @@ async def test_the_consumer_recreates_its_group_after_redis_loses_it(app: App) -
         await wait_for(stored, timeout=5)
     finally:
         await consumer.stop()
+
+
+async def test_a_message_nested_too_deep_is_dead_lettered_not_retried_forever(app: App) -> None:
+    """A RecursionError used to escape the consumer: the message was retried without end."""
+    consumer = bus.BusConsumer(app, "deep")
+    consumer.max_deliveries = 1
+    await consumer.ensure_groups()
+    deep = "[" * 5000 + "]" * 5000
+    await app.redis.xadd(bus.stream_of("rmm"), {"payload": deep})
+    assert await consumer.poll_once() == 1  # finished with at once: dead-lettered
+    [letter] = await bus.dead_letters(app.redis)
+    assert "nested more than" in letter.error
+    assert (await app.redis.xpending(bus.stream_of("rmm"), app.settings.bus_group))["pending"] == 0
