@@ -29,7 +29,7 @@ from oncall_server.errors import FailedPrecondition, InvalidArgument, NotFound, 
 from oncall_server.ids import is_valid_id, uuid7
 from oncall_server.plugins import NoAdapter, Plugins
 from oncall_server.routing_rules import RoutingRule, parse_rules, rules_to_json
-from oncall_server.storage.engine import write_transaction
+from oncall_server.storage.engine import retrying_write
 from oncall_server.storage.models import Integration, Service, Tenant
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,8 @@ class Integrations:
         rules = rules_to_json(parse_rules(routing_rules or []))
         key = security.new_secret(KEY_PREFIX)
         now = self.clock.now()
-        async with write_transaction(self.sessions) as session:
+
+        async def work(session: AsyncSession) -> Integration:
             await get_service(session, tenant_id, service_id)
             integration = Integration(
                 id=uuid7(),
@@ -191,6 +192,9 @@ class Integrations:
                 updated_at=now,
             )
             session.add(integration)
+            return integration
+
+        integration = await retrying_write(self.sessions, work)
         return integration, key
 
     async def get(self, tenant_id: str, integration_id: str) -> Integration:
@@ -227,7 +231,8 @@ class Integrations:
                 unknown[0], "cannot be changed (writable: name, service_id, routing_rules)"
             )
         rules = rules_to_json(parse_rules(changes["routing_rules"])) if "routing_rules" in changes else None
-        async with write_transaction(self.sessions) as session:
+
+        async def work(session: AsyncSession) -> Integration:
             integration = await self._get(session, tenant_id, integration_id)
             if "name" in changes:
                 integration.name = json_codec.check_name(changes["name"], "integration.name")
@@ -237,23 +242,33 @@ class Integrations:
             if rules is not None:
                 integration.routing_rules = rules
             integration.updated_at = self.clock.now()
+            return integration
+
+        integration = await retrying_write(self.sessions, work)
         self.forget_cached()
         return integration
 
     async def delete(self, tenant_id: str, integration_id: str) -> None:
         """Soft delete: the key stops working, past alerts keep their integration."""
-        async with write_transaction(self.sessions) as session:
+
+        async def work(session: AsyncSession) -> None:
             integration = await self._get(session, tenant_id, integration_id)
             integration.deleted_at = self.clock.now()
             integration.key_digest = None
+
+        await retrying_write(self.sessions, work)
         self.forget_cached()
 
     async def rotate_key(self, tenant_id: str, integration_id: str) -> tuple[Integration, str]:
         key = security.new_secret(KEY_PREFIX)
-        async with write_transaction(self.sessions) as session:
+
+        async def work(session: AsyncSession) -> Integration:
             integration = await self._get(session, tenant_id, integration_id)
             integration.key_digest = security.digest(key)
             integration.key_prefix = security.display_prefix(key)
             integration.updated_at = self.clock.now()
+            return integration
+
+        integration = await retrying_write(self.sessions, work)
         self.forget_cached()
         return integration, key

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Column, CursorResult, Select, Table, delete, func, select, update
+from sqlalchemy import Column, CursorResult, Delete, Select, Table, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -22,7 +22,7 @@ from oncall_server import failures, security
 from oncall_server.clock import Clock
 from oncall_server.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
 from oncall_server.ids import uuid7
-from oncall_server.storage.engine import retrying_write, write_transaction
+from oncall_server.storage.engine import retrying_write
 from oncall_server.storage.models import ApiToken, Base, Incident, Notification, Tenant, TimelineEntry
 
 log = logging.getLogger(__name__)
@@ -45,15 +45,19 @@ async def create_tenant(sessions: async_sessionmaker[AsyncSession], clock: Clock
     name = name.strip()
     if not name:
         raise InvalidArgument.field("name", "must not be empty")
-    tenant = Tenant(id=uuid7(), name=name, created_at=clock.now())
+    now = clock.now()
+
+    async def work(session: AsyncSession) -> Tenant:
+        tenant = Tenant(id=uuid7(), name=name, created_at=now)
+        session.add(tenant)
+        return tenant
+
     try:
-        async with write_transaction(sessions) as session:
-            session.add(tenant)
+        return await retrying_write(sessions, work)
     except IntegrityError as exc:
         raise failures.integrity_error(
             exc, taken=f"a tenant named {name!r} already exists", missing="the tenant refers to nothing"
         ) from None
-    return tenant
 
 
 async def find_tenant(sessions: async_sessionmaker[AsyncSession], ref: str) -> Tenant:
@@ -79,24 +83,28 @@ async def create_api_token(
     Refused for a deactivated tenant (the token would not work) and a missing one.
     """
     secret = security.new_secret(TOKEN_PREFIX)
-    token = ApiToken(
-        id=uuid7(),
-        tenant_id=tenant_id,
-        name=name or "admin",
-        token_digest=security.digest(secret),
-        created_at=clock.now(),
-    )
+    now = clock.now()
+
+    async def work(session: AsyncSession) -> ApiToken:
+        tenant = await session.get(Tenant, tenant_id)
+        if tenant is None:
+            raise NotFound(f"no tenant {tenant_id!r}")
+        if tenant.deactivated_at is not None:
+            raise FailedPrecondition(
+                f"tenant {tenant.name!r} is deactivated; activate it first (oncall-server tenant activate)"
+            )
+        token = ApiToken(
+            id=uuid7(),
+            tenant_id=tenant_id,
+            name=name or "admin",
+            token_digest=security.digest(secret),
+            created_at=now,
+        )
+        session.add(token)
+        return token
+
     try:
-        async with write_transaction(sessions) as session:
-            tenant = await session.get(Tenant, tenant_id)
-            if tenant is None:
-                raise NotFound(f"no tenant {tenant_id!r}")
-            if tenant.deactivated_at is not None:
-                raise FailedPrecondition(
-                    f"tenant {tenant.name!r} is deactivated; "
-                    "activate it first (oncall-server tenant activate)"
-                )
-            session.add(token)
+        token = await retrying_write(sessions, work)
     except IntegrityError as exc:  # the tenant was deleted between the read and the commit
         raise failures.integrity_error(
             exc, taken="token digest collision", missing=f"no tenant {tenant_id!r}"
@@ -295,7 +303,7 @@ async def delete_tenant(
     for owned in _tenant_tables():
         batch = delete(owned.table).where(owned.table.c.id.in_(owned.ids(tenant.id).limit(batch_rows)))
 
-        async def work(session: AsyncSession, batch: Any = batch) -> int:
+        async def work(session: AsyncSession, batch: Delete = batch) -> int:
             result = cast(CursorResult[Any], await session.execute(batch))
             return int(result.rowcount or 0)
 
