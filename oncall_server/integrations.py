@@ -20,9 +20,10 @@ from typing import Any
 
 from prometheus_client import Counter
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from oncall_server import json_codec, security
+from oncall_server import failures, json_codec, security
 from oncall_server.catalog import get_service, grouping_window_ms
 from oncall_server.clock import Clock
 from oncall_server.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
@@ -194,7 +195,14 @@ class Integrations:
             session.add(integration)
             return integration
 
-        integration = await retrying_write(self.sessions, work)
+        try:
+            integration = await retrying_write(self.sessions, work)
+        except IntegrityError as exc:
+            raise failures.integrity_error(
+                exc,
+                taken="integration key collision; retry",
+                missing="the tenant or service is gone (deleted meanwhile)",
+            ) from None
         return integration, key
 
     async def get(self, tenant_id: str, integration_id: str) -> Integration:
