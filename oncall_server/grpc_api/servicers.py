@@ -37,8 +37,8 @@ from oncall_server.app import App
 from oncall_server.errors import InvalidArgument, NotFound
 from oncall_server.grpc_api import convert
 from oncall_server.incidents import IncidentFilter, clamp_page_size, decode_page_token, page_of
-from oncall_server.ingest.model import IngestResult, NormalizedEvent
-from oncall_server.ingest.pipeline import fill_defaults
+from oncall_server.ingest.model import NormalizedEvent
+from oncall_server.ingest.pipeline import IngestPart, fill_defaults
 from oncall_server.integrations import IntegrationContext
 from oncall_server.severity import Severity
 
@@ -64,23 +64,28 @@ class IngestServicer(ing_grpc.IngestServiceServicer):
     def __init__(self, app: App) -> None:
         self.app = app
 
-    async def _events(self, context: IntegrationContext, alerts: Any) -> list[NormalizedEvent]:
+    async def _events(
+        self, context: IntegrationContext, alerts: Any, paths: list[str]
+    ) -> tuple[list[NormalizedEvent], list[str]]:
+        """The alerts as events, and each event's path in the request (``paths``: each alert's)."""
         events: list[NormalizedEvent] = []
-        for index, message in enumerate(alerts):
+        where: list[str] = []
+        for path, message in zip(paths, alerts, strict=True):
             if message.raw_payload and not message.title:
                 import json
 
                 try:
                     payload = json.loads(message.raw_payload)
                 except ValueError as exc:
-                    raise InvalidArgument.field(
-                        f"alerts[{index}].raw_payload", f"is not valid JSON: {exc}"
-                    ) from None
+                    raise InvalidArgument.field(f"{path}.raw_payload", f"is not valid JSON: {exc}") from None
                 parsed = self.app.pipeline.normalize(context, payload, {})
                 for event in parsed:
                     event.raw_payload = event.raw_payload or message.raw_payload
                 events += parsed
+                raw = f"{path}.raw_payload"
+                where += [raw] if len(parsed) == 1 else [f"{raw}[{i}]" for i in range(len(parsed))]
                 continue
+            where.append(path)
             events.append(
                 fill_defaults(
                     NormalizedEvent(
@@ -96,7 +101,7 @@ class IngestServicer(ing_grpc.IngestServiceServicer):
                     context.name,
                 )
             )
-        return events
+        return events, where
 
     async def _key(self, request_key: str, context: Context) -> IntegrationContext:
         return await self.app.integrations.resolve_key(request_key or _metadata(context, "x-integration-key"))
@@ -105,26 +110,30 @@ class IngestServicer(ing_grpc.IngestServiceServicer):
         self, request: ing_pb.IngestAlertRequest, context: Context
     ) -> ing_pb.IngestAlertResponse:
         integration = await self._key(request.integration_key, context)
-        events = await self._events(integration, [request.alert])
+        events, paths = await self._events(integration, [request.alert], ["alert"])
         results = await self.app.pipeline.ingest_events(
-            integration, events, idempotency_key=_metadata(context, "idempotency-key")
+            integration, events, idempotency_key=_metadata(context, "idempotency-key"), paths=paths
         )
         return ing_pb.IngestAlertResponse(result=convert.ingest_result(results[0]))  # type: ignore[arg-type]
 
     async def IngestAlerts(
         self, request_iterator: AsyncIterator[ing_pb.IngestAlertsRequest], context: Context
     ) -> ing_pb.IngestAlertsResponse:
-        """Each message is committed as it arrives (pipelined), the answer lists every result."""
-        pending: list[asyncio.Task[list[IngestResult]]] = []
-        try:
-            async for message in request_iterator:
-                integration = await self._key(message.integration_key, context)
-                events = await self._events(integration, message.alerts)
-                pending.append(asyncio.create_task(self.app.pipeline.ingest_events(integration, events)))
-            results = [r for batch in await asyncio.gather(*pending) for r in batch]
-        finally:
-            for task in pending:
-                task.cancel()
+        """All or nothing: every message is read and checked first (at most ONCALL_MAX_BATCH_ALERTS
+        alerts in the whole call), then every alert is stored in one transaction. A refused alert
+        anywhere in the stream stores nothing of the call; the answer lists every result in order."""
+        parts: list[IngestPart] = []
+        alerts = 0
+        async for message in request_iterator:
+            integration = await self._key(message.integration_key, context)
+            where = [f"requests[{len(parts)}].alerts[{i}]" for i in range(len(message.alerts))]
+            events, paths = await self._events(integration, message.alerts, where)
+            alerts += len(events)  # stop reading as soon as the call is over the limit
+            self.app.pipeline.check_count(alerts, "alerts", per="IngestAlerts call")
+            parts.append(IngestPart(integration, events, paths))
+        results = await self.app.pipeline.ingest_parts(
+            parts, idempotency_key=_metadata(context, "idempotency-key")
+        )
         return ing_pb.IngestAlertsResponse(results=[convert.ingest_result(r) for r in results])  # type: ignore[misc]
 
     async def CreateEscalation(
