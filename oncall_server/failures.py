@@ -6,7 +6,9 @@ Three kinds matter, and every face and write path asks this one module which it 
   run again will very likely succeed, so the core retries it and the caller never sees it.
 - *outage*: the database or Redis cannot be reached (refused, reset, timed out, restarting).
   The caller gets ``UNAVAILABLE`` / 503 with a retry hint: senders that retry only 5xx must retry.
-- anything else is a bug or a refusal of the data, handled where it happens.
+- *refusal*: the database refused the data itself (a constraint, a value it cannot hold). The
+  same rows fail again; the request that carried them gets INVALID_ARGUMENT, not its neighbours.
+- anything else is a bug.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from oncall_server.errors import AlreadyExists, FailedPrecondition, Unavailable
 # intervention (admin shutdown, cannot connect now), 40001 serialization failure, 40P01 deadlock.
 _OUTAGE_SQLSTATE_CLASSES = ("08", "53", "57")
 _TRANSIENT_SQLSTATES = ("40001", "40P01")
+# 22 data exception (a value the column cannot hold), 23 integrity constraint violation.
+_REFUSAL_SQLSTATE_CLASSES = ("22", "23")
 # OSErrors about local files say nothing of the database's or Redis's reachability.
 _LOCAL_FILE_ERRORS = (
     FileNotFoundError,
@@ -90,6 +94,17 @@ def is_outage(exc: BaseException) -> bool:
         if isinstance(cause, _ASYNCPG_OUTAGES):
             return True
         if isinstance(cause, sqlite3.OperationalError) and "unable to open" in str(cause).lower():
+            return True
+    return False
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """The database refused the data itself: running the same rows again fails again, and nothing
+    says the database is unwell (asyncpg reports data errors as a plain DBAPIError: by SQLSTATE)."""
+    for cause in _causes(exc):
+        if isinstance(cause, sa_exc.IntegrityError | sa_exc.DataError | UnicodeError):
+            return True
+        if _sqlstate(cause)[:2] in _REFUSAL_SQLSTATE_CLASSES:
             return True
     return False
 

@@ -28,7 +28,6 @@ from typing import Any, NamedTuple, Protocol
 from prometheus_client import Histogram
 from sqlalchemy import bindparam, delete, func, insert, null, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from oncall_server import failures
@@ -471,24 +470,6 @@ def _result_alert_id(slot: _Slot) -> str:
     return slot.result.alert_id if slot.result else slot.alert_id
 
 
-# SQLSTATE classes of a refusal of the data: 22 data exception, 23 integrity constraint violation.
-# (asyncpg's data exceptions reach us as a plain DBAPIError carrying the SQLSTATE.)
-_REFUSAL_SQLSTATE_CLASSES = ("22", "23")
-
-
-def _refused(exc: BaseException) -> bool:
-    """The database refused the data itself (a constraint, a value it cannot hold): running the same
-    alerts again fails again, and nothing says the database is unwell."""
-    orig = getattr(exc, "orig", None)
-    for cause in (exc, exc.__cause__, orig, getattr(orig, "__cause__", None)):
-        if isinstance(cause, IntegrityError | DataError | UnicodeError):
-            return True
-        code = getattr(cause, "sqlstate", None)
-        if isinstance(code, str) and code[:2] in _REFUSAL_SQLSTATE_CLASSES:
-            return True
-    return False
-
-
 def _may_be_one_request(exc: Exception) -> bool:
     """Neither an outage nor a transient failure: the cause may be one request of the batch."""
     return not failures.is_outage(exc) and not failures.is_transient(exc)
@@ -498,7 +479,7 @@ def _caller_error(exc: Exception) -> OncallError:
     """What the callers of a batch that failed hear (internals go to the log only)."""
     if isinstance(exc, OncallError):
         return exc
-    if _refused(exc):
+    if failures.is_refusal(exc):
         return InvalidArgument(
             "the database refused this alert (a value or reference it cannot store); nothing of "
             "this request was stored"
