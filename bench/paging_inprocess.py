@@ -30,10 +30,10 @@ from typing import Any
 import aiosqlite
 from redis.asyncio.connection import AbstractConnection
 
-from oncall_server.app import App
-from oncall_server.config import Settings
 from oncall_server.ingest.model import NormalizedEvent, PreparedAlert
 from oncall_server.redis_embedded import EmbeddedRedis
+from oncall_server.runtime.app import App
+from oncall_server.runtime.settings import Settings
 from oncall_server.severity import Severity
 from oncall_server.testing import (
     Tenant,

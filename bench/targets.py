@@ -114,7 +114,7 @@ def pg_query(url: str, query: str, *params: Any) -> list[Any]:
 
 
 class OncallServer:
-    """Our server as a separate process (``python -m oncall_server.cli serve``), configured by env vars."""
+    """Our server as a separate process (``oncall-server serve``), configured by env vars."""
 
     kind = "ours"
 
@@ -214,7 +214,7 @@ class OncallServer:
 
     @property
     def cli(self) -> list[str]:
-        return [sys.executable, "-m", "oncall_server.cli"]
+        return [sys.executable, "-m", "oncall_server.runtime.cli"]
 
     @property
     def sqlalchemy_url(self) -> str:

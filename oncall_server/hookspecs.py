@@ -19,7 +19,7 @@ import pluggy
 from oncall_server.ingest.model import NormalizedEvent
 
 if TYPE_CHECKING:
-    from oncall_server.config import Settings
+    from oncall_server.runtime.settings import Settings
 
 hookspec = pluggy.HookspecMarker("oncall")
 hookimpl = pluggy.HookimplMarker("oncall")

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import pluggy
 
 from oncall_server import hookspecs
-from oncall_server.config import Settings
 from oncall_server.errors import FailedPrecondition, InvalidArgument
 from oncall_server.hookspecs import Adapter, Channel
+from oncall_server.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -66,6 +66,6 @@ def scrub(text: str) -> str:
 
     Not what the access log relies on: a key can be encoded in ways no pattern lists
     (``%6Bey=``, ``api_key=``, a path segment), so the gateway logs route templates instead
-    (:func:`oncall_server.gateway.route_of`). Kept for free text that may quote a literal URL.
+    (:func:`oncall_server.faces.http.gateway.route_of`). Kept for free text that may quote a literal URL.
     """
     return _SCRUB_RE.sub(r"\1[redacted]", text)

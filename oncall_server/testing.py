@@ -19,12 +19,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from oncall_server import catalog, tenancy
-from oncall_server.app import App
 from oncall_server.clock import Clock
-from oncall_server.config import Settings
+from oncall_server.configuration import services, tenants
 from oncall_server.ids import uuid7
-from oncall_server.server import GatewayRole, GrpcRole, Server
+from oncall_server.runtime.app import App
+from oncall_server.runtime.server import GatewayRole, GrpcRole, Server
+from oncall_server.runtime.settings import Settings
 from oncall_server.storage import models
 from oncall_server.storage.engine import create_engine
 from oncall_server.storage.models import Base
@@ -57,12 +57,12 @@ async def bootstrap(
     routing_rules: list[dict[str, Any]] | None = None,
 ) -> Tenant:
     name = tenant or f"tenant-{uuid.uuid4().hex[:8]}"
-    row = await tenancy.create_tenant(app.sessions, app.clock, name)
-    svc = await catalog.create_service(
+    row = await tenants.create_tenant(app.sessions, app.clock, name)
+    svc = await services.create_service(
         app.sessions,
         app.clock,
         row.id,
-        catalog.ServiceFields(
+        services.ServiceFields(
             name=service,
             alert_grouping=alert_grouping,
             alert_grouping_timeout_minutes=alert_grouping_timeout_minutes,
@@ -71,7 +71,7 @@ async def bootstrap(
     integration, key = await app.integrations.create(
         row.id, svc.id, "Test Integration", integration_type, routing_rules
     )
-    token, _ = await tenancy.create_api_token(app.sessions, app.clock, row.id, "tester")
+    token, _ = await tenants.create_api_token(app.sessions, app.clock, row.id, "tester")
     return Tenant(row.id, svc.id, integration.id, key, token)
 
 

@@ -14,8 +14,8 @@ import grpc
 from sqlalchemy import func, select
 
 from oncall_server.api.v1 import catalog_service_pb2, catalog_service_pb2_grpc, service_pb2
-from oncall_server.app import App
-from oncall_server.grpc_api.convert import timestamp
+from oncall_server.faces.grpc.convert import timestamp
+from oncall_server.runtime.app import App
 from oncall_server.storage.models import Alert, Incident
 from oncall_server.testing import RunningServer, Tenant
 
@@ -77,7 +77,7 @@ class WebhookReceiver:
         return [body for _, body in self.received]
 
 
-CLI = [sys.executable, "-m", "oncall_server.cli"]
+CLI = [sys.executable, "-m", "oncall_server.runtime.cli"]
 
 
 async def run_cli(*args: str, data_dir: Path) -> dict[str, str]:

@@ -16,10 +16,10 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from oncall_server import tenancy
 from oncall_server.api.v1 import incident_service_pb2 as inc_pb
 from oncall_server.api.v1 import incident_service_pb2_grpc as inc_grpc
 from oncall_server.clock import FakeClock
+from oncall_server.configuration import tenants
 from oncall_server.storage.engine import create_engine, is_sqlite, retrying_write, session_factory
 from oncall_server.storage.models import Tenant
 from oncall_server.testing import RunningServer, bootstrap
@@ -85,8 +85,8 @@ async def test_a_deadlocked_write_runs_again_and_both_commit(database_url: str) 
     engine = create_engine(database_url)
     sessions = session_factory(engine)
     clock = FakeClock(datetime(2026, 3, 1, tzinfo=UTC))
-    first = await tenancy.create_tenant(sessions, clock, "first")
-    second = await tenancy.create_tenant(sessions, clock, "second")
+    first = await tenants.create_tenant(sessions, clock, "first")
+    second = await tenants.create_tenant(sessions, clock, "second")
     both_hold_one = asyncio.Barrier(2)
     attempts: list[str] = []
 

@@ -11,8 +11,8 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy import func, select
 
-from oncall_server import bus
-from oncall_server.app import App
+from oncall_server.ingest import bus
+from oncall_server.runtime.app import App
 from oncall_server.storage.models import Alert, Incident
 from oncall_server.testing import Tenant, bootstrap, server_settings
 
@@ -87,7 +87,7 @@ async def test_published_events_become_incidents_per_source(app: App) -> None:
 
 
 def _all() -> Any:
-    from oncall_server.incidents import IncidentFilter
+    from oncall_server.incidents.actions import IncidentFilter
 
     return IncidentFilter()
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from oncall_server.changes import Change, ChangeFeed, _channel
+from oncall_server.incidents.changes import Change, ChangeFeed, _channel
 
 
 async def collect(feed: ChangeFeed, tenant_id: str, count: int, ready: asyncio.Event) -> list[Change]:

@@ -29,9 +29,9 @@ from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 from pydantic import ValidationError
 
-from oncall_server.config import Settings
 from oncall_server.hookspecs import Channel, DeliveryError, Destination, Page
 from oncall_server.plugins import Plugins
+from oncall_server.runtime.settings import Settings
 
 SECRET = "s3cret-signing-key"
 LOOPBACK = ["127.0.0.0/8"]

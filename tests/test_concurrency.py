@@ -32,7 +32,7 @@ async def second_server(tmp_path: Path, database_url: str, redis_url: str) -> As
     """Another oncall-server process on the same database and Redis; yields its HTTP base URL."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ONCALL_")}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "oncall_server.cli", "serve",
+        sys.executable, "-m", "oncall_server.runtime.cli", "serve",
         "--data-dir", str(tmp_path / "second"), "--database-url", database_url, "--redis-url", redis_url,
         "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
         env={**env, "ONCALL_ACCESS_LOG": "false"}, stderr=asyncio.subprocess.PIPE,

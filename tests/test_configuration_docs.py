@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from oncall_server.config import Settings
+from oncall_server.runtime.settings import Settings
 
 DOCS = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
 

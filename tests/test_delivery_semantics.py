@@ -27,9 +27,7 @@ from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 from sqlalchemy import select
 
-from oncall_server.app import App
 from oncall_server.clock import FakeClock
-from oncall_server.config import Settings
 from oncall_server.hookspecs import (
     AT_LEAST_ONCE,
     AT_MOST_ONCE,
@@ -40,8 +38,10 @@ from oncall_server.hookspecs import (
     delivery_of,
     hookimpl,
 )
-from oncall_server.outbox import Dispatcher
+from oncall_server.paging.outbox import Dispatcher
 from oncall_server.plugins import Plugins
+from oncall_server.runtime.app import App
+from oncall_server.runtime.settings import Settings
 from oncall_server.storage.models import Notification, TimelineEntry
 from oncall_server.testing import (
     RunningServer,
@@ -274,7 +274,7 @@ async def test_at_most_once_a_send_begun_at_the_death_is_recorded_unknown_not_re
     clock.advance(LEASE - 1)
     assert await s.b.run_once() == 0
     clock.advance(1.5)
-    with caplog.at_level(logging.WARNING, "oncall_server.outbox"):
+    with caplog.at_level(logging.WARNING, "oncall_server.paging.outbox"):
         assert await s.b.run_once() == 0  # nothing sent...
     assert s.pager.attempts == [notification_id]  # ...and not again
     stored = await row(s.app)

@@ -10,7 +10,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from oncall_server.extraction import Extracted, extract, extract_dedup_key, extract_severity, extract_title
+from oncall_server.ingest.extraction import (
+    Extracted,
+    extract,
+    extract_dedup_key,
+    extract_severity,
+    extract_title,
+)
 from oncall_server.severity import Severity
 
 C, H, M, L, INF = Severity.CRITICAL, Severity.HIGH, Severity.MEDIUM, Severity.LOW, Severity.INFO

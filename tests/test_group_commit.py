@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from oncall_server.app import App
 from oncall_server.ingest.model import IngestResult, NormalizedEvent, PreparedAlert
+from oncall_server.runtime.app import App
 from oncall_server.severity import Severity
 from oncall_server.testing import Tenant, bootstrap, server_settings
 

@@ -15,10 +15,10 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from oncall_server.app import App
 from oncall_server.clock import FakeClock
-from oncall_server.config import Settings
 from oncall_server.ingest.model import NormalizedEvent
+from oncall_server.runtime.app import App
+from oncall_server.runtime.settings import Settings
 from oncall_server.severity import Severity
 from oncall_server.testing import bootstrap
 

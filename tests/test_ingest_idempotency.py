@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from sqlalchemy import select
 
-from oncall_server.app import App
+from oncall_server.runtime.app import App
 from oncall_server.storage.models import Alert
 from oncall_server.testing import RunningServer, Tenant, bootstrap
 from tests.helpers import count_rows, create_window

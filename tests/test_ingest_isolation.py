@@ -19,10 +19,10 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy import select
 
-from oncall_server.app import App
 from oncall_server.errors import InvalidArgument
 from oncall_server.ids import uuid7
 from oncall_server.ingest.model import IngestResult, NormalizedEvent, Outcome, PreparedAlert
+from oncall_server.runtime.app import App
 from oncall_server.severity import Severity
 from oncall_server.storage.models import Alert, Incident
 from oncall_server.testing import RunningServer, Tenant, bootstrap, running_server, server_settings

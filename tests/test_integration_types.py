@@ -143,7 +143,7 @@ async def test_alerts_for_an_integration_whose_plugin_was_blocked_since_are_refu
     async with running_server(settings) as after:
         counted = await refusals(after)
         url = f"{after.http_url}/api/webhooks/ingest?key={tenant.integration_key}"
-        with caplog.at_level(logging.WARNING, logger="oncall_server.integrations"):
+        with caplog.at_level(logging.WARNING, logger="oncall_server.ingest.integrations"):
             answers: list[tuple[int, Any]] = [
                 await post_json(url, {"device": "srv-1", "alert": "Disk full"}) for _ in range(2)
             ]

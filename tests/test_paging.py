@@ -18,9 +18,9 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy import func, select, update
 
-from oncall_server.app import App
 from oncall_server.clock import FakeClock
 from oncall_server.hookspecs import DeliveryError, Destination, Page, hookimpl
+from oncall_server.runtime.app import App
 from oncall_server.storage.models import EscalationPolicy, Incident, Notification, Service, TimelineEntry
 from oncall_server.testing import (
     RunningServer,
@@ -350,7 +350,7 @@ async def test_a_step_run_twice_pages_nobody_twice(
     await settle(app)
     # Redis forgets it ran step 0 and hands it out again (a lease expired, a rebuild raced).
     from oncall_server.clock import to_millis
-    from oncall_server.escalation_state import step_member
+    from oncall_server.paging.escalation_state import step_member
 
     await app.escalator.due.add([(step_member(incident_id, 1, 0), to_millis(clock.now()))])
     await settle(app)

@@ -16,7 +16,6 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from google.rpc import error_details_pb2  # type: ignore[import-untyped]
 from grpc_status import rpc_status  # type: ignore[import-untyped]
 
-from oncall_server import catalog
 from oncall_server.api.v1 import (
     catalog_service_pb2,
     catalog_service_pb2_grpc,
@@ -32,6 +31,7 @@ from oncall_server.api.v1 import (
     user_service_pb2_grpc,
 )
 from oncall_server.clock import FakeClock
+from oncall_server.configuration import services
 from oncall_server.errors import InvalidArgument
 from oncall_server.hookspecs import Destination, Page, hookimpl
 from oncall_server.storage.models import EscalationPolicy
@@ -917,11 +917,11 @@ async def test_defend_critical_alerts_service_with_a_dedicated_policy(
         )
         # The core check CreateService goes through.
         with pytest.raises(InvalidArgument) as refused:
-            await catalog.create_service(
+            await services.create_service(
                 clocked_server.app.sessions,
                 clocked_server.app.clock,
                 api.tenant.tenant_id,
-                catalog.ServiceFields(name="Defend (typo)", escalation_policy_id=bad_id),
+                services.ServiceFields(name="Defend (typo)", escalation_policy_id=bad_id),
             )
         assert refused.value.violations[0].field == "service.escalation_policy_id"
     got = await api.catalog.GetService(

@@ -46,7 +46,7 @@ async def start_scheduler(
         "ONCALL_SCHEDULER_LEASE_SECONDS": "2",
     }
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "oncall_server.cli", "serve",
+        sys.executable, "-m", "oncall_server.runtime.cli", "serve",
         "--data-dir", str(tmp_path / name), "--database-url", database_url, "--redis-url", redis_url,
         env=env, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip

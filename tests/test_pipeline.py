@@ -24,7 +24,7 @@ from oncall_server.api.v1 import (
     service_pb2,
 )
 from oncall_server.clock import FakeClock
-from oncall_server.grpc_api.convert import timestamp
+from oncall_server.faces.grpc.convert import timestamp
 from oncall_server.storage.models import Alert, AlertDelivery, Incident
 from oncall_server.testing import RunningServer, Tenant, bootstrap, unlabelled_metrics
 from tests.helpers import count_rows, create_window, post_json

@@ -32,7 +32,7 @@ from redis.asyncio import Redis
 from sqlalchemy import func, select
 
 from oncall_server.api.v1 import alert_pb2, ingest_service_pb2, ingest_service_pb2_grpc
-from oncall_server.app import App
+from oncall_server.runtime.app import App
 from oncall_server.storage.models import Notification, TimelineEntry
 from oncall_server.testing import add_policy, add_user, bootstrap, server_settings, wait_for
 from tests.helpers import WebhookReceiver, wait_for_line
@@ -70,7 +70,7 @@ async def start_replica(
 ) -> tuple[asyncio.subprocess.Process, list[str]]:
     """``oncall-server serve`` in its own process; its log lines keep arriving in the list."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "oncall_server.cli", "serve", "--data-dir", str(data_dir / name),
+        sys.executable, "-m", "oncall_server.runtime.cli", "serve", "--data-dir", str(data_dir / name),
         "--database-url", database_url, "--redis-url", redis_url, *args,
         env=env, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip

@@ -12,10 +12,10 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy import func, select
 
-from oncall_server.app import App
 from oncall_server.errors import Unavailable
 from oncall_server.ingest.model import NormalizedEvent, PreparedAlert
 from oncall_server.ingest.rides import Ride
+from oncall_server.runtime.app import App
 from oncall_server.severity import Severity
 from oncall_server.storage.models import Incident, Notification, TimelineEntry
 from oncall_server.testing import Tenant, add_policy, add_user, bootstrap, server_settings

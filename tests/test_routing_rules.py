@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from oncall_server.errors import InvalidArgument
-from oncall_server.routing_rules import evaluate, parse_rules, rules_to_json
+from oncall_server.ingest.routing_rules import evaluate, parse_rules, rules_to_json
 from oncall_server.severity import Severity
 
 PAYLOAD = {

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from oncall_server.configuration.rotations import Layer, Override, Schedule, handoffs, who_is_on_call
 from oncall_server.errors import InvalidArgument
-from oncall_server.schedules import Layer, Override, Schedule, handoffs, who_is_on_call
 
 
 def utc(*args: int) -> datetime:

@@ -27,13 +27,14 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 import oncall_server.api.v1 as api_v1
-from oncall_server import catalog, directory, failures, oncall_schedules, tenancy
-from oncall_server.app import App
+from oncall_server import failures
 from oncall_server.clock import FakeClock
+from oncall_server.configuration import schedules, services, tenants, users
 from oncall_server.errors import AlreadyExists, FailedPrecondition, NotFound
 from oncall_server.hookspecs import Destination, Page, hookimpl
 from oncall_server.ids import uuid7
-from oncall_server.integrations import CACHE_SECONDS
+from oncall_server.ingest.integrations import CACHE_SECONDS
+from oncall_server.runtime.app import App
 from oncall_server.storage.engine import write_transaction
 from oncall_server.storage.models import (
     Alert,
@@ -214,7 +215,7 @@ async def test_bootstrap_refuses_a_deactivated_tenant_before_creating_anything(
     server: RunningServer, database_url: str, tmp_path: Path
 ) -> None:
     tenant = await bootstrap(server.app, tenant="acme")
-    await tenancy.deactivate_tenant(server.app.sessions, server.app.clock, "acme")
+    await tenants.deactivate_tenant(server.app.sessions, server.app.clock, "acme")
     before = await owned_rows(server.app, tenant.tenant_id)
     code, out, err = await cli(database_url, tmp_path, "bootstrap", "--tenant", "acme", "--service", "New")
     assert code == 2 and out == "" and "is deactivated" in err
@@ -227,7 +228,7 @@ async def test_a_key_cached_before_deactivation_stops_working_within_the_cache_w
     tenant = await bootstrap(server.app)
     assert (await webhook(server, tenant.integration_key))[0] == 202  # resolved, so cached
     # As `oncall-server tenant deactivate` does it: from another process, straight to SQL.
-    await tenancy.deactivate_tenant(server.app.sessions, server.app.clock, tenant.tenant_id)
+    await tenants.deactivate_tenant(server.app.sessions, server.app.clock, tenant.tenant_id)
     deactivated = time.monotonic()
 
     async def refused() -> bool:
@@ -242,7 +243,7 @@ async def test_a_key_cached_before_deactivation_stops_working_within_the_cache_w
 
 async def test_defend_and_bus_routing_refuse_a_deactivated_tenant(server: RunningServer) -> None:
     tenant = await bootstrap(server.app, integration_type="defend")
-    await tenancy.deactivate_tenant(server.app.sessions, server.app.clock, tenant.tenant_id)
+    await tenants.deactivate_tenant(server.app.sessions, server.app.clock, tenant.tenant_id)
     with pytest.raises(FailedPrecondition, match="is deactivated"):
         await server.app.integrations.for_tenant(tenant.tenant_id, "defend")
 
@@ -317,7 +318,7 @@ async def test_deactivation_stops_escalations_and_activation_does_not_restart_th
     await settle(app)
     assert channel.to("alice") == [incident_id] and channel.to("alice-later") == []
 
-    _, stopped = await tenancy.deactivate_tenant(app.sessions, clock, tenant.tenant_id)
+    _, stopped = await tenants.deactivate_tenant(app.sessions, clock, tenant.tenant_id)
     assert stopped == 1
     clock.advance(30 * MINUTE)
     await settle(app)
@@ -342,7 +343,7 @@ async def test_deactivation_stops_escalations_and_activation_does_not_restart_th
     assert statuses_ == ["cancelled", "sent"]  # alice's delayed rule never goes out
     assert notes == ["Escalation stopped: tenant deactivated"]
 
-    await tenancy.activate_tenant(app.sessions, tenant.tenant_id)
+    await tenants.activate_tenant(app.sessions, tenant.tenant_id)
     clock.advance(30 * MINUTE)
     await settle(app)
     assert channel.to("bob") == []  # the stopped escalation stays stopped
@@ -384,11 +385,11 @@ async def populate(server: RunningServer, name: str) -> Any:
     for _ in range(2):  # the second delivery is merged: an alert_deliveries row
         assert (await webhook(server, tenant.integration_key))[0] == 202
     await create_window(server, tenant, app.clock.now().replace(year=2030))
-    await oncall_schedules.create_schedule(
+    await schedules.create_schedule(
         app.sessions,
         app.clock,
         tenant.tenant_id,
-        oncall_schedules.ScheduleSpec(name="Nights", time_zone="UTC"),
+        schedules.ScheduleSpec(name="Nights", time_zone="UTC"),
     )
     await settle(app)
     return tenant
@@ -440,15 +441,15 @@ async def test_deletion_waits_out_key_caches_and_goes_in_small_transactions(
     for n in range(5):
         assert (await webhook(server, tenant.integration_key, dedup_key=f"more-{n}"))[0] == 202
     before = await owned_rows(app, tenant.tenant_id)
-    await tenancy.deactivate_tenant(app.sessions, clock, tenant.tenant_id)
+    await tenants.deactivate_tenant(app.sessions, clock, tenant.tenant_id)
     with pytest.raises(FailedPrecondition, match="cached integration keys"):
-        await tenancy.delete_tenant(app.sessions, clock, "big")  # a server may still take its alerts
+        await tenants.delete_tenant(app.sessions, clock, "big")  # a server may still take its alerts
     clock.advance(CACHE_SECONDS)
-    deleted = await tenancy.delete_tenant(app.sessions, clock, "big", batch_rows=2)
+    deleted = await tenants.delete_tenant(app.sessions, clock, "big", batch_rows=2)
     assert deleted == before
     assert set((await owned_rows(app, tenant.tenant_id)).values()) == {0}
     with pytest.raises(NotFound):
-        await tenancy.delete_tenant(app.sessions, clock, "big")
+        await tenants.delete_tenant(app.sessions, clock, "big")
 
 
 # --- constraint violations -------------------------------------------------------------------
@@ -456,9 +457,9 @@ async def test_deletion_waits_out_key_caches_and_goes_in_small_transactions(
 
 async def test_unique_and_foreign_key_violations_are_told_apart(server: RunningServer) -> None:
     app = server.app
-    tenant = await tenancy.create_tenant(app.sessions, app.clock, "unique-name")
+    tenant = await tenants.create_tenant(app.sessions, app.clock, "unique-name")
     with pytest.raises(AlreadyExists, match="already exists"):
-        await tenancy.create_tenant(app.sessions, app.clock, "unique-name")
+        await tenants.create_tenant(app.sessions, app.clock, "unique-name")
 
     now = app.clock.now()
     errors: list[IntegrityError] = []
@@ -478,8 +479,8 @@ async def test_unique_and_foreign_key_violations_are_told_apart(server: RunningS
 
     # A token for a tenant that does not exist (deleted meanwhile) is NOT_FOUND, not a crash.
     with pytest.raises(NotFound):
-        await tenancy.create_api_token(app.sessions, app.clock, uuid7(), "ci")
-    assert (await tenancy.create_api_token(app.sessions, app.clock, tenant.id, "ci"))[0].startswith("oct_")
+        await tenants.create_api_token(app.sessions, app.clock, uuid7(), "ci")
+    assert (await tenants.create_api_token(app.sessions, app.clock, tenant.id, "ci"))[0].startswith("oct_")
 
 
 @pytest.mark.parametrize("kind", ["service", "user", "schedule"])
@@ -490,14 +491,14 @@ async def test_creating_for_a_tenant_deleted_meanwhile_is_not_already_exists(
     gone = uuid7()  # authenticated just before the tenant was deleted
     with pytest.raises(Exception) as caught:
         if kind == "service":
-            await catalog.create_service(app.sessions, app.clock, gone, catalog.ServiceFields(name="Web"))
+            await services.create_service(app.sessions, app.clock, gone, services.ServiceFields(name="Web"))
         elif kind == "user":
-            await directory.create_user(
-                app.sessions, app.clock, gone, directory.UserFields(name="Ada", email="ada@example.com")
+            await users.create_user(
+                app.sessions, app.clock, gone, users.UserFields(name="Ada", email="ada@example.com")
             )
         else:
-            await oncall_schedules.create_schedule(
-                app.sessions, app.clock, gone, oncall_schedules.ScheduleSpec(name="S", time_zone="UTC")
+            await schedules.create_schedule(
+                app.sessions, app.clock, gone, schedules.ScheduleSpec(name="S", time_zone="UTC")
             )
     assert isinstance(caught.value, FailedPrecondition), caught.value
     assert "deleted meanwhile" in caught.value.message

@@ -27,7 +27,10 @@ def installed_plugin() -> None:
 
 def test_the_plugin_is_discovered_listed_and_blockable(installed_plugin: None) -> None:
     listed = subprocess.run(
-        [sys.executable, "-m", "oncall_server.cli", "plugins"], check=True, capture_output=True, text=True
+        [sys.executable, "-m", "oncall_server.runtime.cli", "plugins"],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     assert "example_uptime" in listed and "oncall-example-adapter 1.0.0" in listed
     assert "example_uptime" not in Plugins(blocked={"example_uptime"}).load().adapters

@@ -56,7 +56,9 @@ async def start_workers(
     assert server.stderr is not None
     seen: list[str] = []
     await wait_for_line(server.stderr, "worker processes serving beside this one", seen)
-    await wait_for_line(server.stderr, rf"\[{server.pid}\] oncall_server.server: on-call server ready", seen)
+    await wait_for_line(
+        server.stderr, rf"\[{server.pid}\] oncall_server.runtime.server: on-call server ready", seen
+    )
 
     async def keep_reading(stream: asyncio.StreamReader) -> None:
         while line := await stream.readline():

@@ -1,7 +1,7 @@
 """The generic webhook adapter: any monitoring tool posting JSON.
 
 A JSON object is one alert; a JSON array of objects is a batch. Fields are
-found by the spec's auto-extraction rules (oncall_server.extraction).
+found by the spec's auto-extraction rules (oncall_server.ingest.extraction).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 
 from oncall_server import json_codec
 from oncall_server.errors import InvalidArgument
-from oncall_server.extraction import extract
 from oncall_server.hookspecs import Adapter, AdapterContext, hookimpl
+from oncall_server.ingest.extraction import extract
 from oncall_server.ingest.model import NormalizedEvent
 
 _DETAIL_FIELDS = ("source_ref", "body", "description", "host", "device_name", "service", "component")

@@ -13,9 +13,9 @@ from datetime import datetime
 from prometheus_client import Counter
 from redis.asyncio import Redis
 
+from oncall_server.ingest.integrations import IntegrationContext
 from oncall_server.ingest.model import NormalizedEvent
-from oncall_server.integrations import IntegrationContext
-from oncall_server.routing_rules import Drop
+from oncall_server.ingest.routing_rules import Drop
 
 KEEP_LATEST = 100
 ALERTS_DROPPED = Counter(

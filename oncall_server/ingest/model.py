@@ -21,24 +21,6 @@ class Outcome(enum.IntEnum):
     RECORDED = 6
 
 
-class AlertState(enum.StrEnum):
-    """Spec "Alert States"; stored as these strings."""
-
-    TRIGGERED = "triggered"
-    ACKNOWLEDGED = "acknowledged"
-    GROUPED = "grouped"
-    RESOLVED = "resolved"
-    SUPPRESSED = "suppressed"
-
-
-class IncidentStatus(enum.StrEnum):
-    """Stored as these strings."""
-
-    TRIGGERED = "triggered"
-    ACKNOWLEDGED = "acknowledged"
-    RESOLVED = "resolved"
-
-
 @dataclass(slots=True)
 class NormalizedEvent:
     """One alert as an adapter produced it, before routing."""
@@ -90,20 +72,3 @@ class IngestResult:
     alert_id: str = ""
     incident_id: str = ""
     dedup_key: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class IncidentFacts:
-    """The incident side of a page, from a transaction that has it in hand (the ingest writer's)."""
-
-    tenant_id: str
-    incident_id: str
-    service_id: str
-    service_name: str
-    title: str
-    severity: int
-    status: str
-    description: str
-    source: str
-    source_ref: str
-    details: dict[str, Any]

@@ -20,11 +20,11 @@ from oncall_server.errors import InvalidArgument
 from oncall_server.hookspecs import AdapterContext
 from oncall_server.ingest import validation
 from oncall_server.ingest.drops import DropLog
+from oncall_server.ingest.integrations import IntegrationContext, Integrations
 from oncall_server.ingest.model import IngestResult, NormalizedEvent, Outcome, PreparedAlert
+from oncall_server.ingest.routing_rules import Drop, evaluate
 from oncall_server.ingest.writer import GroupCommitWriter
-from oncall_server.integrations import IntegrationContext, Integrations
 from oncall_server.plugins import Plugins
-from oncall_server.routing_rules import Drop, evaluate
 from oncall_server.severity import DEFAULT_SEVERITY
 
 log = logging.getLogger(__name__)

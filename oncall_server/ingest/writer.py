@@ -31,19 +31,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from oncall_server import failures
-from oncall_server.changes import Change, ChangeFeed
 from oncall_server.clock import Clock, to_millis
 from oncall_server.errors import InvalidArgument, OncallError, Unavailable
 from oncall_server.ids import uuid7
+from oncall_server.incidents.changes import Change, ChangeFeed
+from oncall_server.incidents.model import AlertState, IncidentFacts, IncidentStatus
 from oncall_server.ingest.coordination import Coordinator, Decision, DecisionRequest, GroupWindow, Repair
-from oncall_server.ingest.model import (
-    AlertState,
-    IncidentFacts,
-    IncidentStatus,
-    IngestResult,
-    Outcome,
-    PreparedAlert,
-)
+from oncall_server.ingest.model import IngestResult, Outcome, PreparedAlert
 from oncall_server.ingest.rides import Ride, RideSource
 from oncall_server.ingest.windows import MaintenanceWindows
 from oncall_server.storage import bulk

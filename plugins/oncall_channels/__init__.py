@@ -16,7 +16,7 @@ from oncall_channels.webhook import WebhookChannel
 from oncall_server.hookspecs import Channel, hookimpl
 
 if TYPE_CHECKING:
-    from oncall_server.config import Settings
+    from oncall_server.runtime.settings import Settings
 
 __all__ = ["EmailChannel", "LogChannel", "WebhookChannel", "oncall_register_channels"]
 

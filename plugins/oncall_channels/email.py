@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from oncall_server.hookspecs import AT_MOST_ONCE, DeliveryError, Destination, OutcomeUnknown, Page
 
 if TYPE_CHECKING:
-    from oncall_server.config import Settings
+    from oncall_server.runtime.settings import Settings
 
 # Dot-atom local part (RFC 5322 atext) and an ASCII (punycode) domain of two or more labels.
 # No spaces, quotes, angle brackets or line breaks can pass, so an address cannot inject headers.

@@ -31,7 +31,7 @@ from oncall_server import json_codec
 from oncall_server.hookspecs import AT_LEAST_ONCE, DeliveryError, Destination, Page
 
 if TYPE_CHECKING:
-    from oncall_server.config import Settings
+    from oncall_server.runtime.settings import Settings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

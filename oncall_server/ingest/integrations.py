@@ -24,12 +24,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from oncall_server import failures, json_codec, security
-from oncall_server.catalog import get_service, grouping_window_ms
 from oncall_server.clock import Clock
+from oncall_server.configuration.services import get_service, grouping_window_ms
 from oncall_server.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
 from oncall_server.ids import is_valid_id, uuid7
+from oncall_server.ingest.routing_rules import RoutingRule, parse_rules, rules_to_json
 from oncall_server.plugins import NoAdapter, Plugins
-from oncall_server.routing_rules import RoutingRule, parse_rules, rules_to_json
 from oncall_server.storage.engine import retrying_write
 from oncall_server.storage.models import Integration, Service, Tenant
 

@@ -25,8 +25,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from oncall_server import directory, failures, oncall_schedules
+from oncall_server import failures
 from oncall_server.clock import Clock
+from oncall_server.configuration import schedules, users
 from oncall_server.errors import FailedPrecondition, InvalidArgument, NotFound
 from oncall_server.ids import is_valid_id, uuid7
 from oncall_server.storage.engine import retrying_write
@@ -117,10 +118,10 @@ class PolicySpec:
         """Every target is a user or schedule of the tenant (and stays so until the caller commits)."""
         targets = [t for tier in self.tiers for t in tier.targets]
         found = {
-            "user": await directory.existing_users(
+            "user": await users.existing_users(
                 session, tenant_id, [t.id for t in targets if t.type == "user"]
             ),
-            "schedule": await oncall_schedules.existing_schedules(
+            "schedule": await schedules.existing_schedules(
                 session, tenant_id, [t.id for t in targets if t.type == "schedule"]
             ),
         }

@@ -10,10 +10,10 @@ from datetime import datetime
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from oncall_server import escalation_policies, oncall_schedules
 from oncall_server.api.v1 import escalation_policy_pb2, schedule_pb2, user_pb2
-from oncall_server.directory import ContactMethodFields, UserFields, UserRecord
-from oncall_server.grpc_api.convert import from_timestamp, timestamp
+from oncall_server.configuration import escalation_policies, schedules
+from oncall_server.configuration.users import ContactMethodFields, UserFields, UserRecord
+from oncall_server.faces.grpc.convert import from_timestamp, timestamp
 from oncall_server.storage import models
 
 ROTATION_UNIT = {
@@ -89,7 +89,7 @@ def contact_method_fields(message: user_pb2.ContactMethod) -> ContactMethodField
 
 
 def schedule(row: models.OnCallSchedule) -> schedule_pb2.Schedule:
-    engine = oncall_schedules.engine_schedule(row)
+    engine = schedules.engine_schedule(row)
     return schedule_pb2.Schedule(
         id=row.id,
         name=row.name,
@@ -115,12 +115,12 @@ def schedule(row: models.OnCallSchedule) -> schedule_pb2.Schedule:
     )
 
 
-def schedule_spec(message: schedule_pb2.Schedule) -> oncall_schedules.ScheduleSpec:
-    return oncall_schedules.ScheduleSpec(
+def schedule_spec(message: schedule_pb2.Schedule) -> schedules.ScheduleSpec:
+    return schedules.ScheduleSpec(
         name=message.name,
         time_zone=message.time_zone,
         layers=[
-            oncall_schedules.LayerSpec(
+            schedules.LayerSpec(
                 members=list(layer.members),
                 start=layer.start,
                 rotation_length=layer.rotation_length,
@@ -133,8 +133,8 @@ def schedule_spec(message: schedule_pb2.Schedule) -> oncall_schedules.ScheduleSp
     )
 
 
-def override_spec(message: schedule_pb2.ScheduleOverride) -> oncall_schedules.OverrideSpec:
-    return oncall_schedules.OverrideSpec(
+def override_spec(message: schedule_pb2.ScheduleOverride) -> schedules.OverrideSpec:
+    return schedules.OverrideSpec(
         user_id=message.user_id,
         start=optional_time(message, "start_time"),
         end=optional_time(message, "end_time"),

@@ -13,20 +13,20 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from oncall_server import redis_client
-from oncall_server.changes import ChangeFeed
 from oncall_server.clock import Clock, SystemClock
-from oncall_server.config import Settings
-from oncall_server.due_set import DueSet
-from oncall_server.incidents import Incidents
+from oncall_server.incidents.actions import Incidents
+from oncall_server.incidents.changes import ChangeFeed
 from oncall_server.ingest.coordination import Coordinator
 from oncall_server.ingest.drops import DropLog
+from oncall_server.ingest.integrations import Integrations
 from oncall_server.ingest.pipeline import IngestPipeline
 from oncall_server.ingest.writer import GroupCommitWriter
-from oncall_server.integrations import Integrations
-from oncall_server.outbox import Dispatcher
-from oncall_server.paging import Escalator
+from oncall_server.paging.due_set import DueSet
+from oncall_server.paging.escalator import Escalator
+from oncall_server.paging.outbox import Dispatcher
 from oncall_server.plugins import Plugins
 from oncall_server.redis_embedded import EmbeddedRedis
+from oncall_server.runtime.settings import Settings
 from oncall_server.storage import migrate
 from oncall_server.storage.engine import create_engine, session_factory
 

@@ -29,9 +29,9 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from oncall_server import failures, json_codec
-from oncall_server.app import App
 from oncall_server.errors import InvalidArgument, NotFound, OncallError, Unavailable
 from oncall_server.hookspecs import AdapterContext
+from oncall_server.runtime.app import App
 
 log = logging.getLogger(__name__)
 

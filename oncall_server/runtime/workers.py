@@ -26,8 +26,8 @@ from collections.abc import Awaitable, Callable
 
 from pydantic import SecretStr
 
-from oncall_server.config import Settings, split_host_port
 from oncall_server.redis_embedded import EmbeddedRedis
+from oncall_server.runtime.settings import Settings, split_host_port
 from oncall_server.storage import migrate
 from oncall_server.storage.engine import create_engine
 
@@ -105,7 +105,13 @@ async def _run_set(settings: Settings, run_one: Callable[[Settings], Awaitable[N
     env = os.environ | settings_env(settings)
     children = [
         await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "oncall_server.cli", "serve", "--worker-of", str(os.getpid()), env=env
+            sys.executable,
+            "-m",
+            "oncall_server.runtime.cli",
+            "serve",
+            "--worker-of",
+            str(os.getpid()),
+            env=env,
         )
         for _ in range(others)
     ]

@@ -25,7 +25,7 @@ from grpc_status import rpc_status
 
 from oncall_server import failures
 from oncall_server.errors import InvalidArgument, OncallError, ResourceExhausted, Unavailable
-from oncall_server.grpc_api import convert
+from oncall_server.faces.grpc import convert
 
 log = logging.getLogger(__name__)
 UNAVAILABLE_RETRY_SECONDS = 5.0

@@ -21,16 +21,16 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
-from oncall_server import escalation_state as state
-from oncall_server.changes import Change, ChangeFeed
 from oncall_server.clock import Clock, to_millis
-from oncall_server.due_set import DueSet
+from oncall_server.configuration.rotations import Schedule, from_json, who_is_on_call
 from oncall_server.ids import uuid7
-from oncall_server.incidents import OPEN_ALERT_STATES, Incidents
-from oncall_server.ingest.model import AlertState, IncidentFacts, IncidentStatus
+from oncall_server.incidents.actions import OPEN_ALERT_STATES, Incidents
+from oncall_server.incidents.changes import Change, ChangeFeed
+from oncall_server.incidents.model import AlertState, IncidentFacts, IncidentStatus
 from oncall_server.ingest.writer import NewIncident, StartedEscalations
-from oncall_server.outbox import PAGE, OutboxRow, PageRequest, enqueue_pages
-from oncall_server.schedules import Schedule, from_json, who_is_on_call
+from oncall_server.paging import escalation_state as state
+from oncall_server.paging.due_set import DueSet
+from oncall_server.paging.outbox import PAGE, OutboxRow, PageRequest, enqueue_pages
 from oncall_server.storage import bulk
 from oncall_server.storage.bulk import Executor
 from oncall_server.storage.engine import retrying_write
@@ -355,14 +355,15 @@ class Escalator:
     async def _steps(self, steps: list[tuple[str, int, int]]) -> _Outcome:
         async def work(session: AsyncSession) -> _Outcome:
             outcome = _Outcome()
-            # Locked in id order, so two replicas' batches cannot deadlock on PostgreSQL.
+            # Locked in id order, so two replicas' batches cannot deadlock on PostgreSQL; NO KEY UPDATE,
+            # so the outcomes of earlier pages (timeline rows referring to the incident) need not wait.
             incidents = {
                 row.id: _Escalating(*row)
                 for row in await session.execute(
                     select(*_ESCALATING_COLUMNS)
                     .where(Incident.id.in_({incident_id for incident_id, _, _ in steps}))
                     .order_by(Incident.id)
-                    .with_for_update()
+                    .with_for_update(key_share=True)
                 )
             }
             now = self.clock.now()

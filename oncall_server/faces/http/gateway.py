@@ -30,9 +30,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from sqlalchemy import text
 
-from oncall_server import escalations, failures, json_codec, security, tenancy
-from oncall_server.app import App
-from oncall_server.config import Settings, split_host_port
+from oncall_server import failures, json_codec, security
+from oncall_server.configuration import tenants
 from oncall_server.errors import (
     InvalidArgument,
     OncallError,
@@ -40,9 +39,12 @@ from oncall_server.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from oncall_server.ingest import defend
 from oncall_server.ingest.model import IngestResult
-from oncall_server.outbox import incident_url
-from oncall_server.routing_rules import parse_rules, rules_to_json
+from oncall_server.ingest.routing_rules import parse_rules, rules_to_json
+from oncall_server.paging.outbox import incident_url
+from oncall_server.runtime.app import App
+from oncall_server.runtime.settings import Settings, split_host_port
 
 log = logging.getLogger(__name__)
 APP_KEY = web.AppKey("oncall_app", App)
@@ -214,9 +216,9 @@ async def create_escalation(request: web.Request) -> web.Response:
     """``POST /api/internal/escalations/create``: Defend pages the on-call technician."""
     app = request.app[APP_KEY]
     key = _header_credential(request, "X-Integration-Key")
-    escalations.check_service_key(app, key)
+    defend.check_service_key(app, key)
     payload = json_codec.loads_request(await read_body(request), field="body")
-    result = await escalations.create_escalation(app, key, payload)
+    result = await defend.create_escalation(app, key, payload)
     body = {"status": "ok", **_result(result)}
     if result.incident_id:
         body["incident_url"] = incident_url(app.settings.public_url, result.incident_id)
@@ -228,7 +230,7 @@ async def update_integration(request: web.Request) -> web.Response:
     app = request.app[APP_KEY]
     header = _header_credential(request, "Authorization") or ""
     scheme, _, token = header.partition(" ")
-    who = await tenancy.authenticate_token(
+    who = await tenants.authenticate_token(
         app.sessions, token.strip() if scheme.lower() == "bearer" else None
     )
     changes = json_codec.loads_request(await read_body(request), field="body")

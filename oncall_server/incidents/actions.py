@@ -15,14 +15,14 @@ from typing import Any, Protocol, TypeVar
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from oncall_server import escalation_state
-from oncall_server.changes import Change, ChangeFeed
 from oncall_server.clock import Clock
 from oncall_server.errors import FailedPrecondition, InvalidArgument, NotFound
 from oncall_server.ids import is_valid_id, uuid7
+from oncall_server.incidents.changes import Change, ChangeFeed
+from oncall_server.incidents.model import AlertState, IncidentStatus
 from oncall_server.ingest.coordination import Coordinator
-from oncall_server.ingest.model import AlertState, IncidentStatus
-from oncall_server.outbox import ASSIGNED, Paged, PageRequest, enqueue_pages
+from oncall_server.paging import escalation_state
+from oncall_server.paging.outbox import ASSIGNED, Paged, PageRequest, enqueue_pages
 from oncall_server.storage.engine import retrying_write
 from oncall_server.storage.models import Alert, Incident, Service, TimelineEntry, User
 
@@ -97,8 +97,8 @@ class Incidents:
         if not is_valid_id(incident_id):
             raise NotFound(f"incident {incident_id!r} not found")
         query = select(Incident).where(Incident.id == incident_id)
-        if lock:
-            query = query.with_for_update()
+        if lock:  # NO KEY UPDATE: rows that refer to the incident (timeline, pages) can still be added
+            query = query.with_for_update(key_share=True)
         incident = await session.scalar(query)
         if incident is None or incident.tenant_id != tenant_id:
             raise NotFound(f"incident {incident_id!r} not found")
@@ -112,7 +112,7 @@ class Incidents:
                 select(Alert.id)
                 .where(Alert.incident_id == incident_id, Alert.state.in_(OPEN_ALERT_STATES))
                 .order_by(Alert.id)
-                .with_for_update()
+                .with_for_update(key_share=True)
             )
 
     async def get(self, tenant_id: str, incident_id: str) -> Incident:

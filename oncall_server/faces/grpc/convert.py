@@ -9,13 +9,14 @@ from typing import Any
 from google.protobuf import descriptor, duration_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
-from oncall_server import catalog, json_codec
+from oncall_server import json_codec
 from oncall_server.api.v1 import alert_pb2, incident_pb2, integration_pb2, service_pb2
+from oncall_server.configuration import services
 from oncall_server.errors import InvalidArgument
 from oncall_server.ingest.drops import DroppedAlert
 from oncall_server.ingest.model import IngestResult
-from oncall_server.outbox import incident_url
-from oncall_server.routing_rules import RoutingRule, rules_to_json
+from oncall_server.ingest.routing_rules import RoutingRule, rules_to_json
+from oncall_server.paging.outbox import incident_url
 from oncall_server.storage import models
 
 INCIDENT_STATUS = {
@@ -156,7 +157,7 @@ def routing_rules_from(messages: list[integration_pb2.RoutingRule]) -> list[dict
 
 
 def integration(row: models.Integration) -> integration_pb2.Integration:
-    from oncall_server.routing_rules import parse_rules
+    from oncall_server.ingest.routing_rules import parse_rules
 
     return integration_pb2.Integration(
         id=row.id,
@@ -232,8 +233,8 @@ def service_changes(message: service_pb2.Service, paths: list[str] | None) -> di
     return out
 
 
-def service_fields(message: service_pb2.Service) -> catalog.ServiceFields:
-    return catalog.ServiceFields(**service_changes(message, None))  # type: ignore[arg-type]
+def service_fields(message: service_pb2.Service) -> services.ServiceFields:
+    return services.ServiceFields(**service_changes(message, None))  # type: ignore[arg-type]
 
 
 def ingest_result(result: IngestResult) -> object:

@@ -12,8 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from oncall_server import failures
 from oncall_server.clock import Clock
+from oncall_server.configuration.escalation_policies import check_policy_reference
 from oncall_server.errors import FailedPrecondition, InvalidArgument, NotFound
-from oncall_server.escalation_policies import check_policy_reference
 from oncall_server.ids import is_valid_id, uuid7
 from oncall_server.storage.engine import retrying_write
 from oncall_server.storage.listing import tenant_page

@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 from oncall_server import security
-from oncall_server.app import App
 from oncall_server.errors import Unauthenticated
 from oncall_server.hookspecs import AdapterContext
 from oncall_server.ingest.model import IngestResult
+from oncall_server.runtime.app import App
 from oncall_server.severity import Severity
 
 DEFEND_TYPE = "defend"

@@ -19,7 +19,6 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from oncall_server import gateway, workers
 from oncall_server.api.v1 import (
     catalog_service_pb2,
     catalog_service_pb2_grpc,
@@ -36,23 +35,25 @@ from oncall_server.api.v1 import (
     user_service_pb2,
     user_service_pb2_grpc,
 )
-from oncall_server.app import App
-from oncall_server.bus import BusConsumer
 from oncall_server.clock import Clock
-from oncall_server.config import Settings, split_host_port
-from oncall_server.gateway import ScrubbingAccessLogger, build_gateway
-from oncall_server.grpc_api.interceptor import ErrorInterceptor
-from oncall_server.grpc_api.paging_servicers import (
+from oncall_server.faces.grpc.configuration_servicers import (
     EscalationPolicyServicer,
     ScheduleServicer,
     UserServicer,
 )
-from oncall_server.grpc_api.servicers import (
+from oncall_server.faces.grpc.interceptor import ErrorInterceptor
+from oncall_server.faces.grpc.servicers import (
     CatalogServicer,
     IncidentServicer,
     IngestServicer,
     IntegrationServicer,
 )
+from oncall_server.faces.http import gateway
+from oncall_server.faces.http.gateway import ScrubbingAccessLogger, build_gateway
+from oncall_server.ingest.bus import BusConsumer
+from oncall_server.runtime import workers
+from oncall_server.runtime.app import App
+from oncall_server.runtime.settings import Settings, split_host_port
 
 log = logging.getLogger(__name__)
 GC_GEN0_THRESHOLD = 20_000

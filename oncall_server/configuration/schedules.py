@@ -1,9 +1,9 @@
 """On-call schedules as stored objects, and who is on call on one.
 
-The rotation arithmetic lives in :mod:`oncall_server.schedules` (pure, DST
+The rotation arithmetic lives in :mod:`oncall_server.configuration.rotations` (pure, DST
 aware); this module validates what callers send, checks that every user it
 names belongs to the tenant, and keeps the rows' ``layers``/``overrides``
-JSON in the form :func:`schedules.to_json` writes.
+JSON in the form :func:`rotations.to_json` writes.
 
 Layer times are *local wall-clock* strings in the schedule's zone (so a
 daily 09:00 handoff stays at 09:00 across DST changes); override times are
@@ -21,8 +21,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from oncall_server import directory, failures, schedules
+from oncall_server import failures
 from oncall_server.clock import Clock
+from oncall_server.configuration import rotations, users
 from oncall_server.errors import FailedPrecondition, InvalidArgument, NotFound
 from oncall_server.ids import is_valid_id, uuid7
 from oncall_server.storage.engine import retrying_write
@@ -58,7 +59,7 @@ class OverrideSpec:
     start: datetime | None
     end: datetime | None
 
-    def build(self, where: str) -> schedules.Override:
+    def build(self, where: str) -> rotations.Override:
         if not self.user_id:
             raise InvalidArgument.field(f"{where}.user_id", "is required")
         if self.start is None:
@@ -67,7 +68,7 @@ class OverrideSpec:
             raise InvalidArgument.field(f"{where}.end_time", "is required")
         if self.end <= self.start:
             raise InvalidArgument.field(f"{where}.end_time", "must be after start_time")
-        return schedules.Override(self.user_id, self.start, self.end)
+        return rotations.Override(self.user_id, self.start, self.end)
 
 
 @dataclass(slots=True)
@@ -79,7 +80,7 @@ class ScheduleSpec:
     layers: list[LayerSpec] = field(default_factory=list)
     overrides: list[OverrideSpec] = field(default_factory=list)
 
-    def build(self) -> schedules.Schedule:
+    def build(self) -> rotations.Schedule:
         """The validated engine schedule; INVALID_ARGUMENT naming the field otherwise (users not checked)."""
         self.name = self.name.strip()
         if not self.name or len(self.name) > MAX_NAME:
@@ -92,12 +93,12 @@ class ScheduleSpec:
             raise InvalidArgument.field("schedule.overrides", f"must have at most {MAX_OVERRIDES} overrides")
         layers = tuple(_layer(spec, f"schedule.layers[{i}]") for i, spec in enumerate(self.layers))
         overrides = tuple(spec.build(f"schedule.overrides[{i}]") for i, spec in enumerate(self.overrides))
-        schedule = schedules.Schedule(self.time_zone.strip(), layers, overrides)
+        schedule = rotations.Schedule(self.time_zone.strip(), layers, overrides)
         schedule.validate()
         return schedule
 
 
-def _layer(spec: LayerSpec, where: str) -> schedules.Layer:
+def _layer(spec: LayerSpec, where: str) -> rotations.Layer:
     if len(spec.members) > MAX_MEMBERS:
         raise InvalidArgument.field(f"{where}.members", f"must have at most {MAX_MEMBERS} members")
     for index, member in enumerate(spec.members):
@@ -107,7 +108,7 @@ def _layer(spec: LayerSpec, where: str) -> schedules.Layer:
         raise InvalidArgument.field(f"{where}.rotation_unit", "is required")
     if not spec.start.strip():
         raise InvalidArgument.field(f"{where}.start", f"is required, as local time {LOCAL_TIME_FORMAT}")
-    layer = schedules.Layer(
+    layer = rotations.Layer(
         members=tuple(spec.members),
         start=parse_local_time(spec.start, f"{where}.start"),
         rotation_length=spec.rotation_length,
@@ -131,7 +132,7 @@ def parse_local_time(value: str, where: str) -> datetime:
         raise InvalidArgument.field(where, f"{value!r} is not a valid date and time") from None
 
 
-def user_refs(schedule: schedules.Schedule, prefix: str = "schedule") -> list[tuple[str, str]]:
+def user_refs(schedule: rotations.Schedule, prefix: str = "schedule") -> list[tuple[str, str]]:
     """Every user the schedule names, with the field path an error about it should carry."""
     refs = [
         (f"{prefix}.layers[{i}].members[{j}]", member)
@@ -142,14 +143,14 @@ def user_refs(schedule: schedules.Schedule, prefix: str = "schedule") -> list[tu
     return refs
 
 
-def engine_schedule(row: OnCallSchedule) -> schedules.Schedule:
+def engine_schedule(row: OnCallSchedule) -> rotations.Schedule:
     """The row as the engine's schedule."""
-    return schedules.from_json(row.time_zone, row.layers, row.overrides)
+    return rotations.from_json(row.time_zone, row.layers, row.overrides)
 
 
-def _store(row: OnCallSchedule, schedule: schedules.Schedule) -> None:
+def _store(row: OnCallSchedule, schedule: rotations.Schedule) -> None:
     row.time_zone = schedule.time_zone
-    row.layers, row.overrides = schedules.to_json(schedule)
+    row.layers, row.overrides = rotations.to_json(schedule)
 
 
 async def load_schedule(
@@ -189,7 +190,7 @@ async def create_schedule(
     async def work(session: AsyncSession) -> OnCallSchedule:
         row = OnCallSchedule(id=uuid7(), tenant_id=tenant_id, name=spec.name, created_at=now, updated_at=now)
         _store(row, schedule)
-        await directory.check_users(session, tenant_id, user_refs(schedule))
+        await users.check_users(session, tenant_id, user_refs(schedule))
         session.add(row)
         return row
 
@@ -230,7 +231,7 @@ async def update_schedule(
 
     async def work(session: AsyncSession) -> OnCallSchedule:
         row = await load_schedule(session, tenant_id, schedule_id, lock=True)
-        await directory.check_users(session, tenant_id, user_refs(schedule))
+        await users.check_users(session, tenant_id, user_refs(schedule))
         row.name = spec.name
         _store(row, schedule)
         row.updated_at = clock.now()
@@ -254,7 +255,7 @@ async def delete_schedule(
 
     async def work(session: AsyncSession) -> None:
         row = await load_schedule(session, tenant_id, schedule_id, lock=True)
-        users = [
+        paging_policies = [
             f"escalation policy {policy.name!r} ({policy.id})"
             for policy in await session.scalars(
                 select(EscalationPolicy)
@@ -267,9 +268,10 @@ async def delete_schedule(
                 for target in tier.get("targets", ())
             )
         ]
-        if users:
+        if paging_policies:
             raise FailedPrecondition(
-                f"schedule {schedule_id!r} is still paged by {', '.join(users)}; remove it there first"
+                f"schedule {schedule_id!r} is still paged by {', '.join(paging_policies)}; "
+                "remove it there first"
             )
         await session.delete(row)
 
@@ -282,7 +284,7 @@ class OnCall:
 
     at: datetime
     user_id: str | None
-    user: directory.UserRecord | None
+    user: users.UserRecord | None
 
 
 async def who_is_on_call(
@@ -296,8 +298,8 @@ async def who_is_on_call(
     when = at or clock.now()
     async with sessions() as session:
         row = await load_schedule(session, tenant_id, schedule_id)
-        user_id = schedules.who_is_on_call(engine_schedule(row), when)
-        found = await directory.get_users(session, tenant_id, [user_id]) if user_id else []
+        user_id = rotations.who_is_on_call(engine_schedule(row), when)
+        found = await users.get_users(session, tenant_id, [user_id]) if user_id else []
     return OnCall(when, user_id, found[0] if found else None)
 
 
@@ -313,7 +315,7 @@ async def add_override(
 
     async def work(session: AsyncSession) -> OnCallSchedule:
         row = await load_schedule(session, tenant_id, schedule_id, lock=True)
-        await directory.check_users(session, tenant_id, [("override.user_id", override.user)])
+        await users.check_users(session, tenant_id, [("override.user_id", override.user)])
         now = clock.now()
         current = engine_schedule(row)
         kept = tuple(o for o in current.overrides if o.end > now - OVERRIDE_RETENTION)
@@ -321,7 +323,7 @@ async def add_override(
             raise FailedPrecondition(
                 f"schedule {schedule_id!r} already has {MAX_OVERRIDES} overrides; remove some first"
             )
-        _store(row, schedules.Schedule(current.time_zone, current.layers, (*kept, override)))
+        _store(row, rotations.Schedule(current.time_zone, current.layers, (*kept, override)))
         row.updated_at = now
         return row
 
@@ -346,7 +348,7 @@ async def remove_override(
             raise NotFound(f"schedule {schedule_id!r} has no such override")
         overrides = list(current.overrides)
         del overrides[matches[-1]]
-        _store(row, schedules.Schedule(current.time_zone, current.layers, tuple(overrides)))
+        _store(row, rotations.Schedule(current.time_zone, current.layers, tuple(overrides)))
         row.updated_at = clock.now()
         return row
 

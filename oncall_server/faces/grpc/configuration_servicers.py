@@ -7,7 +7,6 @@ translate back. Errors are the core's domain errors, mapped by the interceptor.
 
 from __future__ import annotations
 
-from oncall_server import directory, escalation_policies, oncall_schedules
 from oncall_server.api.v1 import (
     escalation_policy_service_pb2 as ep_pb,
 )
@@ -26,12 +25,13 @@ from oncall_server.api.v1 import (
 from oncall_server.api.v1 import (
     user_service_pb2_grpc as usr_grpc,
 )
-from oncall_server.app import App
+from oncall_server.configuration import escalation_policies, schedules, users
 from oncall_server.errors import InvalidArgument
-from oncall_server.grpc_api import paging_convert as convert
-from oncall_server.grpc_api.convert import timestamp
-from oncall_server.grpc_api.servicers import Context, _principal
-from oncall_server.incidents import clamp_page_size, decode_page_token, page_of
+from oncall_server.faces.grpc import configuration_convert as convert
+from oncall_server.faces.grpc.convert import timestamp
+from oncall_server.faces.grpc.servicers import Context, _principal
+from oncall_server.incidents.actions import clamp_page_size, decode_page_token, page_of
+from oncall_server.runtime.app import App
 
 
 class UserServicer(usr_grpc.UserServiceServicer):
@@ -52,20 +52,20 @@ class UserServicer(usr_grpc.UserServiceServicer):
             raise InvalidArgument.field(
                 "user.notification_rules", "add notification rules with AddNotificationRule after CreateUser"
             )
-        record = await directory.create_user(
+        record = await users.create_user(
             self.app.sessions, self.app.clock, who.tenant_id, convert.user_fields(request.user)
         )
         return usr_pb.CreateUserResponse(user=convert.user(record))
 
     async def GetUser(self, request: usr_pb.GetUserRequest, context: Context) -> usr_pb.GetUserResponse:
         who = await _principal(self.app, context)
-        record = await directory.get_user(self.app.sessions, who.tenant_id, request.user_id)
+        record = await users.get_user(self.app.sessions, who.tenant_id, request.user_id)
         return usr_pb.GetUserResponse(user=convert.user(record))
 
     async def ListUsers(self, request: usr_pb.ListUsersRequest, context: Context) -> usr_pb.ListUsersResponse:
         who = await _principal(self.app, context)
         size = clamp_page_size(request.page_size, 100, 1000)
-        records = await directory.list_users(
+        records = await users.list_users(
             self.app.sessions, who.tenant_id, size + 1, decode_page_token(request.page_token)
         )
         page, token = page_of([r.user for r in records], size)
@@ -77,7 +77,7 @@ class UserServicer(usr_grpc.UserServiceServicer):
         self, request: usr_pb.UpdateUserRequest, context: Context
     ) -> usr_pb.UpdateUserResponse:
         who = await _principal(self.app, context)
-        record = await directory.update_user(
+        record = await users.update_user(
             self.app.sessions,
             self.app.clock,
             who.tenant_id,
@@ -90,14 +90,14 @@ class UserServicer(usr_grpc.UserServiceServicer):
         self, request: usr_pb.DeleteUserRequest, context: Context
     ) -> usr_pb.DeleteUserResponse:
         who = await _principal(self.app, context)
-        await directory.delete_user(self.app.sessions, who.tenant_id, request.user_id)
+        await users.delete_user(self.app.sessions, who.tenant_id, request.user_id)
         return usr_pb.DeleteUserResponse(user_id=request.user_id)
 
     async def AddContactMethod(
         self, request: usr_pb.AddContactMethodRequest, context: Context
     ) -> usr_pb.AddContactMethodResponse:
         who = await _principal(self.app, context)
-        method, record = await directory.add_contact_method(
+        method, record = await users.add_contact_method(
             self.app.sessions,
             self.app.clock,
             self.app.plugins,
@@ -113,7 +113,7 @@ class UserServicer(usr_grpc.UserServiceServicer):
         self, request: usr_pb.RemoveContactMethodRequest, context: Context
     ) -> usr_pb.RemoveContactMethodResponse:
         who = await _principal(self.app, context)
-        record = await directory.remove_contact_method(
+        record = await users.remove_contact_method(
             self.app.sessions, who.tenant_id, request.user_id, request.contact_method_id
         )
         return usr_pb.RemoveContactMethodResponse(user=convert.user(record))
@@ -123,7 +123,7 @@ class UserServicer(usr_grpc.UserServiceServicer):
     ) -> usr_pb.AddNotificationRuleResponse:
         who = await _principal(self.app, context)
         rule = request.notification_rule
-        rule_row, record = await directory.add_notification_rule(
+        rule_row, record = await users.add_notification_rule(
             self.app.sessions,
             self.app.clock,
             who.tenant_id,
@@ -139,7 +139,7 @@ class UserServicer(usr_grpc.UserServiceServicer):
         self, request: usr_pb.RemoveNotificationRuleRequest, context: Context
     ) -> usr_pb.RemoveNotificationRuleResponse:
         who = await _principal(self.app, context)
-        record = await directory.remove_notification_rule(
+        record = await users.remove_notification_rule(
             self.app.sessions, who.tenant_id, request.user_id, request.notification_rule_id
         )
         return usr_pb.RemoveNotificationRuleResponse(user=convert.user(record))
@@ -153,7 +153,7 @@ class ScheduleServicer(sch_grpc.ScheduleServiceServicer):
         self, request: sch_pb.CreateScheduleRequest, context: Context
     ) -> sch_pb.CreateScheduleResponse:
         who = await _principal(self.app, context)
-        row = await oncall_schedules.create_schedule(
+        row = await schedules.create_schedule(
             self.app.sessions, self.app.clock, who.tenant_id, convert.schedule_spec(request.schedule)
         )
         return sch_pb.CreateScheduleResponse(schedule=convert.schedule(row))
@@ -162,7 +162,7 @@ class ScheduleServicer(sch_grpc.ScheduleServiceServicer):
         self, request: sch_pb.GetScheduleRequest, context: Context
     ) -> sch_pb.GetScheduleResponse:
         who = await _principal(self.app, context)
-        row = await oncall_schedules.get_schedule(self.app.sessions, who.tenant_id, request.schedule_id)
+        row = await schedules.get_schedule(self.app.sessions, who.tenant_id, request.schedule_id)
         return sch_pb.GetScheduleResponse(schedule=convert.schedule(row))
 
     async def ListSchedules(
@@ -170,7 +170,7 @@ class ScheduleServicer(sch_grpc.ScheduleServiceServicer):
     ) -> sch_pb.ListSchedulesResponse:
         who = await _principal(self.app, context)
         size = clamp_page_size(request.page_size, 100, 1000)
-        rows = await oncall_schedules.list_schedules(
+        rows = await schedules.list_schedules(
             self.app.sessions, who.tenant_id, size + 1, decode_page_token(request.page_token)
         )
         page, token = page_of(rows, size)
@@ -182,7 +182,7 @@ class ScheduleServicer(sch_grpc.ScheduleServiceServicer):
         self, request: sch_pb.UpdateScheduleRequest, context: Context
     ) -> sch_pb.UpdateScheduleResponse:
         who = await _principal(self.app, context)
-        row = await oncall_schedules.update_schedule(
+        row = await schedules.update_schedule(
             self.app.sessions,
             self.app.clock,
             who.tenant_id,
@@ -195,14 +195,14 @@ class ScheduleServicer(sch_grpc.ScheduleServiceServicer):
         self, request: sch_pb.DeleteScheduleRequest, context: Context
     ) -> sch_pb.DeleteScheduleResponse:
         who = await _principal(self.app, context)
-        await oncall_schedules.delete_schedule(self.app.sessions, who.tenant_id, request.schedule_id)
+        await schedules.delete_schedule(self.app.sessions, who.tenant_id, request.schedule_id)
         return sch_pb.DeleteScheduleResponse(schedule_id=request.schedule_id)
 
     async def WhoIsOnCall(
         self, request: sch_pb.WhoIsOnCallRequest, context: Context
     ) -> sch_pb.WhoIsOnCallResponse:
         who = await _principal(self.app, context)
-        answer = await oncall_schedules.who_is_on_call(
+        answer = await schedules.who_is_on_call(
             self.app.sessions,
             self.app.clock,
             who.tenant_id,
@@ -219,7 +219,7 @@ class ScheduleServicer(sch_grpc.ScheduleServiceServicer):
         self, request: sch_pb.AddScheduleOverrideRequest, context: Context
     ) -> sch_pb.AddScheduleOverrideResponse:
         who = await _principal(self.app, context)
-        row = await oncall_schedules.add_override(
+        row = await schedules.add_override(
             self.app.sessions,
             self.app.clock,
             who.tenant_id,
@@ -232,7 +232,7 @@ class ScheduleServicer(sch_grpc.ScheduleServiceServicer):
         self, request: sch_pb.RemoveScheduleOverrideRequest, context: Context
     ) -> sch_pb.RemoveScheduleOverrideResponse:
         who = await _principal(self.app, context)
-        row = await oncall_schedules.remove_override(
+        row = await schedules.remove_override(
             self.app.sessions,
             self.app.clock,
             who.tenant_id,

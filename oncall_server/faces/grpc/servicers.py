@@ -8,7 +8,6 @@ from typing import Any, TypeAlias
 
 import grpc
 
-from oncall_server import catalog, escalations, tenancy
 from oncall_server.api.v1 import (
     catalog_service_pb2 as cat_pb,
 )
@@ -33,13 +32,15 @@ from oncall_server.api.v1 import (
 from oncall_server.api.v1 import (
     integration_service_pb2_grpc as int_grpc,
 )
-from oncall_server.app import App
+from oncall_server.configuration import services, tenants
 from oncall_server.errors import InvalidArgument, NotFound
-from oncall_server.grpc_api import convert
-from oncall_server.incidents import IncidentFilter, clamp_page_size, decode_page_token, page_of
+from oncall_server.faces.grpc import convert
+from oncall_server.incidents.actions import IncidentFilter, clamp_page_size, decode_page_token, page_of
+from oncall_server.ingest import defend
+from oncall_server.ingest.integrations import IntegrationContext
 from oncall_server.ingest.model import NormalizedEvent
 from oncall_server.ingest.pipeline import IngestPart, fill_defaults
-from oncall_server.integrations import IntegrationContext
+from oncall_server.runtime.app import App
 from oncall_server.severity import Severity
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
@@ -52,10 +53,10 @@ def _metadata(context: Context, name: str) -> str | None:
     return None
 
 
-async def _principal(app: App, context: Context) -> tenancy.Principal:
+async def _principal(app: App, context: Context) -> tenants.Principal:
     header = _metadata(context, "authorization") or ""
     scheme, _, token = header.partition(" ")
-    return await tenancy.authenticate_token(
+    return await tenants.authenticate_token(
         app.sessions, token.strip() if scheme.lower() == "bearer" else None
     )
 
@@ -142,9 +143,7 @@ class IngestServicer(ing_grpc.IngestServiceServicer):
         from google.protobuf import json_format
 
         payload = json_format.MessageToDict(request, preserving_proto_field_name=True)
-        result = await escalations.create_escalation(
-            self.app, _metadata(context, "x-integration-key"), payload
-        )
+        result = await defend.create_escalation(self.app, _metadata(context, "x-integration-key"), payload)
         return ing_pb.CreateEscalationResponse(result=convert.ingest_result(result))  # type: ignore[arg-type]
 
 
@@ -366,7 +365,7 @@ class CatalogServicer(cat_grpc.CatalogServiceServicer):
         self, request: cat_pb.CreateServiceRequest, context: Context
     ) -> cat_pb.CreateServiceResponse:
         who = await _principal(self.app, context)
-        row = await catalog.create_service(
+        row = await services.create_service(
             self.app.sessions, self.app.clock, who.tenant_id, convert.service_fields(request.service)
         )
         return cat_pb.CreateServiceResponse(service=convert.service(row))
@@ -376,7 +375,7 @@ class CatalogServicer(cat_grpc.CatalogServiceServicer):
     ) -> cat_pb.GetServiceResponse:
         who = await _principal(self.app, context)
         async with self.app.sessions() as session:
-            row = await catalog.get_service(session, who.tenant_id, request.service_id)
+            row = await services.get_service(session, who.tenant_id, request.service_id)
         return cat_pb.GetServiceResponse(service=convert.service(row))
 
     async def ListServices(
@@ -384,7 +383,7 @@ class CatalogServicer(cat_grpc.CatalogServiceServicer):
     ) -> cat_pb.ListServicesResponse:
         who = await _principal(self.app, context)
         size = clamp_page_size(request.page_size, 100, 1000)
-        rows = await catalog.list_services(
+        rows = await services.list_services(
             self.app.sessions, who.tenant_id, size + 1, decode_page_token(request.page_token)
         )
         page, token = page_of(rows, size)
@@ -395,7 +394,7 @@ class CatalogServicer(cat_grpc.CatalogServiceServicer):
     ) -> cat_pb.UpdateServiceResponse:
         who = await _principal(self.app, context)
         changes = convert.service_changes(request.service, list(request.update_mask.paths))
-        row = await catalog.update_service(
+        row = await services.update_service(
             self.app.sessions, self.app.clock, who.tenant_id, request.service.id, changes
         )
         self.app.integrations.forget_cached()
@@ -405,7 +404,7 @@ class CatalogServicer(cat_grpc.CatalogServiceServicer):
         self, request: cat_pb.DeleteServiceRequest, context: Context
     ) -> cat_pb.DeleteServiceResponse:
         who = await _principal(self.app, context)
-        await catalog.delete_service(self.app.sessions, who.tenant_id, request.service_id)
+        await services.delete_service(self.app.sessions, who.tenant_id, request.service_id)
         await self.app.coordinator.forget_service(request.service_id)
         return cat_pb.DeleteServiceResponse(service_id=request.service_id)
 
@@ -414,7 +413,7 @@ class CatalogServicer(cat_grpc.CatalogServiceServicer):
     ) -> cat_pb.CreateMaintenanceWindowResponse:
         who = await _principal(self.app, context)
         spec = request.maintenance_window
-        row = await catalog.create_maintenance_window(
+        row = await services.create_maintenance_window(
             self.app.sessions,
             self.app.clock,
             who.tenant_id,
@@ -431,7 +430,7 @@ class CatalogServicer(cat_grpc.CatalogServiceServicer):
         self, request: cat_pb.ListMaintenanceWindowsRequest, context: Context
     ) -> cat_pb.ListMaintenanceWindowsResponse:
         who = await _principal(self.app, context)
-        rows = await catalog.list_maintenance_windows(
+        rows = await services.list_maintenance_windows(
             self.app.sessions, self.app.clock, who.tenant_id, request.service_id, request.include_past
         )
         return cat_pb.ListMaintenanceWindowsResponse(maintenance_windows=[_window(r) for r in rows])
@@ -440,7 +439,7 @@ class CatalogServicer(cat_grpc.CatalogServiceServicer):
         self, request: cat_pb.DeleteMaintenanceWindowRequest, context: Context
     ) -> cat_pb.DeleteMaintenanceWindowResponse:
         who = await _principal(self.app, context)
-        service_id = await catalog.delete_maintenance_window(
+        service_id = await services.delete_maintenance_window(
             self.app.sessions, who.tenant_id, request.maintenance_window_id
         )
         await asyncio.shield(self.app.coordinator.windows_changed(service_id))

@@ -11,15 +11,16 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from oncall_server import __version__, catalog, directory, escalation_policies, tenancy
+from oncall_server import __version__
 from oncall_server.clock import SystemClock
-from oncall_server.config import Settings
+from oncall_server.configuration import escalation_policies, services, tenants, users
 from oncall_server.errors import OncallError
-from oncall_server.integrations import CACHE_SECONDS, Integrations
+from oncall_server.ingest.integrations import CACHE_SECONDS, Integrations
 from oncall_server.plugins import Plugins
+from oncall_server.runtime.settings import Settings
+from oncall_server.runtime.workers import WorkerExited
 from oncall_server.storage import migrate
 from oncall_server.storage.engine import create_engine, session_factory
-from oncall_server.workers import WorkerExited
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -50,7 +51,7 @@ def _run(coro: Awaitable[int]) -> int:
 
 
 async def _cmd_serve(args: argparse.Namespace) -> int:
-    from oncall_server.server import serve
+    from oncall_server.runtime.server import serve
 
     settings = _settings(args)
     process = " [%(process)d]" if settings.workers > 1 else ""
@@ -105,7 +106,7 @@ def _emit(args: argparse.Namespace, data: dict[str, Any]) -> None:
 
 async def _cmd_tenant_create(args: argparse.Namespace) -> int:
     async def work(sessions: Any, clock: Any) -> int:
-        tenant = await tenancy.create_tenant(sessions, clock, args.name)
+        tenant = await tenants.create_tenant(sessions, clock, args.name)
         _emit(args, {"tenant_id": tenant.id, "name": tenant.name})
         return 0
 
@@ -114,12 +115,12 @@ async def _cmd_tenant_create(args: argparse.Namespace) -> int:
 
 async def _cmd_tenant_list(args: argparse.Namespace) -> int:
     async def work(sessions: Any, clock: Any) -> int:
-        tenants = [tenancy.describe(t) for t in await tenancy.list_tenants(sessions)]
+        described = [tenants.describe(t) for t in await tenants.list_tenants(sessions)]
         if args.json:
-            print(json.dumps(tenants, indent=2))
+            print(json.dumps(described, indent=2))
             return 0
         print(f"{'ID':36}  {'STATUS':11}  NAME")
-        for tenant in tenants:
+        for tenant in described:
             print(f"{tenant['tenant_id']:36}  {tenant['status']:11}  {tenant['name']}")
         return 0
 
@@ -131,7 +132,7 @@ async def _cmd_tenant_deactivate(args: argparse.Namespace) -> int:
     expired, stop whatever an alert accepted with a cached key started meanwhile."""
 
     async def work(sessions: Any, clock: Any) -> int:
-        tenant, stopped = await tenancy.deactivate_tenant(sessions, clock, args.name)
+        tenant, stopped = await tenants.deactivate_tenant(sessions, clock, args.name)
         if args.wait > 0:
             print(
                 f"tenant {tenant.name!r} deactivated; waiting {args.wait:g}s for running servers' "
@@ -139,8 +140,8 @@ async def _cmd_tenant_deactivate(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             await asyncio.sleep(args.wait)
-            stopped += await tenancy.stop_paging(sessions, clock, tenant.id, "tenant deactivated")
-        _emit(args, {**tenancy.describe(tenant), "escalations_stopped": stopped})
+            stopped += await tenants.stop_paging(sessions, clock, tenant.id, "tenant deactivated")
+        _emit(args, {**tenants.describe(tenant), "escalations_stopped": stopped})
         return 0
 
     return await _with_db(args, work)
@@ -148,7 +149,7 @@ async def _cmd_tenant_deactivate(args: argparse.Namespace) -> int:
 
 async def _cmd_tenant_activate(args: argparse.Namespace) -> int:
     async def work(sessions: Any, clock: Any) -> int:
-        _emit(args, tenancy.describe(await tenancy.activate_tenant(sessions, args.name)))
+        _emit(args, tenants.describe(await tenants.activate_tenant(sessions, args.name)))
         return 0
 
     return await _with_db(args, work)
@@ -158,13 +159,13 @@ async def _cmd_tenant_delete(args: argparse.Namespace) -> int:
     """Every row of a deactivated tenant, for good; without --yes only says what would go."""
 
     async def work(sessions: Any, clock: Any) -> int:
-        tenant = await tenancy.find_tenant(sessions, args.name)
+        tenant = await tenants.find_tenant(sessions, args.name)
         if tenant.deactivated_at is None:
             raise OncallError(
                 f"tenant {tenant.name!r} is active; deactivate it first (oncall-server tenant deactivate)"
             )
         if not args.yes:
-            rows = await tenancy.tenant_contents(sessions, tenant.id)
+            rows = await tenants.tenant_contents(sessions, tenant.id)
             listed = ", ".join(f"{count} {table}" for table, count in rows.items()) or "no rows"
             print(
                 f"tenant {tenant.name!r} ({tenant.id}) has {listed}; "
@@ -172,7 +173,7 @@ async def _cmd_tenant_delete(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 1
-        deleted = await tenancy.delete_tenant(sessions, clock, tenant.id, key_cache_seconds=CACHE_SECONDS)
+        deleted = await tenants.delete_tenant(sessions, clock, tenant.id, key_cache_seconds=CACHE_SECONDS)
         _emit(args, {"tenant_id": tenant.id, "name": tenant.name, "deleted": deleted})
         return 0
 
@@ -181,8 +182,8 @@ async def _cmd_tenant_delete(args: argparse.Namespace) -> int:
 
 async def _cmd_token_create(args: argparse.Namespace) -> int:
     async def work(sessions: Any, clock: Any) -> int:
-        tenant = await tenancy.find_tenant(sessions, args.tenant)
-        secret, token = await tenancy.create_api_token(sessions, clock, tenant.id, args.name)
+        tenant = await tenants.find_tenant(sessions, args.tenant)
+        secret, token = await tenants.create_api_token(sessions, clock, tenant.id, args.name)
         _emit(args, {"token_id": token.id, "tenant_id": tenant.id, "api_token": secret})
         return 0
 
@@ -191,14 +192,14 @@ async def _cmd_token_create(args: argparse.Namespace) -> int:
 
 async def _cmd_service_create(args: argparse.Namespace) -> int:
     async def work(sessions: Any, clock: Any) -> int:
-        tenant = await tenancy.find_tenant(sessions, args.tenant)
-        spec = catalog.ServiceFields(
+        tenant = await tenants.find_tenant(sessions, args.tenant)
+        spec = services.ServiceFields(
             name=args.name,
             criticality=args.criticality,
             alert_grouping=args.alert_grouping,
             alert_grouping_timeout_minutes=args.alert_grouping_timeout_minutes,
         )
-        service = await catalog.create_service(sessions, clock, tenant.id, spec)
+        service = await services.create_service(sessions, clock, tenant.id, spec)
         _emit(args, {"service_id": service.id, "name": service.name})
         return 0
 
@@ -207,7 +208,7 @@ async def _cmd_service_create(args: argparse.Namespace) -> int:
 
 async def _cmd_integration_create(args: argparse.Namespace) -> int:
     async def work(sessions: Any, clock: Any) -> int:
-        tenant = await tenancy.find_tenant(sessions, args.tenant)
+        tenant = await tenants.find_tenant(sessions, args.tenant)
         # Refuses a type no loaded plugin provides (INVALID_ARGUMENT naming integration.type).
         integration, key = await Integrations(sessions, clock, Plugins().load()).create(
             tenant.id, args.service, args.name, args.type, []
@@ -226,25 +227,25 @@ async def _cmd_bootstrap(args: argparse.Namespace) -> int:
 
     async def work(sessions: Any, clock: Any) -> int:
         try:
-            tenant = await tenancy.find_tenant(sessions, args.tenant)
+            tenant = await tenants.find_tenant(sessions, args.tenant)
         except OncallError:
-            tenant = await tenancy.create_tenant(sessions, clock, args.tenant)
+            tenant = await tenants.create_tenant(sessions, clock, args.tenant)
         if tenant.deactivated_at is not None:  # before creating anything: its keys would not work
             raise OncallError(
                 f"tenant {tenant.name!r} is deactivated; activate it first (oncall-server tenant activate)"
             )
-        services = await catalog.list_services(sessions, tenant.id, 1000, None)
-        service = next((s for s in services if s.name == args.service), None)
+        existing = await services.list_services(sessions, tenant.id, 1000, None)
+        service = next((s for s in existing if s.name == args.service), None)
         if service is None:
-            service = await catalog.create_service(
-                sessions, clock, tenant.id, catalog.ServiceFields(name=args.service)
+            service = await services.create_service(
+                sessions, clock, tenant.id, services.ServiceFields(name=args.service)
             )
         if not service.escalation_policy_id:
             service = await _first_policy(sessions, clock, tenant.id, service.id)
         integration, key = await Integrations(sessions, clock, Plugins().load()).create(
             tenant.id, service.id, args.integration, "webhook", []
         )
-        secret, _ = await tenancy.create_api_token(sessions, clock, tenant.id, "bootstrap")
+        secret, _ = await tenants.create_api_token(sessions, clock, tenant.id, "bootstrap")
         _emit(
             args,
             {
@@ -263,21 +264,21 @@ async def _cmd_bootstrap(args: argparse.Namespace) -> int:
 
 async def _first_policy(sessions: Any, clock: Any, tenant_id: str, service_id: str) -> Any:
     """So the first incident pages someone: an "On-call" user paged to the server log, in a policy."""
-    users = await directory.list_users(sessions, tenant_id, 1000, None)
-    user = next((u.user for u in users if u.user.email == BOOTSTRAP_EMAIL), None)
+    records = await users.list_users(sessions, tenant_id, 1000, None)
+    user = next((u.user for u in records if u.user.email == BOOTSTRAP_EMAIL), None)
     if user is None:
         user = (
-            await directory.create_user(
-                sessions, clock, tenant_id, directory.UserFields(name="On-call", email=BOOTSTRAP_EMAIL)
+            await users.create_user(
+                sessions, clock, tenant_id, users.UserFields(name="On-call", email=BOOTSTRAP_EMAIL)
             )
         ).user
-        await directory.add_contact_method(
+        await users.add_contact_method(
             sessions,
             clock,
             Plugins().load(),
             tenant_id,
             user.id,
-            directory.ContactMethodFields(type="log", address="server log"),
+            users.ContactMethodFields(type="log", address="server log"),
         )
     policy = await escalation_policies.create_policy(
         sessions,
@@ -289,7 +290,7 @@ async def _first_policy(sessions: Any, clock: Any, tenant_id: str, service_id: s
             tiers=[escalation_policies.TierSpec(300, [escalation_policies.TargetSpec("user", user.id)])],
         ),
     )
-    return await catalog.update_service(
+    return await services.update_service(
         sessions, clock, tenant_id, service_id, {"escalation_policy_id": policy.id}
     )
 
@@ -344,7 +345,7 @@ async def _bus_redis(args: argparse.Namespace) -> AsyncIterator[Any]:
 
 
 async def _cmd_bus_publish(args: argparse.Namespace) -> int:
-    from oncall_server import bus
+    from oncall_server.ingest import bus
 
     try:
         payload = json.loads(args.payload)
@@ -359,7 +360,7 @@ async def _cmd_bus_publish(args: argparse.Namespace) -> int:
 async def _cmd_bus_dead_letters(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from oncall_server import bus
+    from oncall_server.ingest import bus
 
     async with _bus_redis(args) as redis:
         letters = await bus.dead_letters(redis, args.limit)
@@ -371,7 +372,7 @@ async def _cmd_bus_dead_letters(args: argparse.Namespace) -> int:
 
 
 async def _cmd_bus_replay(args: argparse.Namespace) -> int:
-    from oncall_server import bus
+    from oncall_server.ingest import bus
 
     async with _bus_redis(args) as redis:
         message_id = await bus.replay(redis, args.id)
@@ -470,8 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
     service_create = service.add_parser("create", parents=[common], help="a new service")
     service_create.add_argument("name")
     service_create.add_argument("--tenant", required=True, help="tenant id or name")
-    service_create.add_argument("--criticality", default="high", choices=catalog.CRITICALITIES)
-    service_create.add_argument("--alert-grouping", default="none", choices=catalog.GROUPINGS)
+    service_create.add_argument("--criticality", default="high", choices=services.CRITICALITIES)
+    service_create.add_argument("--alert-grouping", default="none", choices=services.GROUPINGS)
     service_create.add_argument("--alert-grouping-timeout-minutes", type=int, default=0)
     service_create.set_defaults(handler=_cmd_service_create)
 

@@ -33,9 +33,10 @@ from typing import Any, cast
 from prometheus_client import Counter
 from sqlalchemy import Table, and_, bindparam, exists, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from oncall_server.changes import Change, ChangeFeed
+from oncall_server import failures
 from oncall_server.clock import Clock
 from oncall_server.hookspecs import (
     AT_LEAST_ONCE,
@@ -48,7 +49,8 @@ from oncall_server.hookspecs import (
     delivery_of,
 )
 from oncall_server.ids import uuid7
-from oncall_server.ingest.model import IncidentFacts, IncidentStatus
+from oncall_server.incidents.changes import Change, ChangeFeed
+from oncall_server.incidents.model import IncidentFacts, IncidentStatus
 from oncall_server.ingest.rides import Carrier, Ride
 from oncall_server.plugins import Plugins
 from oncall_server.severity import Severity
@@ -76,6 +78,8 @@ ASSIGNED = "assigned"
 SENDING = "sending"
 DELIVERING = "delivering"
 UNKNOWN = "unknown"
+
+_RECORD_ATTEMPTS = 5
 
 PAGES_OUTCOME_UNKNOWN = Counter(
     "oncall_pages_outcome_unknown_total",
@@ -823,9 +827,7 @@ class Dispatcher:
                     continue  # they rode in an ingest transaction; look again at what queued since
                 taken = []
                 try:
-                    async with write_connection(self.sessions.kw["bind"]) as conn:
-                        taken = self._take_queued()
-                        await bulk.execute_all(conn, _outcome_writes(taken))
+                    await self._write_outcomes(taken)
                 except Exception as exc:
                     failed = taken or self._take_queued()  # no connection: fail them, do not spin
                     log.warning("could not record the outcomes of %d page batch(es): %s", len(failed), exc)
@@ -835,6 +837,22 @@ class Dispatcher:
         except BaseException as exc:  # cancelled: nothing must wait for a recorder that is gone
             _fail(taken + self._take_queued(), exc)
             raise
+
+    async def _write_outcomes(self, taken: list[_Queued]) -> None:
+        """Everything queued, in one transaction, run again after a deadlock or serialization failure
+        (the writes are fenced updates and inserts of fixed ids: running them twice is harmless).
+        Fills ``taken`` with what it took, so the caller can settle it whatever happens."""
+        for attempt in range(1, _RECORD_ATTEMPTS + 1):
+            try:
+                async with write_connection(self.sessions.kw["bind"]) as conn:
+                    if not taken:
+                        taken.extend(self._take_queued())
+                    await bulk.execute_all(conn, _outcome_writes(taken))
+                return
+            except DBAPIError as exc:
+                if attempt == _RECORD_ATTEMPTS or not failures.is_transient(exc):
+                    raise
+                await asyncio.sleep(0.01 * attempt)
 
     def _take_queued(self) -> list[_Queued]:
         taken, self._refused, self._unrecorded = self._refused + self._unrecorded, [], []

@@ -1,0 +1,1 @@
+"""What a tenant configures: tenants and tokens, services, users, escalation policies, schedules."""

@@ -1,0 +1,1 @@
+"""The faces: gRPC and HTTP, thin translations over the same core functions."""

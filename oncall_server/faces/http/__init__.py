@@ -1,0 +1,1 @@
+"""The HTTP face: the webhook gateway (aiohttp) and its connection guard."""

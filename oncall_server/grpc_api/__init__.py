@@ -1,1 +1,0 @@
-"""The gRPC face of the core: thin servicers over the same functions the gateway calls."""

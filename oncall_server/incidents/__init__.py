@@ -1,0 +1,1 @@
+"""Incidents: acting on them, their change feed, and the states every part shares."""

@@ -1,0 +1,1 @@
+"""The paging engine: escalation scheduler, due set, escalation state, the notification outbox."""
