@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
-import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import pluggy
 
@@ -15,9 +16,10 @@ from oncall_server.hookspecs import Adapter, Channel
 from oncall_server.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T", Adapter, Channel)
 
 ENTRY_POINT_GROUP = "oncall"
-#: Comma-separated plugin (entry point) names that must not be loaded.
+#: Comma-separated plugin (entry point) names that must not be loaded (``Settings.block_plugins``).
 BLOCK_ENV = "ONCALL_BLOCK_PLUGINS"
 
 
@@ -46,7 +48,9 @@ class Plugins:
         self.manager = pluggy.PluginManager(ENTRY_POINT_GROUP)
         self.manager.add_hookspecs(hookspecs)
         if blocked is None:
-            blocked = {name.strip() for name in os.environ.get(BLOCK_ENV, "").split(",") if name.strip()}
+            # The environment is read again too: a test sets ONCALL_BLOCK_PLUGINS after building
+            # the settings it restarts a server with (tests/test_integration_types.py).
+            blocked = {*self.settings.block_plugins, *Settings().block_plugins}
         self.blocked = blocked
         self.adapters: dict[str, Adapter] = {}
         self.channels: dict[str, Channel] = {}
@@ -77,26 +81,47 @@ class Plugins:
         self._collect()
 
     def _collect(self) -> None:
-        self.adapters = {}
+        adapters: dict[str, tuple[Adapter, str]] = {}
 
-        def register(adapter: Adapter) -> None:
-            if adapter.name in self.adapters and self.adapters[adapter.name] is not adapter:
-                raise RuntimeError(f"two plugins register an adapter named {adapter.name!r}")
-            self.adapters[adapter.name] = adapter
+        def adapter_registry(plugin: str) -> Callable[[Adapter], None]:
+            def register(adapter: Adapter) -> None:
+                _check_unique("an adapter", adapter.name, adapter, plugin, adapters)
+                adapters[adapter.name] = (adapter, plugin)
 
-        self.manager.hook.oncall_register_adapters(register=register)
+            return register
 
-        channels: dict[str, Channel] = {}
+        self._call_each("oncall_register_adapters", adapter_registry, {})
+        self.adapters = {name: adapter for name, (adapter, _) in adapters.items()}
 
-        def register_channel(channel: Channel) -> None:
-            if channel.name in channels and channels[channel.name] is not channel:
-                raise RuntimeError(f"two plugins register a notification channel named {channel.name!r}")
-            previous = self.channels.get(channel.name)
-            # Re-collecting (a plugin registered later) keeps live channels and their connections.
-            channels[channel.name] = previous if type(previous) is type(channel) else channel
+        channels: dict[str, tuple[Channel, str]] = {}
 
-        self.manager.hook.oncall_register_channels(register=register_channel, settings=self.settings)
-        self.channels = channels
+        def channel_registry(plugin: str) -> Callable[[Channel], None]:
+            def register(channel: Channel) -> None:
+                _check_unique("a notification channel", channel.name, channel, plugin, channels)
+                previous = self.channels.get(channel.name)
+                # Re-collecting (a plugin registered later) keeps live channels and their connections.
+                kept = previous if type(previous) is type(channel) else channel
+                channels[channel.name] = (kept, plugin)
+
+            return register
+
+        self._call_each("oncall_register_channels", channel_registry, {"settings": self.settings})
+        self.channels = {name: channel for name, (channel, _) in channels.items()}
+
+    def _call_each(
+        self,
+        hook_name: str,
+        registry: Callable[[str], Callable[[_T], None]],
+        arguments: dict[str, object],
+    ) -> None:
+        """Call a registration hook plugin by plugin, each with a ``register`` that knows its name,
+        so a name registered twice can be reported with both plugins. Same order as a hook call."""
+        hook = getattr(self.manager.hook, hook_name)
+        for impl in reversed(hook.get_hookimpls()):
+            if impl.hookwrapper or impl.wrapper:
+                continue  # a wrapper registers nothing itself
+            values = {**arguments, "register": registry(impl.plugin_name)}
+            impl.function(*(values[name] for name in impl.argnames))
 
     def adapter(self, integration_type: str) -> Adapter:
         """The adapter for a stored integration's type; :class:`NoAdapter` when none is loaded."""
@@ -136,3 +161,9 @@ class Plugins:
                 await channel.close()
             except Exception:
                 log.exception("closing channel %s failed", channel.name)
+
+
+def _check_unique(kind: str, name: str, item: object, plugin: str, seen: dict[str, tuple[_T, str]]) -> None:
+    """Two plugins registering the same name would make one of them silently unreachable."""
+    if name in seen and seen[name][0] is not item:
+        raise RuntimeError(f"plugins {seen[name][1]!r} and {plugin!r} both register {kind} named {name!r}")

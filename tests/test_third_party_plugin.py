@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from oncall_server.hookspecs import hookimpl
 from oncall_server.plugins import Plugins
+from oncall_server.runtime.settings import Settings
 from oncall_server.testing import RunningServer, adapter_samples, assert_adapter_contract, bootstrap
 from tests.helpers import post_json
 
@@ -34,6 +36,49 @@ def test_the_plugin_is_discovered_listed_and_blockable(installed_plugin: None) -
     ).stdout
     assert "example_uptime" in listed and "oncall-example-adapter 1.0.0" in listed
     assert "example_uptime" not in Plugins(blocked={"example_uptime"}).load().adapters
+    blocked_by_setting = Plugins(settings=Settings(block_plugins=" example_uptime , other")).load()
+    assert blocked_by_setting.blocked == {"example_uptime", "other"}
+    assert "example_uptime" not in blocked_by_setting.adapters
+
+
+class Copycat:
+    """A plugin that registers an adapter and a channel under names the bundled plugins took."""
+
+    def __init__(self, adapter_name: str = "", channel_name: str = "") -> None:
+        self.adapter_name, self.channel_name = adapter_name, channel_name
+
+    @hookimpl
+    def oncall_register_adapters(self, register):  # type: ignore[no-untyped-def]
+        if self.adapter_name:
+            register(type("Adapter", (), {"name": self.adapter_name, "parse": lambda *_: []})())
+
+    @hookimpl
+    def oncall_register_channels(self, register, settings):  # type: ignore[no-untyped-def]
+        if self.channel_name:
+            register(type("Channel", (), {"name": self.channel_name})())
+
+
+@pytest.mark.parametrize(
+    ("copycat", "message"),
+    [
+        (Copycat(adapter_name="webhook"), "both register an adapter named 'webhook'"),
+        (Copycat(channel_name="log"), "both register a notification channel named 'log'"),
+    ],
+)
+def test_a_name_registered_by_two_plugins_fails_at_load_naming_both(copycat: Copycat, message: str) -> None:
+    plugins = Plugins(blocked=set()).load()
+    with pytest.raises(RuntimeError, match=message) as failure:
+        plugins.register(copycat, "copycat")
+    bundled = "oncall_webhook" if copycat.adapter_name else "oncall_channels"
+    assert {"'copycat'", f"'{bundled}'"} <= set(str(failure.value).replace(",", " ").split())
+
+
+def test_names_are_checked_across_plugins_not_against_a_plugins_own_earlier_load() -> None:
+    plugins = Plugins(blocked=set()).load()
+    adapters, channels = dict(plugins.adapters), dict(plugins.channels)
+    plugins.register(Copycat(adapter_name="copycat", channel_name="copycat"), "copycat")
+    assert set(plugins.adapters) == {*adapters, "copycat"} and set(plugins.channels) == {*channels, "copycat"}
+    assert all(plugins.channels[name] is channel for name, channel in channels.items())
 
 
 @pytest.mark.parametrize(

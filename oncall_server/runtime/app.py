@@ -67,7 +67,7 @@ class App:
         if not redis_url:
             embedded = EmbeddedRedis(settings.data_dir)
             redis_url = await embedded.start()
-        engine = create_engine(settings.resolved_database_url)
+        engine = create_engine(settings.resolved_database_url, sqlite_driver=settings.sqlite_driver)
         try:
             if run_migrations:
                 await migrate.upgrade(engine)

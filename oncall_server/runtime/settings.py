@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -25,6 +25,11 @@ class Settings(BaseSettings):
         default=Path("oncall-data"), description="SQLite file and embedded Redis live here."
     )
     database_url: str = Field(default="", description="SQLAlchemy URL; empty means SQLite in data_dir.")
+    sqlite_driver: Literal["onehop", "stock"] = Field(
+        default="onehop",
+        description="SQLite adapter: onehop (ours, one thread trip per statement) or stock "
+        "(SQLAlchemy's aiosqlite dialect, to bisect an SQLAlchemy or aiosqlite upgrade).",
+    )
     redis_url: str = Field(default="", description="Redis URL; empty means an embedded redis-server.")
     redis_timeout_seconds: float = Field(
         default=5.0,
@@ -143,6 +148,10 @@ class Settings(BaseSettings):
         le=64,
         description="Server processes sharing the gRPC and HTTP ports (SO_REUSEPORT), each with every role.",
     )
+    # NoDecode: "oncall_channels,example_uptime" is a comma list, not JSON; the validator splits it.
+    block_plugins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Plugin (entry point) names not to load."
+    )
     # NoDecode: ONCALL_ROLES=grpc,bus is a comma list, not JSON; the validator splits it.
     roles: Annotated[tuple[str, ...], NoDecode] = Field(
         default=ALL_ROLES, description="Roles this process runs."
@@ -157,6 +166,13 @@ class Settings(BaseSettings):
             unknown = sorted(set(value) - set(ALL_ROLES))
             if unknown:
                 raise ValueError(f"unknown roles {unknown}; choose from {list(ALL_ROLES)}")
+        return value
+
+    @field_validator("block_plugins", mode="before")
+    @classmethod
+    def _split_plugins(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
         return value
 
     @field_validator("webhook_allowed_networks", mode="before")

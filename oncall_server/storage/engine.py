@@ -38,22 +38,30 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+#: ``ONCALL_SQLITE_DRIVER`` values: our one-trip adapter (storage/sqlite_driver.py), or SQLAlchemy's
+#: stock aiosqlite dialect, kept runnable so an SQLAlchemy or aiosqlite upgrade can be bisected.
+SQLITE_DRIVERS = ("onehop", "stock")
+
+
+def create_engine(url: str, *, pool_size: int = 10, sqlite_driver: str = "onehop") -> AsyncEngine:
     """An async engine with the settings each database needs for correctness.
 
     SQLite gets WAL (readers don't block the writer), enforced foreign keys,
     a busy timeout instead of instant "database is locked" errors, and
     synchronous=FULL so a committed alert survives power loss, not just a
-    process crash.
+    process crash. ``sqlite_driver`` picks the aiosqlite adapter (one of :data:`SQLITE_DRIVERS`).
     """
+    if sqlite_driver not in SQLITE_DRIVERS:
+        raise ValueError(f"unknown SQLite driver {sqlite_driver!r}; choose from {list(SQLITE_DRIVERS)}")
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
+        one_hop = sqlite_driver == "onehop" and parsed.get_driver_name() == "aiosqlite"
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(
             url,
             poolclass=NullPool if parsed.database == ":memory:" else None,
-            module=OneHopDBAPI() if parsed.get_driver_name() == "aiosqlite" else None,
+            module=OneHopDBAPI() if one_hop else None,
             json_serializer=json_codec.dumps,
             json_deserializer=json_codec.loads,
         )

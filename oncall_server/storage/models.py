@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 from sqlalchemy import (
     JSON,
@@ -117,7 +117,28 @@ class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON(), list[Any]: JSON()}
 
 
-class Tenant(Base):
+# The shared columns, declared once. sort_order keeps them first in each table, as they were.
+PrimaryKey = Annotated[str, mapped_column(ID, primary_key=True, sort_order=-2)]
+TenantKey = Annotated[str, mapped_column(ID, ForeignKey("tenants.id"), sort_order=-1)]
+
+
+class HasId:
+    """A UUIDv7 text primary key (every table but ``alert_deliveries``)."""
+
+    id: Mapped[PrimaryKey]
+
+
+class HasCreatedAt:
+    created_at: Mapped[datetime]
+
+
+class TenantOwned(HasId):
+    """A row that belongs to a tenant and goes when the tenant's data is deleted."""
+
+    tenant_id: Mapped[TenantKey]
+
+
+class Tenant(HasId, HasCreatedAt, Base):
     """A customer organisation (an MSP); every other row belongs to one.
 
     A deactivated tenant (``deactivated_at`` set, by ``oncall-server tenant deactivate``) keeps its
@@ -126,33 +147,27 @@ class Tenant(Base):
 
     __tablename__ = "tenants"
 
-    id: Mapped[str] = mapped_column(ID, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
-    created_at: Mapped[datetime]
     deactivated_at: Mapped[datetime | None]
 
 
-class ApiToken(Base):
+class ApiToken(TenantOwned, HasCreatedAt, Base):
     """An admin API token, scoped to one tenant. Only its digest is stored."""
 
     __tablename__ = "api_tokens"
 
-    id: Mapped[str] = mapped_column(ID, primary_key=True)
-    tenant_id: Mapped[str] = mapped_column(ID, ForeignKey("tenants.id"), index=True)
+    tenant_id: Mapped[TenantKey] = mapped_column(index=True)
     name: Mapped[str] = mapped_column(String(200))
     token_digest: Mapped[str] = mapped_column(String(64), unique=True)
-    created_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
 
 
-class Service(Base):
+class Service(TenantOwned, HasCreatedAt, Base):
     """A paging target; its settings decide grouping and escalation."""
 
     __tablename__ = "services"
     __table_args__ = (UniqueConstraint("tenant_id", "name"),)
 
-    id: Mapped[str] = mapped_column(ID, primary_key=True)
-    tenant_id: Mapped[str] = mapped_column(ID, ForeignKey("tenants.id"))
     name: Mapped[str] = mapped_column(String(200))
     description: Mapped[str] = mapped_column(Text, default="")
     criticality: Mapped[str] = mapped_column(String(16), default="high")
@@ -161,44 +176,38 @@ class Service(Base):
     alert_grouping_timeout_minutes: Mapped[int] = mapped_column(Integer, default=0)
     auto_resolve_seconds: Mapped[int | None] = mapped_column(Integer)
     acknowledgement_timeout_seconds: Mapped[int | None] = mapped_column(Integer)
-    created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
 
-class Integration(Base):
+class Integration(TenantOwned, HasCreatedAt, Base):
     """An alert source: a key bound to a service, an adapter type and routing rules."""
 
     __tablename__ = "integrations"
 
-    id: Mapped[str] = mapped_column(ID, primary_key=True)
-    tenant_id: Mapped[str] = mapped_column(ID, ForeignKey("tenants.id"), index=True)
+    tenant_id: Mapped[TenantKey] = mapped_column(index=True)
     service_id: Mapped[str] = mapped_column(ID, ForeignKey("services.id"), index=True)
     name: Mapped[str] = mapped_column(String(200))
     type: Mapped[str] = mapped_column(String(64), default="webhook")
     key_digest: Mapped[str | None] = mapped_column(String(64), unique=True)
     key_prefix: Mapped[str] = mapped_column(String(16), default="")
     routing_rules: Mapped[list[Any]] = mapped_column(default=list)
-    created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     deleted_at: Mapped[datetime | None]
 
 
-class MaintenanceWindow(Base):
+class MaintenanceWindow(TenantOwned, HasCreatedAt, Base):
     """While one is active, a service's alerts are stored suppressed and page nobody."""
 
     __tablename__ = "maintenance_windows"
     __table_args__ = (Index(None, "service_id", "end_at"),)
 
-    id: Mapped[str] = mapped_column(ID, primary_key=True)
-    tenant_id: Mapped[str] = mapped_column(ID, ForeignKey("tenants.id"))
     service_id: Mapped[str] = mapped_column(ID, ForeignKey("services.id"))
     start_at: Mapped[datetime]
     end_at: Mapped[datetime]
     reason: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[datetime]
 
 
-class Incident(Base):
+class Incident(TenantOwned, HasCreatedAt, Base):
     """The unit that is paged, acknowledged and resolved."""
 
     __tablename__ = "incidents"
@@ -209,8 +218,6 @@ class Incident(Base):
         Index(None, "service_id", "status"),
     )
 
-    id: Mapped[str] = mapped_column(ID, primary_key=True)
-    tenant_id: Mapped[str] = mapped_column(ID, ForeignKey("tenants.id"))
     service_id: Mapped[str] = mapped_column(ID, ForeignKey("services.id"))
     title: Mapped[str] = mapped_column(Text)
     severity: Mapped[int] = mapped_column(SmallInteger)
@@ -222,7 +229,6 @@ class Incident(Base):
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
     alert_count: Mapped[int] = mapped_column(Integer, default=1)
     assigned_to: Mapped[str] = mapped_column(String(200), default="")
-    created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     last_alert_at: Mapped[datetime]
     acknowledged_at: Mapped[datetime | None]
@@ -241,7 +247,7 @@ class Incident(Base):
     escalation_due_at: Mapped[datetime | None] = mapped_column(index=True)
 
 
-class Alert(Base):
+class Alert(TenantOwned, Base):
     """One alert; repeated deliveries with its dedup key are merged into it."""
 
     __tablename__ = "alerts"
@@ -251,8 +257,6 @@ class Alert(Base):
         Index(None, "incident_id", "id"),
     )
 
-    id: Mapped[str] = mapped_column(ID, primary_key=True)
-    tenant_id: Mapped[str] = mapped_column(ID, ForeignKey("tenants.id"))
     service_id: Mapped[str] = mapped_column(ID, ForeignKey("services.id"))
     integration_id: Mapped[str] = mapped_column(ID)
     # Deferred: a batch inserts alerts before the incidents they open.
@@ -290,13 +294,12 @@ class AlertDelivery(Base):
     raw_payload: Mapped[str] = mapped_column(Text)
 
 
-class TimelineEntry(Base):
+class TimelineEntry(HasId, HasCreatedAt, Base):
     """Who did what to an incident, and when."""
 
     __tablename__ = "timeline_entries"
     __table_args__ = (Index(None, "incident_id", "id"),)
 
-    id: Mapped[str] = mapped_column(ID, primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ID)
     incident_id: Mapped[str] = mapped_column(
         ID, ForeignKey("incidents.id", deferrable=True, initially="DEFERRED")
@@ -305,87 +308,71 @@ class TimelineEntry(Base):
     actor: Mapped[str] = mapped_column(String(200), default="system")
     message: Mapped[str] = mapped_column(Text, default="")
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    created_at: Mapped[datetime]
 
 
-class User(Base):
+class User(TenantOwned, HasCreatedAt, Base):
     """A person who can be paged."""
 
     __tablename__ = "users"
     __table_args__ = (UniqueConstraint("tenant_id", "email"),)
 
-    id: Mapped[str] = mapped_column(ID, primary_key=True)
-    tenant_id: Mapped[str] = mapped_column(ID, ForeignKey("tenants.id"))
     name: Mapped[str] = mapped_column(String(200))
     email: Mapped[str] = mapped_column(String(320))
-    created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
 
-class ContactMethod(Base):
+class ContactMethod(TenantOwned, HasCreatedAt, Base):
     """Where a user is reached: ``type`` names a notification channel (email, webhook, log, plugins')."""
 
     __tablename__ = "contact_methods"
     __table_args__ = (Index(None, "user_id", "id"),)
 
-    id: Mapped[str] = mapped_column(ID, primary_key=True)
-    tenant_id: Mapped[str] = mapped_column(ID, ForeignKey("tenants.id"))
     user_id: Mapped[str] = mapped_column(ID, ForeignKey("users.id"))
     type: Mapped[str] = mapped_column(String(64))
     address: Mapped[str] = mapped_column(Text)
     # Webhook signing secret: kept in the clear because the sender must sign with it.
     secret: Mapped[str] = mapped_column(String(128), default="")
-    created_at: Mapped[datetime]
 
 
-class NotificationRule(Base):
+class NotificationRule(TenantOwned, HasCreatedAt, Base):
     """A user wants ``contact_method`` used ``delay_seconds`` after they are paged."""
 
     __tablename__ = "notification_rules"
     __table_args__ = (Index(None, "user_id", "id"),)
 
-    id: Mapped[str] = mapped_column(ID, primary_key=True)
-    tenant_id: Mapped[str] = mapped_column(ID, ForeignKey("tenants.id"))
     user_id: Mapped[str] = mapped_column(ID, ForeignKey("users.id"))
     contact_method_id: Mapped[str] = mapped_column(ID, ForeignKey("contact_methods.id"))
     delay_seconds: Mapped[int] = mapped_column(Integer, default=0)
-    created_at: Mapped[datetime]
 
 
-class OnCallSchedule(Base):
+class OnCallSchedule(TenantOwned, HasCreatedAt, Base):
     """Rotations (layers) and overrides; ``layers``/``overrides`` are the JSON of schedules.py's types."""
 
     __tablename__ = "schedules"
     __table_args__ = (UniqueConstraint("tenant_id", "name"),)
 
-    id: Mapped[str] = mapped_column(ID, primary_key=True)
-    tenant_id: Mapped[str] = mapped_column(ID, ForeignKey("tenants.id"))
     name: Mapped[str] = mapped_column(String(200))
     time_zone: Mapped[str] = mapped_column(String(64))
     layers: Mapped[list[Any]] = mapped_column(default=list)
     overrides: Mapped[list[Any]] = mapped_column(default=list)
-    created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
 
-class EscalationPolicy(Base):
+class EscalationPolicy(TenantOwned, HasCreatedAt, Base):
     """Ordered tiers of targets; ``tiers`` is ``[{"delay_seconds": n, "targets": [{"type", "id"}]}]``."""
 
     __tablename__ = "escalation_policies"
     __table_args__ = (UniqueConstraint("tenant_id", "name"),)
 
-    id: Mapped[str] = mapped_column(ID, primary_key=True)
-    tenant_id: Mapped[str] = mapped_column(ID, ForeignKey("tenants.id"))
     name: Mapped[str] = mapped_column(String(200))
     description: Mapped[str] = mapped_column(Text, default="")
     tiers: Mapped[list[Any]] = mapped_column(default=list)
     # How many more times the whole policy runs after the first pass.
     repeat_count: Mapped[int] = mapped_column(Integer, default=0)
-    created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
 
-class Notification(Base):
+class Notification(HasId, HasCreatedAt, Base):
     """The outbox: one row per page (or other message) to one contact method.
 
     Written in the transaction of the state change that causes it; the
@@ -400,7 +387,6 @@ class Notification(Base):
         Index(None, "incident_id", "status"),
     )
 
-    id: Mapped[str] = mapped_column(ID, primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ID)
     incident_id: Mapped[str] = mapped_column(ID, ForeignKey("incidents.id"))
     # "page" (escalation; fenced by escalation_run) or "assigned" (a reassignment's page).
@@ -419,5 +405,4 @@ class Notification(Base):
     next_attempt_at: Mapped[datetime]
     lease_until: Mapped[datetime | None]
     last_error: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[datetime]
     sent_at: Mapped[datetime | None]
