@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
-import resource
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import grpc
+from child_process import own_cpu_seconds, ready_then_go, run_loop, write_result
 
 from oncall_server.api.v1 import alert_pb2, ingest_service_pb2, ingest_service_pb2_grpc
 
@@ -34,9 +32,10 @@ TITLE = "CPU usage critical on client-server-01"
 DESCRIPTION = "CPU sustained at 98% for 5 minutes. Host: client-server-01."
 
 
-def alert(dedup_key: str, serial: int) -> Any:
+def alert(dedup_key: str, serial: int, title: str = TITLE) -> Any:
+    """The alert every target gets (the same shape as wrk_ingest.lua's)."""
     return alert_pb2.AlertEvent(
-        title=TITLE,
+        title=title,
         severity=alert_pb2.SEVERITY_CRITICAL,
         dedup_key=dedup_key,
         source="bench",
@@ -64,11 +63,6 @@ class Keys:
         if self.seeded:
             return f"seed-{random.randrange(self.seeded)}", self.serial
         raise ValueError(f"unknown key spec {self.spec!r}")
-
-
-def cpu_now() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 class Worker:
@@ -131,18 +125,16 @@ class Worker:
         async with grpc.aio.insecure_channel(a.target, options=options) as channel:
             await asyncio.wait_for(channel.channel_ready(), 30)
             stub = ingest_service_pb2_grpc.IngestServiceStub(channel)
-            print("ready", flush=True)
-            line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-            t0 = float(line.split()[1])
+            t0 = await ready_then_go()
             if a.mode == "seed":
                 return await self.seed(stub, t0)
             self.window = (t0 + a.warmup, t0 + a.warmup + a.duration)
             await asyncio.sleep(max(0.0, t0 - time.monotonic()))
             tasks = [asyncio.create_task(self.loop(stub, self.window[1])) for _ in range(a.concurrency)]
             await asyncio.sleep(max(0.0, self.window[0] - time.monotonic()))
-            cpu_start = cpu_now()
+            cpu_start = own_cpu_seconds()
             await asyncio.sleep(max(0.0, self.window[1] - time.monotonic()))
-            cpu_used = cpu_now() - cpu_start
+            cpu_used = own_cpu_seconds() - cpu_start
             _done, pending = await asyncio.wait(tasks, timeout=a.drain_timeout)
             for task in pending:
                 task.cancel()
@@ -163,7 +155,7 @@ class Worker:
         serial = a.offset
         remaining = a.count
         started = time.monotonic()
-        cpu_start = cpu_now()
+        cpu_start = own_cpu_seconds()
 
         async def sender() -> None:
             nonlocal remaining, serial
@@ -189,7 +181,7 @@ class Worker:
             "seconds": time.monotonic() - started,
             "errors": self.errors,
             "error_sample": self.error_sample,
-            "cpu_seconds": cpu_now() - cpu_start,
+            "cpu_seconds": own_cpu_seconds() - cpu_start,
         }
 
 
@@ -210,16 +202,7 @@ def main() -> None:
     parser.add_argument("--offset", type=int, default=0, help="seed mode: first seed key number")
     parser.add_argument("--out", required=True, help="file for the JSON result")
     args = parser.parse_args()
-    worker = Worker(args)
-    try:
-        import uvloop
-
-        result = uvloop.run(worker.run())
-    except ImportError:
-        result = asyncio.run(worker.run())
-    # A file, not stdout: the event loop may leave stdout non-blocking, which truncates big writes.
-    with open(args.out, "w") as f:
-        json.dump(result, f)
+    write_result(args.out, run_loop(Worker(args).run()))
 
 
 if __name__ == "__main__":

@@ -17,22 +17,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import resource
-import sys
 import time
 from typing import Any
 
 import grpc
+from child_process import own_cpu_seconds, ready_then_go, run_loop, write_result
+from load_grpc import alert
 
-from oncall_server.api.v1 import alert_pb2, ingest_service_pb2, ingest_service_pb2_grpc
-
-DESCRIPTION = "CPU sustained at 98% for 5 minutes. Host: client-server-01."
-
-
-def cpu_now() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+from oncall_server.api.v1 import ingest_service_pb2, ingest_service_pb2_grpc
 
 
 class Pacer:
@@ -50,15 +42,7 @@ class Pacer:
         title = f"{a.prefix}-{serial}"
         request = ingest_service_pb2.IngestAlertRequest(
             integration_key=a.key,
-            alert=alert_pb2.AlertEvent(
-                title=title,
-                severity=alert_pb2.SEVERITY_CRITICAL,
-                dedup_key=title,
-                source="bench",
-                source_ref=f"alert-{serial}",
-                description=DESCRIPTION,
-                details={"host": "client-server-01", "component": "cpu"},
-            ),
+            alert=alert(title, serial, title=title),
         )
         began = time.monotonic()
         if record is not None:
@@ -77,9 +61,7 @@ class Pacer:
         async with grpc.aio.insecure_channel(a.target) as channel:
             await asyncio.wait_for(channel.channel_ready(), 30)
             stub = ingest_service_pb2_grpc.IngestServiceStub(channel)
-            print("ready", flush=True)
-            line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-            t0 = float(line.split()[1])
+            t0 = await ready_then_go()
             start, end = t0 + a.warmup, t0 + a.warmup + a.duration
             interval = 1.0 / a.rate
             serial = 0
@@ -93,7 +75,7 @@ class Pacer:
                     await asyncio.sleep(due - now)
                     now = time.monotonic()
                 if cpu_start is None and due >= start:
-                    cpu_start = cpu_now()
+                    cpu_start = own_cpu_seconds()
                 record = None
                 if due >= start:
                     record = ["", 0.0, None]
@@ -105,7 +87,7 @@ class Pacer:
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
                 serial += 1
-            cpu_end = cpu_now()
+            cpu_end = own_cpu_seconds()
             if self.tasks:
                 await asyncio.wait(set(self.tasks), timeout=a.call_timeout + 5)
         self.late_ms.sort()
@@ -134,15 +116,7 @@ def main() -> None:
     parser.add_argument("--call-timeout", type=float, default=30.0)
     parser.add_argument("--out", required=True, help="file for the JSON result")
     args = parser.parse_args()
-    pacer = Pacer(args)
-    try:
-        import uvloop
-
-        result = uvloop.run(pacer.run())
-    except ImportError:
-        result = asyncio.run(pacer.run())
-    with open(args.out, "w") as f:
-        json.dump(result, f)
+    write_result(args.out, run_loop(Pacer(args).run()))
 
 
 if __name__ == "__main__":

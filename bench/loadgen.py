@@ -1,8 +1,8 @@
 """Drives load from separate processes and measures the target around the measured window.
 
-gRPC: several ``bench/load_grpc.py`` processes (grpc.aio, uvloop, many calls in flight).
-HTTP: ``wrk`` with ``bench/wrk_ingest.lua`` (a fresh dedup key per alert).
-Both report alerts/s, latency percentiles, the server's CPU (from /proc/<pid>/stat, every thread),
+gRPC: several ``bench/load_grpc.py`` processes (grpc.aio, uvloop, many calls in flight); scenario 5's
+open-loop ``bench/load_paging.py``; HTTP: ``wrk`` (wrk_load.py, on the helpers here).
+Each reports alerts/s, latency percentiles, the server's CPU (from /proc/<pid>/stat, every thread),
 the CPU of its Redis and database processes, and the load generator's own CPU.
 """
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sysinfo import CpuSample, percentile
+from sysinfo import CpuSample, core_pct, cpu_between, percentile, sample_roles
 
 BENCH = Path(__file__).resolve().parent
 Watch = Callable[[], dict[str, list[int]]]
@@ -41,17 +41,40 @@ class LoadError(RuntimeError):
     pass
 
 
-def _sample(pids: dict[str, list[int]]) -> dict[str, CpuSample]:
-    return {role: CpuSample.take(p) for role, p in pids.items()}
+def start_load(cmds: list[list[str]], what: str) -> list[subprocess.Popen[str]]:
+    """Start one load process per command and wait until each has said ``ready`` (connected)."""
+    procs = [
+        subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        for cmd in cmds
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if line.strip() != "ready":
+                raise LoadError(f"{what} (got {line!r})")
+    except BaseException:
+        stop_load(procs)
+        raise
+    return procs
 
 
-def _cpu_between(
-    before: dict[str, CpuSample], after_pids: dict[str, list[int]], after: dict[str, CpuSample]
-) -> dict[str, float]:
-    return {role: after[role].since(before.get(role, CpuSample({}))) for role in after_pids}
+def go(procs: list[subprocess.Popen[str]], t0: float) -> None:
+    """Tell every load process to start at ``t0`` (a monotonic instant, the same in every process)."""
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write(f"go {t0}\n")
+        proc.stdin.flush()
 
 
-def _profile(pid: int, seconds: float, out: Path | None) -> subprocess.Popen[bytes] | None:
+def stop_load(procs: list[subprocess.Popen[str]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def py_spy(pid: int, seconds: float, out: Path | None) -> subprocess.Popen[bytes] | None:
     """py-spy on the server for the measured window (only in a --profile pass: it costs CPU too).
 
     Non-blocking Python stacks by default; with BENCH_PYSPY_NATIVE=1 (``--profile-native``) C frames
@@ -78,7 +101,7 @@ def _profile(pid: int, seconds: float, out: Path | None) -> subprocess.Popen[byt
     )
 
 
-def _finish(
+def finish(
     alerts: int,
     seconds: float,
     latencies_ms: list[float],
@@ -89,7 +112,7 @@ def _finish(
     calls: int,
 ) -> dict[str, Any]:
     latencies_ms.sort()
-    cores = {role: round(100 * value / seconds, 1) for role, value in cpu.items()}
+    cores = core_pct(cpu, seconds)
     cores["generator"] = round(100 * generator_cpu / seconds, 1)
     return {
         "alerts": alerts,
@@ -122,9 +145,8 @@ def measure_grpc(
     profile_pid: int | None = None,
 ) -> dict[str, Any]:
     """Run ``load.grpc_clients`` load_grpc.py processes against ``target`` and measure the window."""
-    procs = []
-    for i in range(load.grpc_clients):
-        cmd = [
+    cmds = [
+        [
             sys.executable,
             str(BENCH / "load_grpc.py"),
             f"--target={target}",
@@ -137,40 +159,28 @@ def measure_grpc(
             f"--messages={messages}",
             f"--warmup={load.warmup}",
             f"--duration={load.duration}",
-            f"--out={_result_file()}",
+            f"--out={result_file()}",
         ]
-        procs.append(
-            subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
-        )
+        for i in range(load.grpc_clients)
+    ]
+    procs = start_load(cmds, f"gRPC load process did not connect to {target}")
     try:
-        for proc in procs:
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
-            if line.strip() != "ready":
-                raise LoadError(f"gRPC load process did not connect to {target} (got {line!r})")
         t0 = time.monotonic() + 0.05
-        for proc in procs:
-            assert proc.stdin is not None
-            proc.stdin.write(f"go {t0}\n")
-            proc.stdin.flush()
+        go(procs, t0)
         start, end = t0 + load.warmup, t0 + load.warmup + load.duration
         time.sleep(max(0.0, start - time.monotonic()))
         pids = watch()
-        before = _sample(pids)
-        spy = _profile(profile_pid, load.duration, profile) if profile and profile_pid else None
+        before = sample_roles(pids)
+        spy = py_spy(profile_pid, load.duration, profile) if profile and profile_pid else None
         time.sleep(max(0.0, end - time.monotonic()))
-        after = _sample(pids)
-        cpu = _cpu_between(before, pids, after)
+        cpu = cpu_between(before, sample_roles(pids))
         results = _collect(procs, load.duration + 120)
         if spy is not None:
             spy.wait(60)
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        stop_load(procs)
     latencies = [x for r in results for x in r["latencies_ms"]]
-    result = _finish(
+    result = finish(
         sum(r["alerts"] for r in results),
         load.duration,
         latencies,
@@ -184,7 +194,8 @@ def measure_grpc(
     return result
 
 
-def _result_file() -> str:
+def result_file() -> str:
+    """A fresh path for a load process's JSON result (the process creates the file)."""
     fd, name = tempfile.mkstemp(prefix="bench-load-", suffix=".json")
     os.close(fd)
     os.unlink(name)
@@ -222,11 +233,9 @@ def _collect(procs: list[subprocess.Popen[str]], timeout: float) -> list[dict[st
 
 def seed_grpc(target: str, *, key: str, count: int, offset: int, clients: int) -> dict[str, Any]:
     """Send exactly ``count`` alerts (keys ``seed-<offset>``...) in IngestAlerts batches of 500."""
-    procs = []
     share = count // clients
-    for i in range(clients):
-        n = share if i < clients - 1 else count - share * (clients - 1)
-        cmd = [
+    cmds = [
+        [
             sys.executable,
             str(BENCH / "load_grpc.py"),
             f"--target={target}",
@@ -234,28 +243,18 @@ def seed_grpc(target: str, *, key: str, count: int, offset: int, clients: int) -
             "--mode=seed",
             "--batch=500",
             "--concurrency=4",
-            f"--count={n}",
+            f"--count={share if i < clients - 1 else count - share * (clients - 1)}",
             f"--offset={offset + i * share}",
-            f"--out={_result_file()}",
+            f"--out={result_file()}",
         ]
-        procs.append(
-            subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
-        )
+        for i in range(clients)
+    ]
+    procs = start_load(cmds, f"seed process did not connect to {target}")
     try:
-        for proc in procs:
-            assert proc.stdout is not None
-            if proc.stdout.readline().strip() != "ready":
-                raise LoadError(f"seed process did not connect to {target}")
-        for proc in procs:
-            assert proc.stdin is not None
-            proc.stdin.write(f"go {time.monotonic()}\n")
-            proc.stdin.flush()
+        go(procs, time.monotonic())
         results = _collect(procs, 3600)
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        stop_load(procs)
     return {
         "alerts": sum(r["alerts"] for r in results),
         "seconds": max(r["seconds"] for r in results),
@@ -278,83 +277,55 @@ def wait_idle(watch: Watch, *, timeout: float, busy: float = 0.15, interval: flo
     return round(time.monotonic() - started, 1)
 
 
-def wrk_available() -> bool:
-    return shutil.which("wrk") is not None
-
-
-def _wrk(url: str, seconds: int, args: list[str], load: LoadSettings) -> tuple[dict[str, Any], float]:
-    cmd = [
-        "wrk",
-        f"-t{load.wrk_threads}",
-        f"-c{load.wrk_connections}",
-        f"-d{seconds}s",
-        "--timeout=10s",
-        "-s",
-        str(BENCH / "wrk_ingest.lua"),
-        url,
-        "--",
-        *args,
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout is not None and proc.stderr is not None
-    out = proc.stdout.read()
-    err = proc.stderr.read()
-    _pid, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    summary = [line for line in out.splitlines() if line.startswith("BENCHJSON ")]
-    if proc.returncode != 0 or not summary:
-        raise LoadError(f"wrk failed (exit {proc.returncode}): {err.strip() or out.strip()}")
-    return json.loads(summary[-1].split(" ", 1)[1]), usage.ru_utime + usage.ru_stime
-
-
-def measure_wrk(
-    url: str,
-    watch: Watch,
-    *,
-    fmt: str,
-    batch: int,
+def measure_paced(
+    target: str,
     key: str,
+    *,
+    rate: float,
     prefix: str,
-    load: LoadSettings,
-    profile: Path | None = None,
-    profile_pid: int | None = None,
+    warmup: float,
+    duration: float,
+    watch: Watch,
+    profile: Callable[[float], subprocess.Popen[bytes] | None] | None = None,
 ) -> dict[str, Any]:
-    """A wrk warm-up run, then the measured run; one request carries ``batch`` alerts."""
-    args = [fmt, str(batch), prefix, key]
-    if load.warmup >= 0.5:  # wrk takes whole seconds; --quick skips the warm-up run
-        _wrk(url, max(1, round(load.warmup)), [fmt, str(batch), f"{prefix}-warm", key], load)
-        # wrk leaves the requests it had in flight (up to connections x batch alerts): the server
-        # finishes them first, and that work must not be charged to the measured run.
-        drained = wait_idle(watch, timeout=60.0, interval=0.25)
-        if drained >= 60.0:
-            print("the server was still busy 60 s after wrk's warm-up; measuring anyway", file=sys.stderr)
-    seconds = max(1, round(load.duration))
-    pids = watch()
-    before = _sample(pids)
-    spy = _profile(profile_pid, seconds, profile) if profile and profile_pid else None
-    started = time.monotonic()
-    summary, generator_cpu = _wrk(url, seconds, args, load)
-    elapsed = time.monotonic() - started
-    after = _sample(pids)
-    if spy is not None:
-        spy.wait(60)
-    cpu = _cpu_between(before, pids, after)
-    # Server CPU is sampled around the whole wrk process (start-up included), so scale to wrk's own window.
-    wrk_seconds = summary["duration_us"] / 1e6
-    cpu = {role: value * min(1.0, wrk_seconds / elapsed) for role, value in cpu.items()}
-    errors = summary["connect"] + summary["read"] + summary["write"] + summary["status"] + summary["timeout"]
-    ok_requests = summary["requests"] - summary["status"]
-    result = _finish(
-        ok_requests * batch,
-        wrk_seconds,
-        [],
-        cpu,
-        generator_cpu,
-        errors,
-        f"{summary['status']} non-2xx responses" if summary["status"] else "",
-        summary["requests"],
-    )
-    result["p50_ms"] = summary["p50_us"] / 1000
-    result["p99_ms"] = summary["p99_us"] / 1000
-    result["completed_calls"] = summary["requests"]
+    """One load_paging.py process (open loop, scenario 5); returns its JSON plus the watched
+    processes' CPU in the window. ``profile`` (optional) is called with the window length at the
+    window's start and returns a process to wait for (py-spy)."""
+    out = result_file()
+    cmd = [
+        sys.executable,
+        str(BENCH / "load_paging.py"),
+        f"--target={target}",
+        f"--key={key}",
+        f"--rate={rate}",
+        f"--prefix={prefix}",
+        f"--warmup={warmup}",
+        f"--duration={duration}",
+        f"--out={out}",
+    ]
+    procs = start_load([cmd], f"paging load process did not connect to {target}")
+    proc = procs[0]
+    try:
+        assert proc.stdin is not None
+        t0 = time.monotonic() + 0.05
+        go(procs, t0)
+        start, end = t0 + warmup, t0 + warmup + duration
+        time.sleep(max(0.0, start - time.monotonic()))
+        pids = watch()
+        before = sample_roles(pids)
+        spy = profile(duration) if profile else None
+        time.sleep(max(0.0, end - time.monotonic()))
+        cpu = cpu_between(before, sample_roles(pids))
+        proc.stdin.close()
+        proc.wait(timeout=120)
+        if spy is not None:
+            spy.wait(60)
+        if proc.returncode != 0 or not Path(out).exists():
+            raise LoadError(f"paging load process failed (exit {proc.returncode})")
+        result: dict[str, Any] = json.loads(Path(out).read_text())
+    finally:
+        stop_load(procs)
+        Path(out).unlink(missing_ok=True)
+    result["cpu"] = cpu
+    result["window_seconds"] = duration
     return result

@@ -10,13 +10,11 @@ difference to our server is the work our server does.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from child_process import serve_main, until_stopped
 
 from oncall_server.api.v1 import alert_pb2, ingest_service_pb2, ingest_service_pb2_grpc
 
@@ -51,25 +49,9 @@ async def serve(port: int) -> None:
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     print(f"noop gRPC listening on port {bound}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_stopped()
     await server.stop(grace=0.5)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, default=0)
-    args = parser.parse_args()
-    try:
-        import uvloop
-
-        uvloop.run(serve(args.port))
-    except ImportError:
-        asyncio.run(serve(args.port))
-
-
 if __name__ == "__main__":
-    main()
+    serve_main(__doc__, serve)

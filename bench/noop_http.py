@@ -9,12 +9,10 @@ Accepts one alert (an object) or a batch (an array), like the real gateway.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import json
-import signal
 
 from aiohttp import web
+from child_process import serve_aiohttp, serve_main
 
 
 async def ingest(request: web.Request) -> web.Response:
@@ -29,30 +27,8 @@ async def ingest(request: web.Request) -> web.Response:
 async def serve(port: int) -> None:
     app = web.Application(client_max_size=512 * 1024)
     app.router.add_post("/api/webhooks/ingest", ingest)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port, backlog=1024)
-    await site.start()
-    print(f"noop HTTP listening on port {runner.addresses[0][1]}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await runner.cleanup()
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, default=0)
-    args = parser.parse_args()
-    try:
-        import uvloop
-
-        uvloop.run(serve(args.port))
-    except ImportError:
-        asyncio.run(serve(args.port))
+    await serve_aiohttp(app, port, "noop HTTP")
 
 
 if __name__ == "__main__":
-    main()
+    serve_main(__doc__, serve)

@@ -11,8 +11,6 @@ escalation steps in bulk, drive the open-loop ingest load, and read start-up tim
   first step), as the ingest writer leaves them, with ``escalation_due_at`` in the future. The
   measured ones are inserted last, their due times counted from the end of seeding, so "due N s
   after the server starts" holds however long the bulk took.
-* :func:`run_paced_load` - one ``bench/load_paging.py`` process (open loop), CPU sampled around its
-  measured window.
 * :func:`startup_timings` - "scheduler running" and "scheduler set rebuilt from SQL" from the server
   log (needs ``ONCALL_LOG_LEVEL=INFO``).
 """
@@ -20,20 +18,13 @@ escalation steps in bulk, drive the open-loop ingest load, and read start-up tim
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import re
-import subprocess
-import sys
-import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
-from sysinfo import CpuSample
-
-BENCH = Path(__file__).resolve().parent
 TIER_DELAY_SECONDS = 3600  # one tier; the next (none) would be an hour later: only the first page counts
 MEASURED_PREFIX = "due:"
 FAR_PREFIX = "far:"
@@ -186,63 +177,6 @@ def _incident_row(
     }
 
 
-async def _seed(
-    url: str,
-    tenant_id: str,
-    service_id: str,
-    *,
-    total: int,
-    measured: int,
-    start_in: float,
-    window: float,
-    far_from: float,
-    far_to: float,
-    chunk: int,
-) -> dict[str, Any]:
-    from sqlalchemy import Table, insert
-
-    from oncall_server.storage.engine import create_engine
-    from oncall_server.storage.models import Incident
-
-    engine = create_engine(url)
-    table = cast(Table, Incident.__table__)  # a declarative class's __table__ is typed FromClause
-    started = time.time()
-    far = total - measured
-    try:
-        now = datetime.now(UTC)
-        base = now.timestamp()
-        for first in range(0, far, chunk):
-            rows = []
-            for i in range(first, min(far, first + chunk)):
-                due_s = base + far_from + (far_to - far_from) * i / max(1, far - 1)
-                due = datetime.fromtimestamp(due_s, UTC)
-                rows.append(_incident_row(tenant_id, service_id, f"{FAR_PREFIX}{i}", now, due))
-            async with engine.begin() as conn:
-                await conn.execute(insert(table), rows)
-        # The measured steps last: their due times count from now, just before the server starts.
-        now = datetime.now(UTC)
-        due_start = now.timestamp() + start_in
-        due_ms_list = [round((due_start + window * i / max(1, measured)) * 1000) for i in range(measured)]
-        for first in range(0, measured, chunk):
-            rows = []
-            for i in range(first, min(measured, first + chunk)):
-                due = datetime.fromtimestamp(due_ms_list[i] / 1000, UTC)
-                rows.append(
-                    _incident_row(tenant_id, service_id, f"{MEASURED_PREFIX}{due_ms_list[i]}:{i}", now, due)
-                )
-            async with engine.begin() as conn:
-                await conn.execute(insert(table), rows)
-    finally:
-        await engine.dispose()
-    return {
-        "seconds": round(time.time() - started, 2),
-        "rows": total,
-        "measured": measured,
-        "due_start": due_ms_list[0] / 1000 if due_ms_list else due_start,
-        "due_end": due_ms_list[-1] / 1000 if due_ms_list else due_start,
-    }
-
-
 def seed_pending(
     url: str,
     tenant_id: str,
@@ -259,20 +193,58 @@ def seed_pending(
     """Insert ``total`` triggered incidents with a pending first step: ``total - measured`` due
     ``far_from``..``far_to`` s from now, then ``measured`` due evenly over ``window`` s starting
     ``start_in`` s after seeding ends. Titles: ``due:<due ms>:<n>`` (measured), ``far:<n>``."""
-    return asyncio.run(
-        _seed(
-            url,
-            tenant_id,
-            service_id,
-            total=total,
-            measured=measured,
-            start_in=start_in,
-            window=window,
-            far_from=far_from,
-            far_to=far_to,
-            chunk=chunk,
-        )
-    )
+
+    async def seed() -> dict[str, Any]:
+        from sqlalchemy import Table, insert
+
+        from oncall_server.storage.engine import create_engine
+        from oncall_server.storage.models import Incident
+
+        engine = create_engine(url)
+        table = cast(Table, Incident.__table__)  # a declarative class's __table__ is typed FromClause
+
+        async def insert_incidents(
+            count: int, now: datetime, title_due: Callable[[int], tuple[str, float]]
+        ) -> None:
+            """Incidents 0..count-1 (``title_due(i)``: title, due wall time), one transaction a chunk."""
+            for first in range(0, count, chunk):
+                rows = []
+                for i in range(first, min(count, first + chunk)):
+                    title, due_s = title_due(i)
+                    rows.append(
+                        _incident_row(tenant_id, service_id, title, now, datetime.fromtimestamp(due_s, UTC))
+                    )
+                async with engine.begin() as conn:
+                    await conn.execute(insert(table), rows)
+
+        started = time.time()
+        far = total - measured
+        try:
+            now = datetime.now(UTC)
+            base = now.timestamp()
+            await insert_incidents(
+                far,
+                now,
+                lambda i: (f"{FAR_PREFIX}{i}", base + far_from + (far_to - far_from) * i / max(1, far - 1)),
+            )
+            # The measured steps last: their due times count from now, just before the server starts.
+            now = datetime.now(UTC)
+            due_start = now.timestamp() + start_in
+            due_ms_list = [round((due_start + window * i / max(1, measured)) * 1000) for i in range(measured)]
+            await insert_incidents(
+                measured, now, lambda i: (f"{MEASURED_PREFIX}{due_ms_list[i]}:{i}", due_ms_list[i] / 1000)
+            )
+        finally:
+            await engine.dispose()
+        return {
+            "seconds": round(time.time() - started, 2),
+            "rows": total,
+            "measured": measured,
+            "due_start": due_ms_list[0] / 1000 if due_ms_list else due_start,
+            "due_end": due_ms_list[-1] / 1000 if due_ms_list else due_start,
+        }
+
+    return asyncio.run(seed())
 
 
 _LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) \w+ [\w.]+: (.*)$")
@@ -297,78 +269,3 @@ def startup_timings(log: Path) -> dict[str, Any]:
             found = re.search(r"(\d+) member", message)
             out.update(rebuilt_at=stamp, restored=int(found.group(1)) if found else None)
     return out
-
-
-# --- scenario 5: open-loop ingest ------------------------------------------------------------------------
-
-
-def take(pids: dict[str, list[int]]) -> dict[str, CpuSample]:
-    """CPU seconds of each role's processes now."""
-    return {role: CpuSample.take(p) for role, p in pids.items()}
-
-
-def cpu_between(before: dict[str, CpuSample], after: dict[str, CpuSample]) -> dict[str, float]:
-    return {role: after[role].since(before.get(role, CpuSample({}))) for role in after}
-
-
-def run_paced_load(
-    target: str,
-    key: str,
-    *,
-    rate: float,
-    prefix: str,
-    warmup: float,
-    duration: float,
-    watch: Any,
-    profile: Any = None,
-) -> dict[str, Any]:
-    """One load_paging.py process; returns its JSON plus the watched processes' CPU in the window.
-
-    ``watch()`` gives ``{role: [pids]}``; ``profile`` (optional) is called with the window length at
-    the window's start and returns a process to wait for (py-spy).
-    """
-    fd, out = tempfile.mkstemp(prefix="bench-paging-", suffix=".json")
-    os.close(fd)
-    os.unlink(out)
-    cmd = [
-        sys.executable,
-        str(BENCH / "load_paging.py"),
-        f"--target={target}",
-        f"--key={key}",
-        f"--rate={rate}",
-        f"--prefix={prefix}",
-        f"--warmup={warmup}",
-        f"--duration={duration}",
-        f"--out={out}",
-    ]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
-    try:
-        assert proc.stdout is not None and proc.stdin is not None
-        line = proc.stdout.readline()
-        if line.strip() != "ready":
-            raise RuntimeError(f"paging load process did not connect to {target} (got {line!r})")
-        t0 = time.monotonic() + 0.05
-        proc.stdin.write(f"go {t0}\n")
-        proc.stdin.flush()
-        start, end = t0 + warmup, t0 + warmup + duration
-        time.sleep(max(0.0, start - time.monotonic()))
-        pids = watch()
-        before = take(pids)
-        spy = profile(duration) if profile else None
-        time.sleep(max(0.0, end - time.monotonic()))
-        cpu = cpu_between(before, take(pids))
-        proc.stdin.close()
-        proc.wait(timeout=120)
-        if spy is not None:
-            spy.wait(60)
-        if proc.returncode != 0 or not Path(out).exists():
-            raise RuntimeError(f"paging load process failed (exit {proc.returncode})")
-        result: dict[str, Any] = json.loads(Path(out).read_text())
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        Path(out).unlink(missing_ok=True)
-    result["cpu"] = cpu
-    result["window_seconds"] = duration
-    return result

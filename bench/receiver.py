@@ -15,13 +15,11 @@ retried delivery) is counted but not recorded twice.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import json
-import signal
 import time
 
 from aiohttp import web
+from child_process import serve_aiohttp, serve_main
 
 RECORDS = web.AppKey("records", list)
 SEEN = web.AppKey("seen", set)
@@ -66,30 +64,8 @@ async def serve(port: int) -> None:
     app.router.add_post("/page", page)
     app.router.add_get("/records", records)
     app.router.add_post("/reset", reset)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port, backlog=1024)
-    await site.start()
-    print(f"page receiver listening on port {runner.addresses[0][1]}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await runner.cleanup()
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, default=0)
-    args = parser.parse_args()
-    try:
-        import uvloop
-
-        uvloop.run(serve(args.port))
-    except ImportError:
-        asyncio.run(serve(args.port))
+    await serve_aiohttp(app, port, "page receiver")
 
 
 if __name__ == "__main__":
-    main()
+    serve_main(__doc__, serve)

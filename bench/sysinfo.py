@@ -73,6 +73,27 @@ class CpuSample:
         return sum(v - earlier.seconds.get(pid, 0.0) for pid, v in self.seconds.items())
 
 
+def sample_roles(pids: dict[str, list[int]]) -> dict[str, CpuSample]:
+    """CPU seconds of each role's processes (``{"server": [pid], "redis": [...], ...}``) now."""
+    return {role: CpuSample.take(p) for role, p in pids.items()}
+
+
+def cpu_between(before: dict[str, CpuSample], after: dict[str, CpuSample]) -> dict[str, float]:
+    """CPU seconds each role spent between two :func:`sample_roles` (a role new in ``after`` from 0)."""
+    return {role: after[role].since(before.get(role, CpuSample({}))) for role in after}
+
+
+def core_pct(cpu: dict[str, float], seconds: float) -> dict[str, float]:
+    """CPU seconds per role over ``seconds`` as a percentage of one core."""
+    return {role: round(100 * value / seconds, 1) for role, value in cpu.items()} if seconds > 0 else {}
+
+
+def loadavg() -> list[str]:
+    """The 1, 5 and 15 minute load averages as /proc/loadavg writes them."""
+    with open("/proc/loadavg") as f:
+        return f.read().split()[:3]
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -131,8 +152,6 @@ def machine_info() -> dict[str, object]:
                     mem_total = int(line.split()[1]) * 1024
     except OSError:
         pass
-    with open("/proc/loadavg") as f:
-        loadavg = f.read().split()[:3]
     return {
         "nproc": os.cpu_count(),
         "cpu_model": model,
@@ -140,7 +159,7 @@ def machine_info() -> dict[str, object]:
         "kernel": platform.release(),
         "python": sys.version.split()[0],
         "sqlite": sqlite3.sqlite_version,
-        "loadavg_at_start": loadavg,
+        "loadavg_at_start": loadavg(),
         "packages": {
             name: _version(name)
             for name in ("grpcio", "protobuf", "aiohttp", "uvloop", "SQLAlchemy", "asyncpg", "redis")
