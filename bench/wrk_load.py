@@ -61,8 +61,7 @@ def measure_wrk(
     args = [fmt, str(batch), prefix, key]
     if load.warmup >= 0.5:  # wrk takes whole seconds; --quick skips the warm-up run
         _wrk(url, max(1, round(load.warmup)), [fmt, str(batch), f"{prefix}-warm", key], load)
-        # wrk leaves the requests it had in flight (up to connections x batch alerts): the server
-        # finishes them first, and that work must not be charged to the measured run.
+        # The server first finishes the requests wrk left in flight; that work is not the measured run's.
         drained = wait_idle(watch, timeout=60.0, interval=0.25)
         if drained >= 60.0:
             print("the server was still busy 60 s after wrk's warm-up; measuring anyway", file=sys.stderr)

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-# (figure name, bound[, "<=" for an upper bound; default ">="]) per scenario; checked on the median
-# over runs of the named per-run figure (a ratio for 1-4b, a latency in ms for 5 and 6).
+# Per scenario (figure, bound[, "<=" for an upper bound]), on the median over runs of a per-run figure.
 GOALS: dict[str, list[tuple[str, float] | tuple[str, float, str]]] = {
     "1": [("{b} / noop gRPC", 0.6)],
     "2": [("{b} / noop gRPC", 0.8)],
