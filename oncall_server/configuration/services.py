@@ -1,10 +1,17 @@
-"""Services (the paging targets) and their maintenance windows."""
+"""Services (the paging targets) and their maintenance windows.
+
+A serving process keeps copies of what these functions change (the integration key cache holds
+each service's grouping window; ingest keeps grouping keys and maintenance windows in Redis):
+the functions tell those copies after the change commits, so every face gets it right by calling
+them. Outside a server (the CLI) there is nothing to tell: other processes' copies expire.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -22,6 +29,19 @@ from oncall_server.storage.models import Incident, Integration, MaintenanceWindo
 CRITICALITIES = ("critical", "high", "medium", "low")
 GROUPINGS = ("none", "time")
 MAX_GROUPING_MINUTES = 24 * 60
+
+
+class KeyCache(Protocol):
+    """The integration key cache (:class:`~oncall_server.ingest.integrations.Integrations`)."""
+
+    def forget_cached(self) -> None: ...
+
+
+class IngestState(Protocol):
+    """Ingest's per-service state in Redis (:class:`~oncall_server.ingest.coordination.Coordinator`)."""
+
+    async def forget_service(self, service_id: str) -> None: ...
+    async def windows_changed(self, service_id: str) -> None: ...
 
 
 @dataclass(slots=True)
@@ -115,7 +135,10 @@ async def update_service(
     tenant_id: str,
     service_id: str,
     changes: dict[str, Any],
+    *,
+    key_cache: KeyCache | None = None,
 ) -> Service:
+    """Apply ``changes``; the key cache forgets its contexts, which carry the grouping window."""
 
     async def work(session: AsyncSession) -> Service:
         service = await get_service(session, tenant_id, service_id)
@@ -138,10 +161,20 @@ async def update_service(
             ) from None
         return service
 
-    return await retrying_write(sessions, work)
+    service = await retrying_write(sessions, work)
+    if key_cache is not None:
+        key_cache.forget_cached()
+    return service
 
 
-async def delete_service(sessions: async_sessionmaker[AsyncSession], tenant_id: str, service_id: str) -> None:
+async def delete_service(
+    sessions: async_sessionmaker[AsyncSession],
+    tenant_id: str,
+    service_id: str,
+    *,
+    ingest_state: IngestState | None = None,
+) -> None:
+    """Delete a service without integrations or incidents, its windows, and its Redis keys."""
 
     async def work(session: AsyncSession) -> None:
         service = await get_service(session, tenant_id, service_id)
@@ -161,6 +194,8 @@ async def delete_service(sessions: async_sessionmaker[AsyncSession], tenant_id: 
         await session.delete(service)
 
     await retrying_write(sessions, work)
+    if ingest_state is not None:
+        await ingest_state.forget_service(service_id)
 
 
 async def create_maintenance_window(
@@ -171,6 +206,8 @@ async def create_maintenance_window(
     start: datetime | None,
     end: datetime | None,
     reason: str,
+    *,
+    ingest_state: IngestState | None = None,
 ) -> MaintenanceWindow:
     if start is None:
         raise InvalidArgument.field("maintenance_window.start_time", "is required")
@@ -193,7 +230,9 @@ async def create_maintenance_window(
         session.add(window)
         return window
 
-    return await retrying_write(sessions, work)
+    window = await retrying_write(sessions, work)
+    await _windows_changed(ingest_state, window.service_id)
+    return window
 
 
 async def list_maintenance_windows(
@@ -212,7 +251,11 @@ async def list_maintenance_windows(
 
 
 async def delete_maintenance_window(
-    sessions: async_sessionmaker[AsyncSession], tenant_id: str, window_id: str
+    sessions: async_sessionmaker[AsyncSession],
+    tenant_id: str,
+    window_id: str,
+    *,
+    ingest_state: IngestState | None = None,
 ) -> str:
     """Delete a window; returns the service it belonged to."""
 
@@ -223,7 +266,15 @@ async def delete_maintenance_window(
         await session.delete(window)
         return window.service_id
 
-    return await retrying_write(sessions, work)
+    service_id = await retrying_write(sessions, work)
+    await _windows_changed(ingest_state, service_id)
+    return service_id
+
+
+async def _windows_changed(ingest_state: IngestState | None, service_id: str) -> None:
+    if ingest_state is not None:
+        # Shielded: a caller that hangs up now must not leave every writer's copy stale.
+        await asyncio.shield(ingest_state.windows_changed(service_id))
 
 
 async def _check_policy(session: AsyncSession, tenant_id: str, spec: ServiceFields) -> None:

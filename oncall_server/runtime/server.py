@@ -19,35 +19,10 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from oncall_server.api.v1 import (
-    catalog_service_pb2,
-    catalog_service_pb2_grpc,
-    escalation_policy_service_pb2,
-    escalation_policy_service_pb2_grpc,
-    incident_service_pb2,
-    incident_service_pb2_grpc,
-    ingest_service_pb2,
-    ingest_service_pb2_grpc,
-    integration_service_pb2,
-    integration_service_pb2_grpc,
-    schedule_service_pb2,
-    schedule_service_pb2_grpc,
-    user_service_pb2,
-    user_service_pb2_grpc,
-)
 from oncall_server.clock import Clock
-from oncall_server.faces.grpc.configuration_servicers import (
-    EscalationPolicyServicer,
-    ScheduleServicer,
-    UserServicer,
-)
+from oncall_server.faces.grpc.auth import AuthInterceptor
 from oncall_server.faces.grpc.interceptor import ErrorInterceptor
-from oncall_server.faces.grpc.servicers import (
-    CatalogServicer,
-    IncidentServicer,
-    IngestServicer,
-    IntegrationServicer,
-)
+from oncall_server.faces.grpc.registry import SERVICE_NAMES, SERVICES, add_services
 from oncall_server.faces.http import gateway
 from oncall_server.faces.http.gateway import ScrubbingAccessLogger, build_gateway
 from oncall_server.ingest.bus import BusConsumer
@@ -57,16 +32,6 @@ from oncall_server.runtime.settings import Settings, split_host_port
 
 log = logging.getLogger(__name__)
 GC_GEN0_THRESHOLD = 20_000
-
-SERVICE_NAMES = [
-    ingest_service_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
-    incident_service_pb2.DESCRIPTOR.services_by_name["IncidentService"].full_name,
-    integration_service_pb2.DESCRIPTOR.services_by_name["IntegrationService"].full_name,
-    catalog_service_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name,
-    user_service_pb2.DESCRIPTOR.services_by_name["UserService"].full_name,
-    schedule_service_pb2.DESCRIPTOR.services_by_name["ScheduleService"].full_name,
-    escalation_policy_service_pb2.DESCRIPTOR.services_by_name["EscalationPolicyService"].full_name,
-]
 
 
 class Role(Protocol):
@@ -83,24 +48,18 @@ class GrpcRole:
         self.app = app
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(
-            interceptors=[ErrorInterceptor()],
+            # The first is outermost: errors from the auth check are mapped like the handler's.
+            interceptors=[
+                ErrorInterceptor(),
+                AuthInterceptor(app.sessions, [e.descriptor for e in SERVICES]),
+            ],
             options=[
                 ("grpc.max_receive_message_length", 16 * 1024 * 1024),
                 # Off, so a second server on the port fails loudly; on for sibling workers.
                 ("grpc.so_reuseport", 1 if app.settings.workers > 1 else 0),
             ],
         )
-        ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(app), self.server)
-        incident_service_pb2_grpc.add_IncidentServiceServicer_to_server(IncidentServicer(app), self.server)
-        integration_service_pb2_grpc.add_IntegrationServiceServicer_to_server(
-            IntegrationServicer(app), self.server
-        )
-        catalog_service_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(app), self.server)
-        user_service_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(app), self.server)
-        schedule_service_pb2_grpc.add_ScheduleServiceServicer_to_server(ScheduleServicer(app), self.server)
-        escalation_policy_service_pb2_grpc.add_EscalationPolicyServiceServicer_to_server(
-            EscalationPolicyServicer(app), self.server
-        )
+        add_services(app, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             [*SERVICE_NAMES, reflection.SERVICE_NAME, health.SERVICE_NAME], self.server

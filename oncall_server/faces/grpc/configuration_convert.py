@@ -13,20 +13,13 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from oncall_server.api.v1 import escalation_policy_pb2, schedule_pb2, user_pb2
 from oncall_server.configuration import escalation_policies, schedules
 from oncall_server.configuration.users import ContactMethodFields, UserFields, UserRecord
-from oncall_server.faces.grpc.convert import from_timestamp, timestamp
+from oncall_server.faces.grpc.convert import by_number, enum_labels, from_timestamp, timestamp
 from oncall_server.storage import models
 
-ROTATION_UNIT = {
-    "hours": schedule_pb2.ROTATION_UNIT_HOURS,
-    "days": schedule_pb2.ROTATION_UNIT_DAYS,
-    "weeks": schedule_pb2.ROTATION_UNIT_WEEKS,
-}
-ROTATION_UNIT_NAME = {v: k for k, v in ROTATION_UNIT.items()}
-TARGET_TYPE = {
-    "user": escalation_policy_pb2.ESCALATION_TARGET_TYPE_USER,
-    "schedule": escalation_policy_pb2.ESCALATION_TARGET_TYPE_SCHEDULE,
-}
-TARGET_TYPE_NAME = {v: k for k, v in TARGET_TYPE.items()}
+ROTATION_UNIT = enum_labels(schedule_pb2.RotationUnit)
+ROTATION_UNIT_NAME = by_number(ROTATION_UNIT)
+TARGET_TYPE = enum_labels(escalation_policy_pb2.EscalationTargetType)
+TARGET_TYPE_NAME = by_number(TARGET_TYPE)
 
 
 def seconds_of(value: duration_pb2.Duration) -> int:

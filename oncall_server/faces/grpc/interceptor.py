@@ -6,7 +6,7 @@ field; an outage of the database or Redis (:mod:`oncall_server.failures`) is
 unexpected becomes ``INTERNAL`` with no internals exposed (the traceback goes
 to the log, with the method name: never metadata, which carries credentials).
 
-Every request message is checked by :func:`convert.check_request` first (enum
+Every request message is checked by :func:`request_checks.check_request` first (enum
 values, time ranges, JSON depth), and bytes that are not a valid message are
 ``INVALID_ARGUMENT`` rather than grpcio's ``INTERNAL``.
 """
@@ -25,7 +25,7 @@ from grpc_status import rpc_status
 
 from oncall_server import failures
 from oncall_server.errors import InvalidArgument, OncallError, ResourceExhausted, Unavailable
-from oncall_server.faces.grpc import convert
+from oncall_server.faces.grpc import request_checks
 
 log = logging.getLogger(__name__)
 UNAVAILABLE_RETRY_SECONDS = 5.0
@@ -100,7 +100,7 @@ def _checked(request: Any, path: str = "") -> Any:
     if isinstance(request, _Undecodable):
         raise request.error
     if hasattr(request, "DESCRIPTOR"):
-        convert.check_request(request, path)
+        request_checks.check_request(request, path)
     return request
 
 

@@ -31,7 +31,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from sqlalchemy import text
 
 from oncall_server import failures, json_codec, security
-from oncall_server.configuration import tenants
 from oncall_server.errors import (
     InvalidArgument,
     OncallError,
@@ -39,6 +38,7 @@ from oncall_server.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from oncall_server.faces import auth
 from oncall_server.ingest import defend
 from oncall_server.ingest.model import IngestResult
 from oncall_server.ingest.routing_rules import parse_rules, rules_to_json
@@ -228,11 +228,7 @@ async def create_escalation(request: web.Request) -> web.Response:
 async def update_integration(request: web.Request) -> web.Response:
     """``PUT /api/integrations/:id`` with any of name, service_id, routing_rules."""
     app = request.app[APP_KEY]
-    header = _header_credential(request, "Authorization") or ""
-    scheme, _, token = header.partition(" ")
-    who = await tenants.authenticate_token(
-        app.sessions, token.strip() if scheme.lower() == "bearer" else None
-    )
+    who = await auth.authenticate(app.sessions, _header_credential(request, "Authorization"))
     changes = json_codec.loads_request(await read_body(request), field="body")
     if not isinstance(changes, dict):
         raise InvalidArgument.field("body", "must be a JSON object")

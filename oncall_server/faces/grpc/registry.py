@@ -1,0 +1,95 @@
+"""Every ``oncall.v1`` service this server runs, named once: its descriptor, servicer and
+generated add-function. The server registers, reflects and health-checks from this list, the
+auth interceptor reads the descriptors' methods, and another face can walk the same data."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+
+from oncall_server.api.v1 import (
+    catalog_service_pb2,
+    catalog_service_pb2_grpc,
+    escalation_policy_service_pb2,
+    escalation_policy_service_pb2_grpc,
+    incident_service_pb2,
+    incident_service_pb2_grpc,
+    ingest_service_pb2,
+    ingest_service_pb2_grpc,
+    integration_service_pb2,
+    integration_service_pb2_grpc,
+    schedule_service_pb2,
+    schedule_service_pb2_grpc,
+    user_service_pb2,
+    user_service_pb2_grpc,
+)
+from oncall_server.faces.grpc.catalog_service import CatalogServicer
+from oncall_server.faces.grpc.escalation_policy_service import EscalationPolicyServicer
+from oncall_server.faces.grpc.incident_service import IncidentServicer
+from oncall_server.faces.grpc.ingest_service import IngestServicer
+from oncall_server.faces.grpc.integration_service import IntegrationServicer
+from oncall_server.faces.grpc.schedule_service import ScheduleServicer
+from oncall_server.faces.grpc.user_service import UserServicer
+from oncall_server.runtime.app import App
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceEntry:
+    descriptor: ServiceDescriptor
+    servicer: Callable[[App], Any]
+    add_to_server: Callable[[Any, grpc.aio.Server], None]
+
+    @property
+    def name(self) -> str:
+        """The full name (``oncall.v1.IngestService``) reflection and health report."""
+        return self.descriptor.full_name
+
+
+SERVICES: tuple[ServiceEntry, ...] = (
+    ServiceEntry(
+        ingest_service_pb2.DESCRIPTOR.services_by_name["IngestService"],
+        IngestServicer,
+        ingest_service_pb2_grpc.add_IngestServiceServicer_to_server,
+    ),
+    ServiceEntry(
+        incident_service_pb2.DESCRIPTOR.services_by_name["IncidentService"],
+        IncidentServicer,
+        incident_service_pb2_grpc.add_IncidentServiceServicer_to_server,
+    ),
+    ServiceEntry(
+        integration_service_pb2.DESCRIPTOR.services_by_name["IntegrationService"],
+        IntegrationServicer,
+        integration_service_pb2_grpc.add_IntegrationServiceServicer_to_server,
+    ),
+    ServiceEntry(
+        catalog_service_pb2.DESCRIPTOR.services_by_name["CatalogService"],
+        CatalogServicer,
+        catalog_service_pb2_grpc.add_CatalogServiceServicer_to_server,
+    ),
+    ServiceEntry(
+        user_service_pb2.DESCRIPTOR.services_by_name["UserService"],
+        UserServicer,
+        user_service_pb2_grpc.add_UserServiceServicer_to_server,
+    ),
+    ServiceEntry(
+        schedule_service_pb2.DESCRIPTOR.services_by_name["ScheduleService"],
+        ScheduleServicer,
+        schedule_service_pb2_grpc.add_ScheduleServiceServicer_to_server,
+    ),
+    ServiceEntry(
+        escalation_policy_service_pb2.DESCRIPTOR.services_by_name["EscalationPolicyService"],
+        EscalationPolicyServicer,
+        escalation_policy_service_pb2_grpc.add_EscalationPolicyServiceServicer_to_server,
+    ),
+)
+SERVICE_NAMES = [entry.name for entry in SERVICES]
+
+
+def add_services(app: App, server: grpc.aio.Server) -> None:
+    """Register every service's servicer on ``server``."""
+    for entry in SERVICES:
+        entry.add_to_server(entry.servicer(app), server)
