@@ -2,7 +2,8 @@
 
 Plugin authors can use these from their own test suites: start a real server
 on loopback ports (real SQL, real Redis), bootstrap a tenant with a service,
-an integration and an API token, and talk to it over HTTP and gRPC.
+an integration and an API token, and talk to it over HTTP and gRPC. The pytest
+plugin (:mod:`oncall_server.pytest_plugin`) turns them into fixtures.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from sqlalchemy.engine import make_url
 
 from oncall_server.clock import Clock
 from oncall_server.configuration import services, tenants
+from oncall_server.hookspecs import DeliveryError, Destination, Page, hookimpl
 from oncall_server.ids import uuid7
 from oncall_server.runtime.app import App
 from oncall_server.runtime.server import GatewayRole, GrpcRole, Server
@@ -230,7 +232,7 @@ async def drop_scratch_postgres(admin_url: str, scratch_url: str) -> None:
 
 async def empty_all_tables(database_url: str) -> None:
     """Delete every row (children first), keeping the schema: fast isolation between tests."""
-    engine = create_engine(database_url)
+    engine = create_engine(database_url, sqlite_driver=Settings().sqlite_driver)
     try:
         async with engine.begin() as conn:
             if conn.dialect.name == "postgresql":
@@ -241,6 +243,57 @@ async def empty_all_tables(database_url: str) -> None:
                     await conn.execute(table.delete())
     finally:
         await engine.dispose()
+
+
+@dataclass
+class CaptureChannel:
+    """A notification channel that records every page it is asked to send; ``failing`` makes it
+    refuse them (a retryable :class:`DeliveryError`). Contact methods of type ``name`` use it."""
+
+    name: str = "capture"
+    sent: list[tuple[Page, Destination]] = field(default_factory=list)
+    failing: bool = False
+
+    def validate_address(self, address: str) -> str:
+        return address
+
+    async def send(self, page: Page, destination: Destination) -> None:
+        if self.failing:
+            raise DeliveryError("receiver down")
+        self.sent.append((page, destination))
+
+    async def close(self) -> None:
+        return None
+
+    def to(self, address: str) -> list[Page]:
+        """The pages sent to one address, in order."""
+        return [p for p, d in self.sent if d.address == address]
+
+    @property
+    def addresses(self) -> list[str]:
+        return [d.address for _, d in self.sent]
+
+
+class CapturePlugin:
+    """Registers a :class:`CaptureChannel`: ``app.plugins.register(CapturePlugin(channel), name)``."""
+
+    def __init__(self, channel: CaptureChannel) -> None:
+        self.channel = channel
+
+    @hookimpl
+    def oncall_register_channels(self, register, settings) -> None:  # type: ignore[no-untyped-def]
+        register(self.channel)
+
+
+async def settle(app: App) -> None:
+    """Run the escalation scheduler and the notification dispatcher once each, again and again,
+    until neither has anything due at the clock's now: for a server without its ``scheduler`` and
+    ``notifier`` roles, so "nothing else was sent" is a fact rather than a timeout."""
+    while True:
+        steps = await app.escalator.tick()
+        sends = await app.dispatcher.run_once()
+        if steps == 0 and sends == 0:
+            return
 
 
 async def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.02) -> Any:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 from sqlalchemy import func, select
 
 from oncall_server.ingest import bus
@@ -19,7 +19,11 @@ from oncall_server.testing import Tenant, bootstrap, server_settings
 
 @pytest.fixture
 async def app(tmp_path: Path, database_url: str, redis_url: str, redis: Redis) -> AsyncIterator[App]:
-    settings = server_settings(tmp_path, database_url, redis_url, bus_claim_idle_ms=100, bus_max_deliveries=3)
+    # A claim idle time no test waits out: a test that needs a message reclaimable lowers the
+    # consumer's threshold (claim_idle_ms) to 0 instead of sleeping past it.
+    settings = server_settings(
+        tmp_path, database_url, redis_url, bus_claim_idle_ms=60_000, bus_max_deliveries=3
+    )
     opened = await App.open(settings)
     yield opened
     await opened.close()
@@ -108,7 +112,10 @@ async def test_a_consumer_killed_before_ack_is_reclaimed_and_processed_once(
     if crash_after_commit:
         await dead.process(stream.decode(), messages, ack=False)  # committed, then killed before XACK
     assert await survivor.poll_once() == 0  # pending elsewhere: not redelivered to new reads
-    await asyncio.sleep(0.15)  # the claim idle time (100 ms) passes
+    assert await survivor.reclaim_once() == 0  # nor reclaimed before the claim idle time
+    # Redis measures a pending message's idle time on its own clock (XAUTOCLAIM's min-idle-time), so
+    # the injected clock cannot move it: the threshold moves instead, as if the idle time had passed.
+    survivor.claim_idle_ms = 0
     assert await survivor.reclaim_once() == 1
     assert await counts(app, tenant) == (1, 1)  # exactly once in effect
     pending = await app.redis.xpending(bus.stream_of("backups"), app.settings.bus_group)
@@ -124,8 +131,8 @@ async def test_bad_messages_are_dead_lettered_after_n_failures_and_can_be_replay
     )
     await app.redis.xadd(bus.stream_of("rmm"), {"payload": "{not json"})
     assert await consumer.poll_once() == 0
+    consumer.claim_idle_ms = 0  # each failed message is reclaimable at once (see above)
     for _ in range(2):
-        await asyncio.sleep(0.15)
         await consumer.reclaim_once()
     letters = await bus.dead_letters(app.redis)
     assert sorted(letter.error for letter in letters) == [
@@ -152,7 +159,16 @@ async def test_the_consumer_recreates_its_group_after_redis_loses_it(app: App) -
     await consumer.start()
     try:
         await app.redis.flushall()  # streams and consumer group gone
-        await asyncio.sleep(0.3)  # the consumer polls into NOGROUP and recreates the group
+
+        async def group_recreated() -> bool:  # the consumer polls into NOGROUP and recreates it
+            try:
+                groups = await app.redis.xinfo_groups(bus.stream_of("rmm"))
+            except ResponseError:  # no such stream yet
+                return False
+            names = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"] for g in groups}
+            return app.settings.bus_group in names
+
+        await wait_for(group_recreated, timeout=5)
         await bus.publish(app.redis, "rmm", {**RMM, "tenant_id": tenant.tenant_id})
 
         async def stored() -> bool:

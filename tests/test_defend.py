@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from sqlalchemy import func, select
 
 from oncall_server.api.v1 import alert_pb2, ingest_service_pb2, ingest_service_pb2_grpc
+from oncall_server.clock import FakeClock
 from oncall_server.storage.models import Notification
 from oncall_server.testing import (
     RunningServer,
@@ -23,7 +24,7 @@ from oncall_server.testing import (
     bootstrap,
     running_server,
     server_settings,
-    wait_for,
+    settle,
 )
 from tests.helpers import WebhookReceiver, count_rows
 
@@ -196,14 +197,24 @@ async def test_grpc_create_escalation_has_the_same_semantics(defend_server: Runn
 
 
 async def test_a_defend_page_carries_what_the_technician_needs_and_a_burst_pages_once(
-    tmp_path: Path, database_url: str, redis_url: str, redis: Redis, webhook_receiver: WebhookReceiver
+    tmp_path: Path,
+    database_url: str,
+    redis_url: str,
+    redis: Redis,
+    webhook_receiver: WebhookReceiver,
+    clock: FakeClock,
 ) -> None:
-    """Spec "What the On-Call Technician Sees", end to end: detection in, escalation starts, one page out."""
+    """Spec "What the On-Call Technician Sees", end to end: detection in, escalation starts, one page out.
+
+    The test drives the scheduler and dispatcher (``settle``) at the injected clock's now, so
+    "no second page" is a fact once nothing is due, not the outcome of a wait.
+    """
     settings = server_settings(
         tmp_path, database_url, redis_url, defend_service_key=SERVICE_KEY,
-        webhook_allowed_networks=["127.0.0.0/8"], scheduler_poll_seconds=0.05, notify_poll_seconds=0.05,
+        webhook_allowed_networks=["127.0.0.0/8"], roles=("grpc", "gateway"),
     )  # fmt: skip
-    async with running_server(settings) as server:
+    async with running_server(settings, clock=clock) as server:
+        await server.app.escalator.rebuild()
         tenant = await defend_tenant(server)
         tech = await add_user(
             server.app, tenant.tenant_id, "tech", contacts=[("webhook", webhook_receiver.url, "secret")]
@@ -222,8 +233,8 @@ async def test_a_defend_page_carries_what_the_technician_needs_and_a_burst_pages
         async def paged() -> bool:
             return len(webhook_receiver.received) >= 1
 
-        await wait_for(paged)
-        await asyncio.sleep(0.5)  # the scheduler and dispatcher poll every 50 ms: time for a second page
+        await settle(server.app)  # every step and send due now, until none is left
+        assert await paged()
         assert medium["outcome"] == "recorded"
         [page] = webhook_receiver.bodies
         assert page["incident_id"] == incident_id and page["kind"] == "page" and page["tier"] == 1
