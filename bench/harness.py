@@ -249,6 +249,41 @@ def source_info(src: str) -> dict[str, Any]:
     return info
 
 
+def run_scenario(ctx: Context, sid: str, entry: dict[str, Any]) -> None:
+    """Scenario ``sid`` into ``entry``: its runs and their summary (growth: its result), note and status;
+    a crash is recorded as a failure and the pass goes on."""
+    args = ctx.args
+    try:
+        if sid == "7":
+            entry["result"] = growth.run(ctx)
+            entry["status"] = "ok"
+            return
+        runs: list[RunResult] = []
+        entry["runs"] = runs
+        count = args.pending_runs if sid == "6" else args.runs
+        for run in range(count):
+            ctx.run = run
+            log(f"  run {run + 1}/{count}")
+            runs.append(SCENARIOS[sid](ctx))
+        entry["summary"] = summarize(runs)
+        if sid == "1":
+            ingest_throughput.remember_max_rate(ctx, entry["summary"])
+        entry["note"] = NOTES[sid](ctx, count) if sid in NOTES else ""
+        entry["status"] = "ok" if entry["summary"]["targets"] else "skipped"
+        if not entry["summary"]["targets"]:
+            entry["reason"] = "wrk not installed"
+    except Pending as exc:
+        entry.update(status="pending", reason=str(exc))
+        log(f"  pending: {exc}")
+    except Exception as exc:
+        entry.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
+        if entry.get("runs"):
+            entry["summary"] = summarize(entry["runs"])
+        ctx.failures.append(f"scenario {sid}: {exc}")
+        log(f"  FAILED: {type(exc).__name__}: {exc}")
+        traceback.print_exc()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render:
@@ -315,35 +350,7 @@ def main(argv: list[str] | None = None) -> int:
             entry: dict[str, Any] = {"title": TITLES[sid]}
             results["scenarios"][sid] = entry
             ctx.scenario = sid
-            try:
-                if sid == "7":
-                    entry["result"] = growth.run(ctx)
-                    entry["status"] = "ok"
-                    continue
-                runs: list[RunResult] = []
-                entry["runs"] = runs
-                count = args.pending_runs if sid == "6" else args.runs
-                for run in range(count):
-                    ctx.run = run
-                    log(f"  run {run + 1}/{count}")
-                    runs.append(SCENARIOS[sid](ctx))
-                entry["summary"] = summarize(runs)
-                if sid == "1":
-                    ingest_throughput.remember_max_rate(ctx, entry["summary"])
-                entry["note"] = NOTES[sid](ctx, count) if sid in NOTES else ""
-                entry["status"] = "ok" if entry["summary"]["targets"] else "skipped"
-                if not entry["summary"]["targets"]:
-                    entry["reason"] = "wrk not installed"
-            except Pending as exc:
-                entry.update(status="pending", reason=str(exc))
-                log(f"  pending: {exc}")
-            except Exception as exc:
-                entry.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
-                if entry.get("runs"):
-                    entry["summary"] = summarize(entry["runs"])
-                ctx.failures.append(f"scenario {sid}: {exc}")
-                log(f"  FAILED: {type(exc).__name__}: {exc}")
-                traceback.print_exc()
+            run_scenario(ctx, sid, entry)
     finally:
         for target in (ctx.noop_grpc, ctx.noop_http):
             if target is not None:
