@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from pathlib import Path
 
 import aiohttp
 import uvloop
 from oncall_channels.webhook import WebhookChannel
+from targets import PageReceiver
 
 from oncall_server.hookspecs import Destination, Page
 
@@ -98,18 +96,11 @@ def main() -> None:
     parser.add_argument("--pages", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=16)
     args = parser.parse_args()
-    receiver = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("receiver.py"))],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    receiver = PageReceiver().start()
     try:
-        assert receiver.stdout is not None
-        port = int(receiver.stdout.readline().rsplit(" ", 1)[1])
-        uvloop.run(measure(port, args.pages, args.concurrency))
+        uvloop.run(measure(receiver.port, args.pages, args.concurrency))
     finally:
-        receiver.terminate()
-        receiver.wait(timeout=10)
+        receiver.stop()
 
 
 if __name__ == "__main__":
