@@ -58,7 +58,7 @@ class Context:
     def profile_path(self, label: str) -> Path | None:
         if not self.args.profile:
             return None
-        safe = label.replace("/", "-").replace(" ", "_").replace("x", "x")
+        safe = label.replace("/", "-").replace(" ", "_")
         return Path(self.args.profile) / f"s{self.scenario}-r{self.run}-{safe}.txt"
 
     @contextlib.contextmanager
