@@ -38,7 +38,7 @@ from oncall_server.hookspecs import (
     delivery_of,
     hookimpl,
 )
-from oncall_server.paging.outbox import Dispatcher
+from oncall_server.paging.dispatcher import Dispatcher
 from oncall_server.plugins import Plugins
 from oncall_server.runtime.app import App
 from oncall_server.runtime.settings import Settings
@@ -274,7 +274,7 @@ async def test_at_most_once_a_send_begun_at_the_death_is_recorded_unknown_not_re
     clock.advance(LEASE - 1)
     assert await s.b.run_once() == 0
     clock.advance(1.5)
-    with caplog.at_level(logging.WARNING, "oncall_server.paging.outbox"):
+    with caplog.at_level(logging.WARNING, "oncall_server.paging.dispatcher"):
         assert await s.b.run_once() == 0  # nothing sent...
     assert s.pager.attempts == [notification_id]  # ...and not again
     stored = await row(s.app)

@@ -38,7 +38,7 @@ async def test_a_busy_writer_with_a_linger_gathers_later_requests_into_one_commi
         calls: list[asyncio.Task[list[IngestResult]]] = [
             asyncio.create_task(app.writer.submit([alert(tenant, app, "first")]))
         ]
-        while not app.writer._boarding:  # noqa: ASYNC110 - until the first request's batch is running
+        while not app.writer.next_commit.accepting:  # noqa: ASYNC110 - until the first request's batch is running
             await asyncio.sleep(0)
         calls.append(asyncio.create_task(app.writer.submit([alert(tenant, app, "queued")])))
         while app.writer.batches_committed == before:  # noqa: ASYNC110 - until the first batch committed

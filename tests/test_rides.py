@@ -1,4 +1,4 @@
-"""Page outcomes ride in ingest transactions while ingest is busy (oncall_server/ingest/rides.py):
+"""Page outcomes ride in ingest transactions while ingest is busy (oncall_server/ingest/carried_writes.py):
 every sent page is still recorded once, also when the transaction it rode in failed."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from redis.asyncio import Redis
 from sqlalchemy import func, select
 
 from oncall_server.errors import Unavailable
+from oncall_server.ingest.carried_writes import CarriedWrites
 from oncall_server.ingest.model import NormalizedEvent, PreparedAlert
-from oncall_server.ingest.rides import Ride
 from oncall_server.runtime.app import App
 from oncall_server.severity import Severity
 from oncall_server.storage.models import Incident, Notification, TimelineEntry
@@ -74,7 +74,7 @@ async def test_outcomes_ride_in_ingest_transactions_and_each_page_is_recorded_on
 ) -> None:
     app, tenant = paged
     await ingest_concurrently(app, tenant, 400)
-    assert app.writer.rides_carried > 0  # the outcomes did ride
+    assert app.writer.carried_commits > 0  # the outcomes did ride
     incidents, statuses, notified = await recorded(app)
     assert incidents == 400
     assert statuses == ["sent"] * 400
@@ -89,10 +89,10 @@ async def test_a_ride_whose_transaction_failed_is_recorded_alone_and_ingest_goes
     row that lacks a column (refused before it reaches the database): each such transaction
     fails, ingest retries it without the ride, and the outcomes are written alone."""
     app, tenant = paged
-    take_ride = app.dispatcher.take_ride
-    poisoned: list[Ride] = []
+    take_ride = app.dispatcher.take_carried_writes
+    poisoned: list[CarriedWrites] = []
 
-    def take_poisoned_ride() -> Ride | None:
+    def take_poisoned_ride() -> CarriedWrites | None:
         ride = take_ride()
         if ride is None:
             return None
@@ -101,11 +101,11 @@ async def test_a_ride_whose_transaction_failed_is_recorded_alone_and_ingest_goes
         if poison == "row missing a column":
             bad = [{k: v for k, v in entries[0].items() if k != "message"}]
         poisoned.append(ride)
-        return Ride([*ride.writes, (insert_entries, bad)], ride.settle)
+        return CarriedWrites([*ride.writes, (insert_entries, bad)], ride.settle)
 
-    app.dispatcher.take_ride = take_poisoned_ride  # type: ignore[method-assign]
+    app.dispatcher.take_carried_writes = take_poisoned_ride  # type: ignore[method-assign]
     await ingest_concurrently(app, tenant, 400)
-    assert poisoned and app.writer.rides_carried == 0
+    assert poisoned and app.writer.carried_commits == 0
     incidents, statuses, notified = await recorded(app)
     assert incidents == 400  # every caller's alerts committed
     assert statuses == ["sent"] * 400

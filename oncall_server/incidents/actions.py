@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -22,7 +21,7 @@ from oncall_server.incidents.changes import Change, ChangeFeed
 from oncall_server.incidents.model import AlertState, IncidentStatus
 from oncall_server.ingest.coordination import Coordinator
 from oncall_server.paging import escalation_state
-from oncall_server.paging.outbox import ASSIGNED, Paged, PageRequest, enqueue_pages
+from oncall_server.paging.outbox import ASSIGNED, LocalDispatcher, Paged, PageRequest, enqueue_pages
 from oncall_server.storage.engine import retrying_write
 from oncall_server.storage.models import Alert, Incident, Service, TimelineEntry, User
 
@@ -75,6 +74,14 @@ def clamp_page_size(requested: int, default: int, maximum: int) -> int:
     return min(requested or default, maximum)
 
 
+class StepScheduler(Protocol):
+    """The escalation timers (``paging.escalator.EscalationTimers``), as incident actions see them."""
+
+    async def schedule(self, incident: Incident) -> None:
+        """The incident's next step changed: tell the scheduler when it is due."""
+        ...
+
+
 class Incidents:
     def __init__(
         self,
@@ -82,14 +89,15 @@ class Incidents:
         clock: Clock,
         coordinator: Coordinator,
         changes: ChangeFeed,
+        timers: StepScheduler,
+        dispatcher: LocalDispatcher,
     ) -> None:
         self.sessions = sessions
         self.clock = clock
         self.coordinator = coordinator
         self.changes = changes
-        # Set by the App: tell the scheduler about a changed next step, wake the dispatcher.
-        self.schedule: Callable[[Incident], Awaitable[None]] | None = None
-        self.on_enqueued: Callable[[], None] = lambda: None
+        self.timers = timers  # told when an action changes an incident's next step
+        self.dispatcher = dispatcher  # woken when an action enqueues pages
 
     async def _incident(
         self, session: AsyncSession, tenant_id: str, incident_id: str, *, lock: bool = False
@@ -233,8 +241,7 @@ class Incidents:
         if entry is None:
             return incident
         self._publish(incident, entry)
-        if self.schedule is not None:
-            await self.schedule(incident)
+        await self.timers.schedule(incident)
         return incident
 
     async def reassign(self, tenant_id: str, incident_id: str, assignee: str, actor: str) -> Incident:
@@ -291,7 +298,7 @@ class Incidents:
         incident, entry, paged = await retrying_write(self.sessions, work)
         self._publish(incident, entry)
         if paged.notifications:
-            self.on_enqueued()
+            self.dispatcher.wake()
         return incident
 
     async def add_note(self, tenant_id: str, incident_id: str, note: str, actor: str) -> TimelineEntry:

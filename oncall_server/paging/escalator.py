@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -27,10 +27,10 @@ from oncall_server.ids import uuid7
 from oncall_server.incidents.actions import OPEN_ALERT_STATES, Incidents
 from oncall_server.incidents.changes import Change, ChangeFeed
 from oncall_server.incidents.model import AlertState, IncidentFacts, IncidentStatus
-from oncall_server.ingest.writer import NewIncident, StartedEscalations
+from oncall_server.ingest.batch import NewIncident, StartedEscalations
 from oncall_server.paging import escalation_state as state
 from oncall_server.paging.due_set import DueSet
-from oncall_server.paging.outbox import PAGE, OutboxRow, PageRequest, enqueue_pages
+from oncall_server.paging.outbox import PAGE, LocalDispatcher, OutboxRow, PageRequest, enqueue_pages
 from oncall_server.storage import bulk
 from oncall_server.storage.bulk import Executor
 from oncall_server.storage.engine import retrying_write
@@ -153,9 +153,9 @@ def after_page(
 class InitialEscalation:
     """A new incident's escalation state once tier 1 is paged, known before it is inserted.
 
-    The writer inserts the incident with it instead of updating the row after the first page:
-    on PostgreSQL that update touched an indexed column, a second version of the row and of
-    every index entry (~33 µs of PostgreSQL per incident, docs/performance.md).
+    The writer inserts the incident with it instead of updating the row after the first page: that
+    update touches an indexed column, so PostgreSQL writes a second version of the row and its index
+    entries (docs/performance.md).
     """
 
     snapshot: dict[str, Any]
@@ -173,16 +173,33 @@ def _duration(seconds: int) -> str:
     return f"{seconds}s"
 
 
+class EscalationTimers:
+    """When each incident's next step is due (the Redis set) and the scheduler's wake-up: shared by
+    the scheduler and the incident actions that change a next step."""
+
+    def __init__(self, due: DueSet) -> None:
+        self.due = due
+        self.wakeup = asyncio.Event()
+
+    async def schedule(self, incident: Incident) -> None:
+        """After an action changed the incident's next step: tell Redis (SQL already knows)."""
+        member = state.pending_member(incident)
+        if member is not None:
+            await self.due.add([member])
+            self.wakeup.set()
+
+
 class Escalator:
     """Runs escalation steps for every tenant; one per process, any number of replicas."""
 
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
-        due: DueSet,
+        timers: EscalationTimers,
         clock: Clock,
         changes: ChangeFeed,
         incidents: Incidents,
+        dispatcher: LocalDispatcher,
         *,
         lease_seconds: float = 10.0,
         batch_size: int = 500,
@@ -191,7 +208,7 @@ class Escalator:
         sweep_seconds: float = 5.0,
     ) -> None:
         self.sessions = sessions
-        self.due = due
+        self.due = timers.due
         self.clock = clock
         self.changes = changes
         self.incidents = incidents
@@ -200,12 +217,10 @@ class Escalator:
         self.poll_seconds = poll_seconds
         self.sweep_seconds = sweep_seconds
         self._limit = asyncio.Semaphore(concurrency)
-        self._wakeup = asyncio.Event()
+        self._wakeup = timers.wakeup
         self._dialect = sessions.kw["bind"].dialect.name
-        self.on_enqueued: Callable[[], None] = lambda: None
-        # Set by the app to the local dispatcher's claim_until / take: pages due now skip its claim.
-        self.claim_until: Callable[[], datetime | None] = lambda: None
-        self.on_claimed: Callable[[Sequence[OutboxRow]], None] = lambda rows: None
+        # This process's dispatcher: pages due now are written claimed for it and handed over.
+        self.dispatcher = dispatcher
         self.steps_run = 0
 
     def wake(self) -> None:
@@ -261,18 +276,11 @@ class Escalator:
     async def escalations_started(self, started: StartedEscalations) -> None:
         """After the writer's commit: hand the pages over and schedule the next steps."""
         assert isinstance(started, _Outcome)
-        self.on_claimed(started.claimed)
+        self.dispatcher.take(started.claimed)
         if started.enqueued:
-            self.on_enqueued()
+            self.dispatcher.wake()
         if started.following:
             await self.due.add(started.following)
-            self.wake()
-
-    async def schedule(self, incident: Incident) -> None:
-        """After an action changed the incident's next step: tell Redis (SQL already knows)."""
-        member = state.pending_member(incident)
-        if member is not None:
-            await self.due.add([member])
             self.wake()
 
     async def run_forever(self, stopping: asyncio.Event) -> None:
@@ -337,9 +345,9 @@ class Escalator:
                 await self._run_steps({member: step})
             return
         self.steps_run += len(steps)
-        self.on_claimed(outcome.claimed)
+        self.dispatcher.take(outcome.claimed)
         if outcome.enqueued:
-            self.on_enqueued()
+            self.dispatcher.wake()
         await self.due.finish(list(steps), outcome.following)
         self.changes.publish(outcome.changes)
 
@@ -456,7 +464,7 @@ class Escalator:
             )
             paging.append((incident, tiers, tier, loop, users))
         all_paged, claimed = await enqueue_pages(
-            session, self._dialect, requests, now, claim_until=self.claim_until(), fresh=fresh
+            session, self._dialect, requests, now, claim_until=self.dispatcher.claim_until(), fresh=fresh
         )
         outcome.claimed.extend(claimed)
         outcome.enqueued = outcome.enqueued or sum(p.notifications for p in all_paged) > len(claimed)

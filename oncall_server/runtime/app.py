@@ -16,14 +16,15 @@ from oncall_server import redis_client
 from oncall_server.clock import Clock, SystemClock
 from oncall_server.incidents.actions import Incidents
 from oncall_server.incidents.changes import ChangeFeed
+from oncall_server.ingest.carried_writes import NextIngestCommit
 from oncall_server.ingest.coordination import Coordinator
 from oncall_server.ingest.drops import DropLog
 from oncall_server.ingest.integrations import Integrations
 from oncall_server.ingest.pipeline import IngestPipeline
 from oncall_server.ingest.writer import GroupCommitWriter
+from oncall_server.paging.dispatcher import Dispatcher
 from oncall_server.paging.due_set import DueSet
-from oncall_server.paging.escalator import Escalator
-from oncall_server.paging.outbox import Dispatcher
+from oncall_server.paging.escalator import EscalationTimers, Escalator
 from oncall_server.plugins import Plugins
 from oncall_server.redis_embedded import EmbeddedRedis
 from oncall_server.runtime.settings import Settings
@@ -83,16 +84,8 @@ class App:
         coordinator = Coordinator(redis)
         changes = ChangeFeed(redis)
 
-        incidents = Incidents(sessions, clock, coordinator, changes)
-        escalator = Escalator(
-            sessions,
-            DueSet(redis),
-            clock,
-            changes,
-            incidents,
-            lease_seconds=settings.scheduler_lease_seconds,
-            poll_seconds=settings.scheduler_poll_seconds,
-        )
+        # Page outcomes are written by the next ingest commit when one is coming (carried writes).
+        next_ingest_commit = NextIngestCommit()
         dispatcher = Dispatcher(
             sessions,
             clock,
@@ -105,13 +98,20 @@ class App:
             retry_base_seconds=settings.notify_retry_base_seconds,
             retry_max_seconds=settings.notify_retry_max_seconds,
             poll_seconds=settings.notify_poll_seconds,
+            ingest_commit=next_ingest_commit,
         )
-        incidents.schedule = escalator.schedule
-        incidents.on_enqueued = dispatcher.wake
-        escalator.on_enqueued = dispatcher.wake
-
-        escalator.claim_until = dispatcher.claim_until
-        escalator.on_claimed = dispatcher.take
+        timers = EscalationTimers(DueSet(redis))
+        incidents = Incidents(sessions, clock, coordinator, changes, timers, dispatcher)
+        escalator = Escalator(
+            sessions,
+            timers,
+            clock,
+            changes,
+            incidents,
+            dispatcher,
+            lease_seconds=settings.scheduler_lease_seconds,
+            poll_seconds=settings.scheduler_poll_seconds,
+        )
         writer = GroupCommitWriter(
             engine,
             coordinator,
@@ -120,9 +120,9 @@ class App:
             linger_seconds=settings.write_linger_ms / 1000,
             changes=changes,
             escalations=escalator,
+            next_commit=next_ingest_commit,
+            carried_writes=dispatcher,
         )
-        writer.rides = dispatcher
-        dispatcher.carrier = writer
         integrations = Integrations(sessions, clock, plugins)
         pipeline = IngestPipeline(
             integrations, plugins, writer, DropLog(redis), clock, max_batch_alerts=settings.max_batch_alerts
