@@ -39,6 +39,7 @@ from oncall_server.hookspecs import (
     hookimpl,
 )
 from oncall_server.paging.dispatcher import Dispatcher
+from oncall_server.paging.outcomes import OutcomeRecorder
 from oncall_server.plugins import Plugins
 from oncall_server.runtime.app import App
 from oncall_server.runtime.settings import Settings
@@ -131,7 +132,12 @@ async def setup(
         app.plugins.register(ChannelsPlugin(hook, pager), "delivery-test")
         await app.escalator.rebuild()
         other = Dispatcher(
-            app.sessions, clock, app.plugins, app.changes, public_url="http://x", lease_seconds=LEASE
+            app.sessions,
+            clock,
+            app.plugins,
+            OutcomeRecorder(app.sessions, app.changes),
+            public_url="http://x",
+            lease_seconds=LEASE,
         )
         assert app.dispatcher.lease.total_seconds() == LEASE  # the default ONCALL_NOTIFY_LEASE_SECONDS
         yield Setup(running, await bootstrap(app), hook, pager, other)
@@ -274,7 +280,7 @@ async def test_at_most_once_a_send_begun_at_the_death_is_recorded_unknown_not_re
     clock.advance(LEASE - 1)
     assert await s.b.run_once() == 0
     clock.advance(1.5)
-    with caplog.at_level(logging.WARNING, "oncall_server.paging.dispatcher"):
+    with caplog.at_level(logging.WARNING, "oncall_server.paging.outcomes"):
         assert await s.b.run_once() == 0  # nothing sent...
     assert s.pager.attempts == [notification_id]  # ...and not again
     stored = await row(s.app)

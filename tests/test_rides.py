@@ -89,7 +89,7 @@ async def test_a_ride_whose_transaction_failed_is_recorded_alone_and_ingest_goes
     row that lacks a column (refused before it reaches the database): each such transaction
     fails, ingest retries it without the ride, and the outcomes are written alone."""
     app, tenant = paged
-    take_ride = app.dispatcher.take_carried_writes
+    take_ride = app.dispatcher.recorder.take_carried_writes
     poisoned: list[CarriedWrites] = []
 
     def take_poisoned_ride() -> CarriedWrites | None:
@@ -103,7 +103,7 @@ async def test_a_ride_whose_transaction_failed_is_recorded_alone_and_ingest_goes
         poisoned.append(ride)
         return CarriedWrites([*ride.writes, (insert_entries, bad)], ride.settle)
 
-    app.dispatcher.take_carried_writes = take_poisoned_ride  # type: ignore[method-assign]
+    app.dispatcher.recorder.take_carried_writes = take_poisoned_ride  # type: ignore[method-assign]
     await ingest_concurrently(app, tenant, 400)
     assert poisoned and app.writer.carried_commits == 0
     incidents, statuses, notified = await recorded(app)

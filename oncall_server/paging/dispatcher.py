@@ -1,4 +1,4 @@
-"""The outbox dispatcher: claims page rows, sends them through the channel plugins, records outcomes.
+"""The outbox dispatcher: claims page rows, sends them through the channel plugins, decides outcomes.
 
 It claims rows with a lease in one conditional UPDATE that also checks the incident (still
 triggered, same escalation run), so once an acknowledgement commits no further page of that
@@ -18,19 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from prometheus_client import Counter
 from sqlalchemy import Table, and_, bindparam, exists, or_, select, tuple_, update
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from oncall_server import failures
 from oncall_server.clock import Clock
 from oncall_server.hookspecs import (
     AT_LEAST_ONCE,
@@ -42,10 +38,8 @@ from oncall_server.hookspecs import (
     Page,
     delivery_of,
 )
-from oncall_server.ids import uuid7
-from oncall_server.incidents.changes import Change, ChangeFeed
+from oncall_server.incidents.changes import Change
 from oncall_server.incidents.model import IncidentStatus
-from oncall_server.ingest.carried_writes import CarriedWrites, NextIngestCommit
 from oncall_server.paging.outbox import (
     DELIVERING,
     OUTBOX_COLUMNS,
@@ -55,6 +49,13 @@ from oncall_server.paging.outbox import (
     OutboxRow,
     incident_url,
 )
+from oncall_server.paging.outcomes import (
+    STILL_OURS,
+    OutcomeRecorder,
+    Outcomes,
+    UnknownOutcome,
+    timeline_entry,
+)
 from oncall_server.plugins import Plugins
 from oncall_server.severity import Severity
 from oncall_server.storage import bulk
@@ -62,15 +63,6 @@ from oncall_server.storage.engine import single_read, write_connection, write_tr
 from oncall_server.storage.models import ContactMethod, Incident, Notification, Service, TimelineEntry, User
 
 log = logging.getLogger(__name__)
-
-_RECORD_ATTEMPTS = 5
-
-PAGES_OUTCOME_UNKNOWN = Counter(
-    "oncall_pages_outcome_unknown_total",
-    "Notifications of at-most-once channels whose send began but whose outcome never came back "
-    "(the sender died, or the channel could not tell); recorded as unknown, not sent again.",
-    ["channel"],
-)
 
 
 def _deliverable() -> Any:
@@ -129,61 +121,6 @@ _CONTENT = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class _Outcomes:
-    updates: list[dict[str, Any]]
-    entries: list[dict[str, Any]]
-    changes: list[Change]
-    unknown: list[_Unknown] = field(default_factory=list)  # told to the operator once committed
-
-
-@dataclass(frozen=True, slots=True)
-class _Unknown:
-    """An at-most-once page whose outcome is unknown: what the operator is told."""
-
-    notification_id: str
-    incident_id: str
-    channel: str
-    who: str
-    why: str
-
-    def report(self) -> None:
-        PAGES_OUTCOME_UNKNOWN.labels(self.channel).inc()
-        log.warning(
-            "page %s of incident %s to %s via %s: outcome unknown (%s); not sent again, %s cannot "
-            "drop a repeat: check with them",
-            self.notification_id,
-            self.incident_id,
-            self.who,
-            self.channel,
-            self.why,
-            self.channel,
-        )
-
-    def message(self) -> str:
-        return (
-            f"Page to {self.who} via {self.channel} may not have arrived: {self.why}; not sent again "
-            f"({self.channel} cannot drop a repeat)"
-        )
-
-
-# Outcomes waiting to be committed, and the future their sender waits on.
-_Queued = tuple[_Outcomes, "asyncio.Future[None]"]
-
-
-def _fail(taken: list[_Queued], error: BaseException) -> None:
-    for _, done in taken:
-        if not done.done():
-            done.set_exception(error)
-
-
-def _outcome_writes(taken: list[_Queued]) -> list[tuple[Any, list[dict[str, Any]]]]:
-    return [
-        (_RECORD_OUTCOME, [u for o, _ in taken for u in o.updates]),
-        (bulk.insert_into(TimelineEntry), [e for o, _ in taken for e in o.entries]),
-    ]
-
-
 @dataclass(slots=True)
 class _Delivery:
     row: OutboxRow
@@ -219,7 +156,7 @@ class Dispatcher:
         sessions: async_sessionmaker[AsyncSession],
         clock: Clock,
         plugins: Plugins,
-        changes: ChangeFeed,
+        recorder: OutcomeRecorder,
         *,
         public_url: str,
         max_attempts: int = 10,
@@ -230,12 +167,11 @@ class Dispatcher:
         poll_seconds: float = 0.5,
         batch_size: int = 200,
         max_handed_over: int = 5000,
-        ingest_commit: NextIngestCommit | None = None,
     ) -> None:
         self.sessions = sessions
         self.clock = clock
         self.plugins = plugins
-        self.changes = changes
+        self.recorder = recorder  # commits what became of the pages sent
         self.public_url = public_url
         self.max_attempts = max_attempts
         self.lease = timedelta(seconds=lease_seconds)
@@ -250,10 +186,6 @@ class Dispatcher:
         self._wakeup = asyncio.Event()
         self._handed_over: set[asyncio.Task[None]] = set()
         self._handed_over_rows = 0
-        self._unrecorded: list[_Queued] = []
-        self._refused: list[_Queued] = []  # carried by an ingest transaction that failed
-        self._recorder: asyncio.Task[None] | None = None
-        self.ingest_commit = ingest_commit  # this process's ingest commits, which can carry outcomes
         # Rows this process is sending (id -> attempts, the claim's fencing token): leases renewed.
         self._in_flight: dict[str, int] = {}
 
@@ -415,10 +347,10 @@ class Dispatcher:
             )
             claimed = [OutboxRow.of(row) for row in result.all()]
         if unknown:
-            self._announce([unknown])
+            self.recorder.announce([unknown])
         return claimed
 
-    async def _abandon_unknown(self, session: AsyncSession, now: datetime) -> _Outcomes | None:
+    async def _abandon_unknown(self, session: AsyncSession, now: datetime) -> Outcomes | None:
         """``delivering`` rows whose lease ran out: their sender died mid-send. Recorded ``unknown``
         with a timeline entry, in the claim's transaction; never sent again."""
         result = await session.execute(
@@ -451,16 +383,16 @@ class Dispatcher:
             .outerjoin(User, User.id == Notification.user_id)
             .where(Notification.id.in_(ids))
         )
-        outcomes = _Outcomes([], [], [])
+        outcomes = Outcomes([], [], [])
         for row in rows:
-            unknown = _Unknown(
+            unknown = UnknownOutcome(
                 row.id,
                 row.incident_id,
                 row.channel,
                 row.name or row.user_id,
                 f"the process sending it stopped mid-send, attempt {row.attempts}",
             )
-            entry = _timeline_entry(
+            entry = timeline_entry(
                 row.tenant_id,
                 row.incident_id,
                 unknown.message(),
@@ -540,97 +472,16 @@ class Dispatcher:
         return float(min(self.retry_base_seconds * 2 ** (attempts - 1), self.retry_max_seconds))
 
     async def _record(self, deliveries: list[_Delivery]) -> None:
-        """Queue the outcomes for :meth:`_record_queued`; returns once they are committed."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._unrecorded.append((self._outcomes(deliveries), done))
-        self._start_recorder()
-        await done
+        """Returns once the deliveries' outcomes are committed."""
+        await self.recorder.record(self._outcomes(deliveries))
 
-    def _start_recorder(self) -> None:
-        if self._recorder is None or self._recorder.done():
-            self._recorder = asyncio.create_task(self._record_queued(), name="outbox-recorder")
-
-    def take_carried_writes(self) -> CarriedWrites | None:
-        """The queued outcomes as writes for the ingest writer's transaction (see
-        :mod:`oncall_server.ingest.carried_writes`)."""
-        if not self._unrecorded:
-            return None
-        taken, self._unrecorded = self._unrecorded, []
-        return CarriedWrites(_outcome_writes(taken), functools.partial(self._settle_carried, taken))
-
-    def _settle_carried(self, taken: list[_Queued], error: BaseException | None) -> None:
-        if error is None:
-            self._recorded(taken)
-            return
-        self._refused += taken  # recorded by the recorder itself, never offered again
-        self._start_recorder()
-
-    async def _record_queued(self) -> None:
-        """Group commit of outcomes: everything queued by the time the write lock is ours, in one
-        transaction of executemany updates and timeline inserts.
-
-        While an ingest batch is coming anyway, the ingest commit carries them instead, which saves
-        a commit per ingest batch.
-        """
-        taken: list[_Queued] = []
-        try:
-            while self._unrecorded or self._refused:
-                commit = self.ingest_commit
-                if commit and not self._refused and commit.will_carry() and await commit.carried():
-                    continue  # an ingest transaction carried them; look again at what queued since
-                taken = []
-                try:
-                    await self._write_outcomes(taken)
-                except Exception as exc:
-                    failed = taken or self._take_queued()  # no connection: fail them, do not spin
-                    log.warning("could not record the outcomes of %d page batch(es): %s", len(failed), exc)
-                    _fail(failed, exc)
-                    continue
-                self._recorded(taken)
-        except BaseException as exc:  # cancelled: nothing must wait for a recorder that is gone
-            _fail(taken + self._take_queued(), exc)
-            raise
-
-    async def _write_outcomes(self, taken: list[_Queued]) -> None:
-        """Everything queued, in one transaction, run again after a deadlock or serialization failure
-        (the writes are fenced updates and inserts of fixed ids: running them twice is harmless).
-        Fills ``taken`` with what it took, so the caller can settle it whatever happens."""
-        for attempt in range(1, _RECORD_ATTEMPTS + 1):
-            try:
-                async with write_connection(self.sessions.kw["bind"]) as conn:
-                    if not taken:
-                        taken.extend(self._take_queued())
-                    await bulk.execute_all(conn, _outcome_writes(taken))
-                return
-            except DBAPIError as exc:
-                if attempt == _RECORD_ATTEMPTS or not failures.is_transient(exc):
-                    raise
-                await asyncio.sleep(0.01 * attempt)
-
-    def _take_queued(self) -> list[_Queued]:
-        taken, self._refused, self._unrecorded = self._refused + self._unrecorded, [], []
-        return taken
-
-    def _recorded(self, taken: list[_Queued]) -> None:
-        self._announce([o for o, _ in taken])
-        for _, done in taken:
-            if not done.done():
-                done.set_result(None)
-
-    def _announce(self, committed: list[_Outcomes]) -> None:
-        """What committed outcomes tell others: the change feed, and the operator about unknowns."""
-        self.changes.publish(c for o in committed for c in o.changes)
-        for outcomes in committed:
-            for unknown in outcomes.unknown:
-                unknown.report()
-
-    def _outcomes(self, deliveries: list[_Delivery]) -> _Outcomes:
+    def _outcomes(self, deliveries: list[_Delivery]) -> Outcomes:
         """The outbox updates, timeline entries and change-feed messages of sent (or failed) pages."""
         now = self.clock.now()
         updates: list[dict[str, Any]] = []
         entries: list[dict[str, Any]] = []
         changes: list[Change] = []
-        unknowns: list[_Unknown] = []
+        unknowns: list[UnknownOutcome] = []
         for delivery in deliveries:
             row = delivery.row
             who = delivery.user_name or row.user_id
@@ -646,7 +497,7 @@ class Dispatcher:
                 outcome["sent_at"] = now
                 message = f"Notified {who} via {row.channel}"
             elif delivery.unknown and delivery.at_most_once:
-                unknown = _Unknown(row.id, row.incident_id, row.channel, who, delivery.error)
+                unknown = UnknownOutcome(row.id, row.incident_id, row.channel, who, delivery.error)
                 outcome["status"], message = UNKNOWN, unknown.message()
                 unknowns.append(unknown)
             elif delivery.retryable and row.attempts < self.max_attempts:
@@ -661,7 +512,7 @@ class Dispatcher:
                     f"Failed to notify {who} via {row.channel} after {row.attempts} attempt(s): "
                     f"{delivery.error}"
                 )
-            entry = _timeline_entry(
+            entry = timeline_entry(
                 row.tenant_id,
                 row.incident_id,
                 message,
@@ -681,45 +532,11 @@ class Dispatcher:
                 outcome["status"] = "pending"
             updates.append(outcome)
             changes.append(Change(row.tenant_id, delivery.service_id, row.incident_id, entry["id"]))
-        return _Outcomes(updates, entries, changes, unknowns)
-
-
-def _timeline_entry(
-    tenant_id: str, incident_id: str, message: str, details: dict[str, str], now: datetime
-) -> dict[str, Any]:
-    """A ``notification`` timeline entry's row."""
-    return {
-        "id": uuid7(),
-        "tenant_id": tenant_id,
-        "incident_id": incident_id,
-        "kind": "notification",
-        "actor": "system",
-        "message": message,
-        "details": details,
-        "created_at": now,
-    }
+        return Outcomes(updates, entries, changes, unknowns)
 
 
 _notifications = cast(Table, Notification.__table__)
-# Still ours: in flight, and not claimed again since (a claim increments attempts).
-_STILL_OURS = (
-    _notifications.c.id == bindparam("b_id"),
-    _notifications.c.attempts == bindparam("b_attempts"),
-    or_(_notifications.c.status == SENDING, _notifications.c.status == DELIVERING),
-)
-# Only a row still leased to us changes: a row another replica reclaimed after our lease is theirs.
-_RECORD_OUTCOME = (
-    update(_notifications)
-    .where(*_STILL_OURS)
-    .values(
-        status=bindparam("status"),
-        sent_at=bindparam("sent_at"),
-        next_attempt_at=bindparam("next_attempt_at"),
-        last_error=bindparam("last_error"),
-        lease_until=None,
-    )
-)
-_RENEW_LEASE = update(_notifications).where(*_STILL_OURS).values(lease_until=bindparam("b_until"))
+_RENEW_LEASE = update(_notifications).where(*STILL_OURS).values(lease_until=bindparam("b_until"))
 
 
 def build_page(row: OutboxRow, content: Any, public_url: str) -> Page:

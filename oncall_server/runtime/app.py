@@ -25,6 +25,7 @@ from oncall_server.ingest.writer import GroupCommitWriter
 from oncall_server.paging.dispatcher import Dispatcher
 from oncall_server.paging.due_set import DueSet
 from oncall_server.paging.escalator import EscalationTimers, Escalator
+from oncall_server.paging.outcomes import OutcomeRecorder
 from oncall_server.plugins import Plugins
 from oncall_server.redis_embedded import EmbeddedRedis
 from oncall_server.runtime.settings import Settings
@@ -86,11 +87,12 @@ class App:
 
         # Page outcomes are written by the next ingest commit when one is coming (carried writes).
         next_ingest_commit = NextIngestCommit()
+        outcomes = OutcomeRecorder(sessions, changes, ingest_commit=next_ingest_commit)
         dispatcher = Dispatcher(
             sessions,
             clock,
             plugins,
-            changes,
+            outcomes,
             public_url=settings.public_url,
             max_attempts=settings.notify_max_attempts,
             lease_seconds=settings.notify_lease_seconds,
@@ -98,7 +100,6 @@ class App:
             retry_base_seconds=settings.notify_retry_base_seconds,
             retry_max_seconds=settings.notify_retry_max_seconds,
             poll_seconds=settings.notify_poll_seconds,
-            ingest_commit=next_ingest_commit,
         )
         timers = EscalationTimers(DueSet(redis))
         incidents = Incidents(sessions, clock, coordinator, changes, timers, dispatcher)
@@ -121,7 +122,7 @@ class App:
             changes=changes,
             escalations=escalator,
             next_commit=next_ingest_commit,
-            carried_writes=dispatcher,
+            carried_writes=outcomes,
         )
         integrations = Integrations(sessions, clock, plugins)
         pipeline = IngestPipeline(
