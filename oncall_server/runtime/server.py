@@ -23,7 +23,7 @@ from oncall_server.clock import Clock
 from oncall_server.faces.grpc.auth import AuthInterceptor
 from oncall_server.faces.grpc.interceptor import ErrorInterceptor
 from oncall_server.faces.grpc.registry import SERVICE_NAMES, SERVICES, add_services
-from oncall_server.faces.http import gateway
+from oncall_server.faces.http import connections
 from oncall_server.faces.http.gateway import ScrubbingAccessLogger, build_gateway
 from oncall_server.ingest.bus import BusConsumer
 from oncall_server.runtime import workers
@@ -90,7 +90,7 @@ class GatewayRole:
             access_log_class=ScrubbingAccessLogger,
             access_log=logging.getLogger("oncall.access") if app.settings.access_log else None,
             shutdown_timeout=app.settings.drain_seconds,
-            **gateway.runner_options(app.settings),
+            **connections.runner_options(app.settings),
         )
         self.listener: asyncio.Server | None = None
         self.port = 0
@@ -98,7 +98,7 @@ class GatewayRole:
     async def start(self) -> None:
         await self.runner.setup()
         # Connections come through the gateway's guard (header timeout, per-client limit).
-        self.listener = await gateway.listen(self.runner, self.app.settings)
+        self.listener = await connections.listen(self.runner, self.app.settings)
         sockets = self.listener.sockets
         self.port = sockets[0].getsockname()[1] if sockets else 0
         log.info("HTTP gateway listening on port %d", self.port)
