@@ -22,16 +22,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from oncall_server import failures
 from oncall_server.clock import Clock
-from oncall_server.configuration import schedules, users
-from oncall_server.errors import FailedPrecondition, InvalidArgument, NotFound
+from oncall_server.configuration import rows, schedules, users
+from oncall_server.errors import FailedPrecondition, InvalidArgument
 from oncall_server.ids import is_valid_id, uuid7
 from oncall_server.storage.engine import retrying_write
-from oncall_server.storage.listing import tenant_page
 from oncall_server.storage.models import EscalationPolicy, Service
 
 MAX_NAME = 200
@@ -145,16 +142,7 @@ def parse_tiers(tiers: Sequence[dict[str, Any]]) -> list[TierSpec]:
 async def load_policy(
     session: AsyncSession, tenant_id: str, policy_id: str, *, lock: bool = False
 ) -> EscalationPolicy:
-    """The tenant's policy; NOT_FOUND for another tenant's or a malformed id. ``lock``: FOR UPDATE."""
-    if not is_valid_id(policy_id):
-        raise NotFound(f"escalation policy {policy_id!r} not found")
-    query = select(EscalationPolicy).where(
-        EscalationPolicy.id == policy_id, EscalationPolicy.tenant_id == tenant_id
-    )
-    row = await session.scalar(query.with_for_update() if lock else query)
-    if row is None:
-        raise NotFound(f"escalation policy {policy_id!r} not found")
-    return row
+    return await rows.load(session, EscalationPolicy, "escalation policy", tenant_id, policy_id, lock=lock)
 
 
 async def check_policy_reference(session: AsyncSession, tenant_id: str, policy_id: str, path: str) -> None:
@@ -191,29 +179,19 @@ async def create_policy(
         session.add(row)
         return row
 
-    try:
-        return await retrying_write(sessions, work)
-    except IntegrityError as exc:
-        raise failures.integrity_error(
-            exc,
-            taken=f"an escalation policy named {spec.name!r} already exists",
-            missing="the tenant or a target it names is gone (deleted meanwhile)",
-        ) from None
+    return await rows.write(sessions, work, taken=_taken(spec), missing=_MISSING)
 
 
 async def get_policy(
     sessions: async_sessionmaker[AsyncSession], tenant_id: str, policy_id: str
 ) -> EscalationPolicy:
-    async with sessions() as session:
-        return await load_policy(session, tenant_id, policy_id)
+    return await rows.get(sessions, EscalationPolicy, "escalation policy", tenant_id, policy_id)
 
 
 async def list_policies(
     sessions: async_sessionmaker[AsyncSession], tenant_id: str, page_size: int, after: str | None
 ) -> list[EscalationPolicy]:
-    query = tenant_page(EscalationPolicy, tenant_id, page_size, after)
-    async with sessions() as session:
-        return list((await session.scalars(query)).all())
+    return await rows.list_page(sessions, EscalationPolicy, tenant_id, page_size, after)
 
 
 async def update_policy(
@@ -235,17 +213,16 @@ async def update_policy(
         row.name, row.description = spec.name, spec.description
         row.tiers, row.repeat_count = spec.tiers_json(), spec.repeat_count
         row.updated_at = clock.now()
-        try:
-            await session.flush()
-        except IntegrityError as exc:
-            raise failures.integrity_error(
-                exc,
-                taken=f"an escalation policy named {spec.name!r} already exists",
-                missing="the tenant or a target it names is gone (deleted meanwhile)",
-            ) from None
         return row
 
-    return await retrying_write(sessions, work)
+    return await rows.write(sessions, work, taken=_taken(spec), missing=_MISSING)
+
+
+_MISSING = "the tenant or a target it names is gone (deleted meanwhile)"
+
+
+def _taken(spec: PolicySpec) -> str:
+    return f"an escalation policy named {spec.name!r} already exists"
 
 
 async def delete_policy(sessions: async_sessionmaker[AsyncSession], tenant_id: str, policy_id: str) -> None:

@@ -18,16 +18,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from oncall_server import failures
 from oncall_server.clock import Clock
-from oncall_server.configuration import rotations, users
+from oncall_server.configuration import rotations, rows, users
 from oncall_server.errors import FailedPrecondition, InvalidArgument, NotFound
 from oncall_server.ids import is_valid_id, uuid7
 from oncall_server.storage.engine import retrying_write
-from oncall_server.storage.listing import tenant_page
 from oncall_server.storage.models import EscalationPolicy, OnCallSchedule
 
 MAX_NAME = 200
@@ -156,16 +153,7 @@ def _store(row: OnCallSchedule, schedule: rotations.Schedule) -> None:
 async def load_schedule(
     session: AsyncSession, tenant_id: str, schedule_id: str, *, lock: bool = False
 ) -> OnCallSchedule:
-    """The tenant's schedule; NOT_FOUND for another tenant's or a malformed id. ``lock``: FOR UPDATE."""
-    if not is_valid_id(schedule_id):
-        raise NotFound(f"schedule {schedule_id!r} not found")
-    query = select(OnCallSchedule).where(
-        OnCallSchedule.id == schedule_id, OnCallSchedule.tenant_id == tenant_id
-    )
-    row = await session.scalar(query.with_for_update() if lock else query)
-    if row is None:
-        raise NotFound(f"schedule {schedule_id!r} not found")
-    return row
+    return await rows.load(session, OnCallSchedule, "schedule", tenant_id, schedule_id, lock=lock)
 
 
 async def existing_schedules(session: AsyncSession, tenant_id: str, schedule_ids: Sequence[str]) -> set[str]:
@@ -194,29 +182,19 @@ async def create_schedule(
         session.add(row)
         return row
 
-    try:
-        return await retrying_write(sessions, work)
-    except IntegrityError as exc:
-        raise failures.integrity_error(
-            exc,
-            taken=f"a schedule named {spec.name!r} already exists",
-            missing="the tenant or a user it names is gone (deleted meanwhile)",
-        ) from None
+    return await rows.write(sessions, work, taken=_taken(spec), missing=_MISSING)
 
 
 async def get_schedule(
     sessions: async_sessionmaker[AsyncSession], tenant_id: str, schedule_id: str
 ) -> OnCallSchedule:
-    async with sessions() as session:
-        return await load_schedule(session, tenant_id, schedule_id)
+    return await rows.get(sessions, OnCallSchedule, "schedule", tenant_id, schedule_id)
 
 
 async def list_schedules(
     sessions: async_sessionmaker[AsyncSession], tenant_id: str, page_size: int, after: str | None
 ) -> list[OnCallSchedule]:
-    query = tenant_page(OnCallSchedule, tenant_id, page_size, after)
-    async with sessions() as session:
-        return list((await session.scalars(query)).all())
+    return await rows.list_page(sessions, OnCallSchedule, tenant_id, page_size, after)
 
 
 async def update_schedule(
@@ -235,17 +213,16 @@ async def update_schedule(
         row.name = spec.name
         _store(row, schedule)
         row.updated_at = clock.now()
-        try:
-            await session.flush()
-        except IntegrityError as exc:
-            raise failures.integrity_error(
-                exc,
-                taken=f"a schedule named {spec.name!r} already exists",
-                missing="the tenant or a user it names is gone (deleted meanwhile)",
-            ) from None
         return row
 
-    return await retrying_write(sessions, work)
+    return await rows.write(sessions, work, taken=_taken(spec), missing=_MISSING)
+
+
+_MISSING = "the tenant or a user it names is gone (deleted meanwhile)"
+
+
+def _taken(spec: ScheduleSpec) -> str:
+    return f"a schedule named {spec.name!r} already exists"
 
 
 async def delete_schedule(
