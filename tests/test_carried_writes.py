@@ -1,5 +1,6 @@
-"""Page outcomes ride in ingest transactions while ingest is busy (oncall_server/ingest/carried_writes.py):
-every sent page is still recorded once, also when the transaction it rode in failed."""
+"""Page outcomes are carried by the next ingest commit while ingest is busy
+(oncall_server/ingest/carried_writes.py): every sent page is still recorded once, also when the
+transaction that carried it failed."""
 
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ async def ingest_concurrently(app: App, tenant: Tenant, incidents: int, callers:
             await app.writer.submit([alert])
 
     await asyncio.gather(*(caller(first) for first in range(callers)))
-    await asyncio.wait_for(app.dispatcher.drain(), 30)  # a lost ride would keep its sender waiting
+    await asyncio.wait_for(app.dispatcher.drain(), 30)  # lost carried writes would keep their sender waiting
 
 
 async def recorded(app: App) -> tuple[int, list[str], int]:
@@ -69,12 +70,12 @@ async def recorded(app: App) -> tuple[int, list[str], int]:
     return int(incidents or 0), statuses, int(notified or 0)
 
 
-async def test_outcomes_ride_in_ingest_transactions_and_each_page_is_recorded_once(
+async def test_outcomes_are_carried_by_ingest_commits_and_each_page_is_recorded_once(
     paged: tuple[App, Tenant],
 ) -> None:
     app, tenant = paged
     await ingest_concurrently(app, tenant, 400)
-    assert app.writer.carried_commits > 0  # the outcomes did ride
+    assert app.writer.carried_commits > 0  # the outcomes were carried by ingest commits
     incidents, statuses, notified = await recorded(app)
     assert incidents == 400
     assert statuses == ["sent"] * 400
@@ -82,28 +83,29 @@ async def test_outcomes_ride_in_ingest_transactions_and_each_page_is_recorded_on
 
 
 @pytest.mark.parametrize("poison", ["duplicate timeline row", "row missing a column"])
-async def test_a_ride_whose_transaction_failed_is_recorded_alone_and_ingest_goes_on(
+async def test_carried_writes_whose_transaction_failed_are_recorded_alone_and_ingest_goes_on(
     paged: tuple[App, Tenant], poison: str
 ) -> None:
-    """Rides carry a timeline row twice (a unique-key violation from the database at commit) or a
-    row that lacks a column (refused before it reaches the database): each such transaction
-    fails, ingest retries it without the ride, and the outcomes are written alone."""
+    """The carried writes hold a timeline row twice (a unique-key violation from the database at
+    commit) or a row that lacks a column (refused before it reaches the database): each such
+    transaction fails, ingest retries it without the carried writes, and the outcomes are written
+    alone."""
     app, tenant = paged
-    take_ride = app.dispatcher.recorder.take_carried_writes
+    take_carried_writes = app.dispatcher.recorder.take_carried_writes
     poisoned: list[CarriedWrites] = []
 
-    def take_poisoned_ride() -> CarriedWrites | None:
-        ride = take_ride()
-        if ride is None:
+    def take_poisoned_carried_writes() -> CarriedWrites | None:
+        carried = take_carried_writes()
+        if carried is None:
             return None
-        insert_entries, entries = ride.writes[-1]
+        insert_entries, entries = carried.writes[-1]
         bad = entries[:1]
         if poison == "row missing a column":
             bad = [{k: v for k, v in entries[0].items() if k != "message"}]
-        poisoned.append(ride)
-        return CarriedWrites([*ride.writes, (insert_entries, bad)], ride.settle)
+        poisoned.append(carried)
+        return CarriedWrites([*carried.writes, (insert_entries, bad)], carried.settle)
 
-    app.dispatcher.recorder.take_carried_writes = take_poisoned_ride  # type: ignore[method-assign]
+    app.dispatcher.recorder.take_carried_writes = take_poisoned_carried_writes  # type: ignore[method-assign]
     await ingest_concurrently(app, tenant, 400)
     assert poisoned and app.writer.carried_commits == 0
     incidents, statuses, notified = await recorded(app)
