@@ -14,7 +14,7 @@ import json
 import pkgutil
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,6 @@ from oncall_server import failures
 from oncall_server.clock import FakeClock
 from oncall_server.configuration import schedules, services, tenants, users
 from oncall_server.errors import AlreadyExists, FailedPrecondition, NotFound
-from oncall_server.hookspecs import Destination, Page, hookimpl
 from oncall_server.ids import uuid7
 from oncall_server.ingest.integrations import CACHE_SECONDS
 from oncall_server.runtime.app import App
@@ -47,12 +46,15 @@ from oncall_server.storage.models import (
     TimelineEntry,
 )
 from oncall_server.testing import (
+    CaptureChannel,
+    CapturePlugin,
     RunningServer,
     add_policy,
     add_user,
     bootstrap,
     running_server,
     server_settings,
+    settle,
     wait_for,
 )
 from tests.helpers import CLI, create_window, post_json
@@ -251,33 +253,6 @@ async def test_defend_and_bus_routing_refuse_a_deactivated_tenant(server: Runnin
 # --- paging ----------------------------------------------------------------------------------
 
 
-@dataclass
-class CaptureChannel:
-    name: str = "capture"
-    sent: list[tuple[Page, Destination]] = field(default_factory=list)
-
-    def validate_address(self, address: str) -> str:
-        return address
-
-    async def send(self, page: Page, destination: Destination) -> None:
-        self.sent.append((page, destination))
-
-    async def close(self) -> None:
-        return None
-
-    def to(self, address: str) -> list[str]:
-        return [p.incident_id for p, d in self.sent if d.address == address]
-
-
-class CapturePlugin:
-    def __init__(self, channel: CaptureChannel) -> None:
-        self.channel = channel
-
-    @hookimpl
-    def oncall_register_channels(self, register: Any, settings: Any) -> None:
-        register(self.channel)
-
-
 @pytest.fixture
 async def paging(
     tmp_path: Path, database_url: str, redis_url: str, redis: Redis, clock: FakeClock
@@ -289,11 +264,6 @@ async def paging(
         running.app.plugins.register(CapturePlugin(channel), "capture-test")
         await running.app.escalator.rebuild()
         yield running, channel
-
-
-async def settle(app: App) -> None:
-    while (await app.escalator.tick()) + (await app.dispatcher.run_once()):
-        pass
 
 
 async def test_deactivation_stops_escalations_and_activation_does_not_restart_them(
@@ -316,7 +286,7 @@ async def test_deactivation_stops_escalations_and_activation_does_not_restart_th
     assert status == 202, body
     incident_id = body["incident_id"]
     await settle(app)
-    assert channel.to("alice") == [incident_id] and channel.to("alice-later") == []
+    assert [p.incident_id for p in channel.to("alice")] == [incident_id] and channel.to("alice-later") == []
 
     _, stopped = await tenants.deactivate_tenant(app.sessions, clock, tenant.tenant_id)
     assert stopped == 1
@@ -350,7 +320,8 @@ async def test_deactivation_stops_escalations_and_activation_does_not_restart_th
     status, body = await webhook(server, tenant.integration_key, dedup_key="disk-1")
     assert status == 202 and body["outcome"] == "created"
     await settle(app)
-    assert channel.to("alice") == [incident_id, body["incident_id"]]  # new alerts page again
+    alice_paged_for = [p.incident_id for p in channel.to("alice")]
+    assert alice_paged_for == [incident_id, body["incident_id"]]  # new alerts page again
 
 
 # --- deletion --------------------------------------------------------------------------------
