@@ -47,11 +47,7 @@ class Plugins:
         self.settings = settings or Settings()
         self.manager = pluggy.PluginManager(ENTRY_POINT_GROUP)
         self.manager.add_hookspecs(hookspecs)
-        if blocked is None:
-            # The environment is read again too: a test sets ONCALL_BLOCK_PLUGINS after building
-            # the settings it restarts a server with (tests/test_integration_types.py).
-            blocked = {*self.settings.block_plugins, *Settings().block_plugins}
-        self.blocked = blocked
+        self.blocked = set(self.settings.block_plugins) if blocked is None else blocked
         self.adapters: dict[str, Adapter] = {}
         self.channels: dict[str, Channel] = {}
         self.loaded: list[PluginInfo] = []

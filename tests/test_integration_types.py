@@ -139,7 +139,8 @@ async def test_alerts_for_an_integration_whose_plugin_was_blocked_since_are_refu
 
     # The operator blocks the plugin that provides ``rmm`` (oncall_bus_sources) and restarts.
     monkeypatch.setenv(BLOCK_ENV, "oncall_bus_sources")
-    assert "rmm" not in Plugins().load().adapters
+    settings = server_settings(tmp_path, database_url, redis_url)  # read again, as a restart does
+    assert "rmm" not in Plugins(settings=settings).load().adapters
     async with running_server(settings) as after:
         counted = await refusals(after)
         url = f"{after.http_url}/api/webhooks/ingest?key={tenant.integration_key}"

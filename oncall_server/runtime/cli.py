@@ -77,7 +77,7 @@ async def _cmd_serve(args: argparse.Namespace) -> int:
 async def _with_db(args: argparse.Namespace, work: Callable[..., Awaitable[int]]) -> int:
     """Admin commands touch SQL only, so they also work while the server runs."""
     settings = _settings(args)
-    engine = create_engine(settings.resolved_database_url)
+    engine = create_engine(settings.resolved_database_url, sqlite_driver=settings.sqlite_driver)
     try:
         await migrate.upgrade(engine)
         return await work(session_factory(engine), SystemClock())
@@ -87,7 +87,7 @@ async def _with_db(args: argparse.Namespace, work: Callable[..., Awaitable[int]]
 
 async def _cmd_migrate(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    engine = create_engine(settings.resolved_database_url)
+    engine = create_engine(settings.resolved_database_url, sqlite_driver=settings.sqlite_driver)
     try:
         await migrate.upgrade(engine)
         print(f"schema at revision {await migrate.current_revision(engine)}")
@@ -383,7 +383,7 @@ async def _cmd_bus_replay(args: argparse.Namespace) -> int:
 async def _cmd_plugins(args: argparse.Namespace) -> int:
     from oncall_server.plugins import Plugins
 
-    plugins = Plugins().load()
+    plugins = Plugins(settings=_settings(args)).load()
     for info in plugins.loaded:
         print(f"{info.name:24} {info.distribution} {info.version}")
     print("adapters: " + ", ".join(sorted(plugins.adapters)))
