@@ -78,7 +78,7 @@ async def serve_with_workers(settings: Settings, run_one: Callable[[Settings], A
         embedded = EmbeddedRedis(settings.data_dir)
         settings = settings.model_copy(update={"redis_url": await embedded.start()})
     try:
-        engine = create_engine(settings.resolved_database_url)
+        engine = create_engine(settings.resolved_database_url, sqlite_driver=settings.sqlite_driver)
         try:
             await migrate.upgrade(engine)  # once, before several processes would race to do it
         finally:
