@@ -14,16 +14,14 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from oncall_server import failures
 from oncall_server.clock import Clock
+from oncall_server.configuration import rows
 from oncall_server.configuration.escalation_policies import check_policy_reference
 from oncall_server.errors import FailedPrecondition, InvalidArgument, NotFound
 from oncall_server.ids import is_valid_id, uuid7
 from oncall_server.storage.engine import retrying_write
-from oncall_server.storage.listing import tenant_page
 from oncall_server.storage.models import Incident, Integration, MaintenanceWindow, Service
 
 CRITICALITIES = ("critical", "high", "medium", "low")
@@ -103,30 +101,18 @@ async def create_service(
         session.add(service)
         return service
 
-    try:
-        return await retrying_write(sessions, work)
-    except IntegrityError as exc:
-        raise failures.integrity_error(
-            exc,
-            taken=f"a service named {spec.name!r} already exists",
-            missing="the tenant is gone (deleted meanwhile)",
-        ) from None
+    return await rows.write(sessions, work, taken=_taken(spec.name), missing=_MISSING)
 
 
 async def get_service(session: AsyncSession, tenant_id: str, service_id: str) -> Service:
     """The tenant's service; another tenant's answers NOT_FOUND, as does a malformed id."""
-    service = await session.get(Service, service_id) if is_valid_id(service_id) else None
-    if service is None or service.tenant_id != tenant_id:
-        raise NotFound(f"service {service_id!r} not found")
-    return service
+    return await rows.load(session, Service, "service", tenant_id, service_id)
 
 
 async def list_services(
     sessions: async_sessionmaker[AsyncSession], tenant_id: str, page_size: int, after: str | None
 ) -> list[Service]:
-    query = tenant_page(Service, tenant_id, page_size, after)
-    async with sessions() as session:
-        return list((await session.scalars(query)).all())
+    return await rows.list_page(sessions, Service, tenant_id, page_size, after)
 
 
 async def update_service(
@@ -151,20 +137,19 @@ async def update_service(
         for name, value in _values(spec).items():
             setattr(service, name, value)
         service.updated_at = clock.now()
-        try:
-            await session.flush()
-        except IntegrityError as exc:
-            raise failures.integrity_error(
-                exc,
-                taken=f"a service named {spec.name!r} already exists",
-                missing="the tenant is gone (deleted meanwhile)",
-            ) from None
         return service
 
-    service = await retrying_write(sessions, work)
+    service = await rows.write(sessions, work, taken=_taken(str(changes.get("name", ""))), missing=_MISSING)
     if key_cache is not None:
         key_cache.forget_cached()
     return service
+
+
+_MISSING = "the tenant is gone (deleted meanwhile)"
+
+
+def _taken(name: str) -> str:
+    return f"a service named {name!r} already exists"
 
 
 async def delete_service(
