@@ -77,6 +77,15 @@ async def test_serve_on_embedded_defaults_then_sigterm_exits_cleanly() -> None:
         assert table.returncode == 0, errors.decode()
         row = printed.decode().splitlines()[1].split()
         assert row[:4] == [body["incident_id"], "triggered", "critical", "1"]
+        refused = await asyncio.create_subprocess_exec(
+            *CLI, "incidents", "list", "--token", "oct_wrong", "--target", f"127.0.0.1:{grpc_port}",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, said = await refused.communicate()
+        assert refused.returncode == 1  # the server's answer in one line, not a traceback
+        assert said.decode().strip() == (
+            "error: UNAUTHENTICATED: a valid API token is required (authorization: Bearer <token>)"
+        )
 
         # An RMM event published on the bus (through the embedded Redis) becomes an incident too.
         await run_cli("integration", "create", "RMM", "--type", "rmm", "--tenant", creds["tenant_id"],

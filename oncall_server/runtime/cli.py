@@ -11,6 +11,8 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import grpc
+
 from oncall_server import __version__
 from oncall_server.clock import SystemClock
 from oncall_server.configuration import escalation_policies, services, tenants, users
@@ -526,6 +528,9 @@ def main(argv: list[str] | None = None) -> int:
     except OncallError as error:
         print(f"error: {error.message}", file=sys.stderr)
         return 2
+    except grpc.aio.AioRpcError as error:  # the server's answer to an API command, said plainly
+        print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
