@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -24,11 +25,26 @@ async def post_json(
     url: str, body: Any = None, *, data: bytes | None = None, headers: dict[str, str] | None = None
 ) -> tuple[int, Any]:
     async with aiohttp.ClientSession() as http:
-        payload = data if data is not None else json.dumps(body).encode()
-        async with http.post(
-            url, data=payload, headers={"Content-Type": "application/json", **(headers or {})}
-        ) as r:
-            return r.status, await r.json(content_type=None)
+        return await post_body(http, url, data if data is not None else json.dumps(body).encode(), headers)
+
+
+async def post_body(
+    http: aiohttp.ClientSession, url: str, data: bytes, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    """A JSON body as given (bytes, so tests can send what no encoder would) on a shared session."""
+    async with http.post(
+        url, data=data, headers={"Content-Type": "application/json", **(headers or {})}
+    ) as r:
+        return r.status, await r.json(content_type=None)
+
+
+def webhook_url(server: RunningServer, tenant: Tenant) -> str:
+    return f"{server.http_url}/api/webhooks/ingest?key={tenant.integration_key}"
+
+
+async def alerts_of(app: App, service_id: str) -> list[Alert]:
+    async with app.sessions() as session:
+        return list((await session.scalars(select(Alert).where(Alert.service_id == service_id))).all())
 
 
 async def count_rows(app: App) -> tuple[int, int]:
@@ -78,6 +94,18 @@ class WebhookReceiver:
 
 
 CLI = [sys.executable, "-m", "oncall_server.runtime.cli"]
+
+
+async def start_serve(data_dir: Path, **settings: str) -> asyncio.subprocess.Process:
+    """``oncall-server serve`` in its own process on free loopback ports, with none of this
+    process's ``ONCALL_*`` variables and the given ones; its log on stderr."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ONCALL_")} | settings
+    process = await asyncio.create_subprocess_exec(
+        *CLI, "serve", "--data-dir", str(data_dir), "--grpc-listen", "127.0.0.1:0",
+        "--http-listen", "127.0.0.1:0", stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    assert process.stderr is not None
+    return process
 
 
 async def run_cli(*args: str, data_dir: Path) -> dict[str, str]:

@@ -11,25 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import CLI, post_json, run_cli, wait_for_line
+from tests.helpers import CLI, post_json, run_cli, start_serve, wait_for_line
 
 
 @pytest.mark.slow
 async def test_serve_on_embedded_defaults_then_sigterm_exits_cleanly() -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="oncall-cli-", dir="/tmp"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ONCALL_")}
-    server = await asyncio.create_subprocess_exec(
-        *CLI,
-        "serve",
-        "--data-dir",
-        str(data_dir),
-        "--grpc-listen",
-        "127.0.0.1:0",
-        "--http-listen",
-        "127.0.0.1:0",
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
+    server = await start_serve(data_dir)
     assert server.stderr is not None
     seen: list[str] = []
     try:

@@ -9,34 +9,12 @@ hit the same constraint.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
 import aiohttp
 import pytest
-from sqlalchemy import select
 
-from oncall_server.runtime.app import App
-from oncall_server.storage.models import Alert
-from oncall_server.testing import RunningServer, Tenant, bootstrap
-from tests.helpers import count_rows, create_window
-
-
-def webhook_url(server: RunningServer, tenant: Tenant) -> str:
-    return f"{server.http_url}/api/webhooks/ingest?key={tenant.integration_key}"
-
-
-async def post(
-    http: aiohttp.ClientSession, url: str, data: bytes, headers: dict[str, str] | None = None
-) -> tuple[int, Any]:
-    async with http.post(
-        url, data=data, headers={"Content-Type": "application/json", **(headers or {})}
-    ) as r:
-        return r.status, await r.json(content_type=None)
-
-
-async def alerts_of(app: App, service_id: str) -> list[Alert]:
-    async with app.sessions() as session:
-        return list((await session.scalars(select(Alert).where(Alert.service_id == service_id))).all())
+from oncall_server.testing import RunningServer, bootstrap
+from tests.helpers import alerts_of, count_rows, create_window, post_body, webhook_url
 
 
 @pytest.mark.parametrize("header", ["", "   "])
@@ -46,15 +24,19 @@ async def test_an_empty_idempotency_key_is_no_key_and_never_blocks_later_alerts(
     tenant = await bootstrap(server.app)
     async with aiohttp.ClientSession() as http:
         answers = [
-            await post(
+            await post_body(
                 http, webhook_url(server, tenant), b'{"title": "no key 1"}', {"Idempotency-Key": header}
             ),
-            await post(
+            await post_body(
                 http, webhook_url(server, tenant), b'{"title": "no key 2"}', {"Idempotency-Key": header}
             ),
-            await post(http, webhook_url(server, tenant), b'{"title": "plain"}'),
-            await post(http, webhook_url(server, tenant), b'{"title": "keyed"}', {"Idempotency-Key": "k-1"}),
-            await post(http, webhook_url(server, tenant), b'{"title": "keyed"}', {"Idempotency-Key": "k-1"}),
+            await post_body(http, webhook_url(server, tenant), b'{"title": "plain"}'),
+            await post_body(
+                http, webhook_url(server, tenant), b'{"title": "keyed"}', {"Idempotency-Key": "k-1"}
+            ),
+            await post_body(
+                http, webhook_url(server, tenant), b'{"title": "keyed"}', {"Idempotency-Key": "k-1"}
+            ),
         ]
     assert [s for s, _ in answers] == [202] * 5, answers
     assert [b["outcome"] for _, b in answers] == ["created"] * 4 + ["deduplicated"]
@@ -74,7 +56,7 @@ async def test_a_retried_suppressed_alert_with_an_idempotency_key_is_stored_once
     await create_window(server, tenant, app.clock.now() - timedelta(minutes=1))
     async with aiohttp.ClientSession() as http:
         answers = [
-            await post(
+            await post_body(
                 http, webhook_url(server, tenant), b'{"title": "patching"}', {"Idempotency-Key": "m-1"}
             )
             for _ in range(2)

@@ -24,30 +24,12 @@ from oncall_server.ids import uuid7
 from oncall_server.ingest.model import IngestResult, NormalizedEvent, Outcome, PreparedAlert
 from oncall_server.runtime.app import App
 from oncall_server.severity import Severity
-from oncall_server.storage.models import Alert, Incident
+from oncall_server.storage.models import Incident
 from oncall_server.testing import RunningServer, Tenant, bootstrap, running_server, server_settings
-from tests.helpers import count_rows
+from tests.helpers import alerts_of, count_rows, post_body, webhook_url
 
 ROUNDS = 20
 NEIGHBOURS = 5
-
-
-def webhook_url(server: RunningServer, tenant: Tenant) -> str:
-    return f"{server.http_url}/api/webhooks/ingest?key={tenant.integration_key}"
-
-
-async def post(
-    http: aiohttp.ClientSession, url: str, data: bytes, headers: dict[str, str] | None = None
-) -> tuple[int, Any]:
-    async with http.post(
-        url, data=data, headers={"Content-Type": "application/json", **(headers or {})}
-    ) as r:
-        return r.status, await r.json(content_type=None)
-
-
-async def alerts_of(app: App, service_id: str) -> list[Alert]:
-    async with app.sessions() as session:
-        return list((await session.scalars(select(Alert).where(Alert.service_id == service_id))).all())
 
 
 async def incidents_of(app: App, service_id: str) -> list[Incident]:
@@ -61,7 +43,7 @@ async def neighbours_round(
     """The well-behaved tenant's alerts of round ``r``: every one must be accepted."""
     answers = await asyncio.gather(
         *(
-            post(
+            post_body(
                 http,
                 webhook_url(server, tenant),
                 json.dumps({"title": f"cpu {r}.{i}", "dedup_key": f"b-{r}-{i}"}).encode(),
@@ -196,7 +178,7 @@ async def test_an_identifier_the_database_cannot_hold_is_refused_alone_naming_th
     async with aiohttp.ClientSession() as http:
         for r in range(ROUNDS):
             refused, _ = await asyncio.gather(
-                post(http, webhook_url(server, offender), (bad % r).encode()),
+                post_body(http, webhook_url(server, offender), (bad % r).encode()),
                 neighbours_round(http, server, neighbour, r),
             )
             assert refused[0] == 400, refused
@@ -249,12 +231,12 @@ async def test_free_text_the_database_cannot_hold_is_repaired_and_never_fails_th
 async def test_an_over_long_idempotency_key_is_refused_naming_the_header(server: RunningServer) -> None:
     tenant = await bootstrap(server.app)
     async with aiohttp.ClientSession() as http:
-        status, body = await post(
+        status, body = await post_body(
             http, webhook_url(server, tenant), b'{"title": "x"}', {"Idempotency-Key": "k" * 256}
         )
         assert status == 400 and body["fields"][0]["field"] == "Idempotency-Key", body
         # A batch stores "<key>#<index>": the key must leave room for the longest index.
-        status, body = await post(
+        status, body = await post_body(
             http,
             webhook_url(server, tenant),
             json.dumps([{"title": f"t{i}"} for i in range(12)]).encode(),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import tempfile
 import time
@@ -22,7 +21,7 @@ import pytest
 from redis.asyncio import Redis
 
 from oncall_server.testing import RunningServer, bootstrap, running_server, server_settings
-from tests.helpers import CLI, wait_for_line
+from tests.helpers import start_serve, wait_for_line
 from tests.raw_http import closed_within, host_port, read_response, request_bytes
 
 HEADER_TIMEOUT = 1.0
@@ -217,24 +216,12 @@ async def test_one_address_holds_at_most_the_per_client_limit(server: RunningSer
 async def test_the_served_process_on_uvloop_guards_its_connections_too() -> None:
     """``oncall-server serve`` runs on uvloop, whose transports are not asyncio's: the same guard."""
     data_dir = Path(tempfile.mkdtemp(prefix="oncall-slow-", dir="/tmp"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ONCALL_")}
-    env |= {
-        "ONCALL_HTTP_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT),
-        "ONCALL_HTTP_BODY_TIMEOUT_SECONDS": str(BODY_TIMEOUT),
-        "ONCALL_HTTP_KEEPALIVE_SECONDS": str(KEEPALIVE),
-        "ONCALL_HTTP_MAX_CONNECTIONS_PER_CLIENT": "3",
-    }
-    process = await asyncio.create_subprocess_exec(
-        *CLI,
-        "serve",
-        "--data-dir",
-        str(data_dir),
-        "--grpc-listen",
-        "127.0.0.1:0",
-        "--http-listen",
-        "127.0.0.1:0",
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
+    process = await start_serve(
+        data_dir,
+        ONCALL_HTTP_HEADER_TIMEOUT_SECONDS=str(HEADER_TIMEOUT),
+        ONCALL_HTTP_BODY_TIMEOUT_SECONDS=str(BODY_TIMEOUT),
+        ONCALL_HTTP_KEEPALIVE_SECONDS=str(KEEPALIVE),
+        ONCALL_HTTP_MAX_CONNECTIONS_PER_CLIENT="3",
     )
     assert process.stderr is not None
     seen: list[str] = []
