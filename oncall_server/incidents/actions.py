@@ -113,12 +113,16 @@ class Incidents:
         return incident
 
     @staticmethod
-    async def _lock_open_alerts(session: AsyncSession, incident_id: str) -> None:
+    async def _lock_open_alerts(session: AsyncSession, tenant_id: str, incident_id: str) -> None:
         """Row locks on an incident's open alerts, taken before the incident's own (PostgreSQL)."""
         if session.get_bind().dialect.name == "postgresql" and is_valid_id(incident_id):
             await session.execute(
                 select(Alert.id)
-                .where(Alert.incident_id == incident_id, Alert.state.in_(OPEN_ALERT_STATES))
+                .where(
+                    Alert.tenant_id == tenant_id,  # another tenant's id locks nothing
+                    Alert.incident_id == incident_id,
+                    Alert.state.in_(OPEN_ALERT_STATES),
+                )
                 .order_by(Alert.id)
                 .with_for_update(key_share=True)
             )
@@ -195,7 +199,7 @@ class Incidents:
 
         async def work(session: AsyncSession) -> tuple[Incident, TimelineEntry | None]:
             # Alerts before their incident, the order ingest locks them in (else: a deadlock).
-            await self._lock_open_alerts(session, incident_id)
+            await self._lock_open_alerts(session, tenant_id, incident_id)
             incident = await self._incident(session, tenant_id, incident_id, lock=True)
             if incident.status == target.value:
                 return incident, None
