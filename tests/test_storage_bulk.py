@@ -14,11 +14,10 @@ from typing import Any, cast
 
 import pytest
 from sqlalchemy import Table, and_, bindparam, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from oncall_server.storage import bulk
+from oncall_server.storage import bulk, dialects
 from oncall_server.storage.engine import create_engine
 from oncall_server.storage.models import (
     EscalationPolicy,
@@ -208,8 +207,7 @@ def _defaults() -> dict[str, Any]:
 
 def _upsert_incident(dialect: str) -> Any:
     """The shape of the ingest writer's incident upsert: merge counts unless resolved, return them."""
-    insert_for = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert_for(Incident)
+    statement = dialects.named(dialect).insert(Incident)
     return statement.on_conflict_do_update(
         index_elements=[Incident.id],
         set_={"alert_count": Incident.alert_count + statement.excluded.alert_count},

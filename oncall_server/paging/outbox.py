@@ -14,11 +14,10 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import and_, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from oncall_server.ids import uuid7
 from oncall_server.incidents.model import IncidentFacts
-from oncall_server.storage import bulk
+from oncall_server.storage import bulk, dialects
 from oncall_server.storage.bulk import Executor
 from oncall_server.storage.models import ContactMethod, Notification, NotificationRule, User
 
@@ -260,8 +259,7 @@ _PAGING_DIRECTORY = bulk.KeyedSelect(
 
 
 def _insert_notifications(dialect: str) -> Any:
-    dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return dialect_insert(Notification).on_conflict_do_nothing(index_elements=["dedup_key"])
+    return dialects.named(dialect).insert(Notification).on_conflict_do_nothing(index_elements=["dedup_key"])
 
 
 class LocalDispatcher(Protocol):

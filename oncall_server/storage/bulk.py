@@ -39,6 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.sql.expression import Executable
 
+from oncall_server.storage import dialects
 from oncall_server.storage.sqlite_driver import OneHopConnection
 
 # Paging runs in a writer's connection or in a session's transaction: these statements serve both.
@@ -192,8 +193,8 @@ def _returns_plain_columns(statement: Executable, dialect: Dialect) -> bool:
 
 
 async def _one_hop_driver(conn: AsyncConnection) -> OneHopConnection | None:
-    """The SQLite driver connection under ``conn`` with its transaction begun; else None."""
-    if conn.dialect.name != "sqlite":
+    """The one-trip driver connection under ``conn`` (SQLite's) with its transaction begun; else None."""
+    if not dialects.of(conn).one_trip:
         return None
     if not conn.in_transaction():
         await conn.begin()  # as a statement would autobegin: the commit then carries the writes

@@ -6,8 +6,10 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from oncall_server.storage import dialects
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 # Any constant works; it only has to be the same in every replica.
@@ -29,8 +31,7 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
     """
 
     def run(connection: Connection) -> None:
-        if connection.dialect.name == "postgresql":
-            connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
+        dialects.of(connection).lock_migrations(connection, _MIGRATION_LOCK_ID)
         command.upgrade(alembic_config(connection), revision)
 
     async with engine.begin() as connection:
