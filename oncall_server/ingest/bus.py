@@ -29,7 +29,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from oncall_server import failures, json_codec
-from oncall_server.errors import InvalidArgument, NotFound, OncallError, Unavailable
+from oncall_server.errors import InvalidArgument, NotFound, OncallError, ResourceExhausted, Unavailable
 from oncall_server.hookspecs import AdapterContext
 from oncall_server.runtime.app import App
 
@@ -198,13 +198,14 @@ class BusConsumer:
             tenant_id = payload.get("tenant_id", "") if isinstance(payload, dict) else ""
             context = await self.app.integrations.for_tenant(str(tenant_id), source)
             events = self.app.plugins.adapter(source).parse(payload, AdapterContext(context.name, source, {}))
+            # The stream holds the backlog: over a queue limit, wait for room rather than refuse.
             await self.app.pipeline.ingest_events(
-                context, events, idempotency_key=f"bus:{source}:{message_id}"
+                context, events, idempotency_key=f"bus:{source}:{message_id}", wait_for_room=True
             )
             return True
         except OncallError as exc:
-            if isinstance(exc, Unavailable):
-                log.warning("bus message %s %s: storage unavailable; it stays pending", stream, message_id)
+            if isinstance(exc, (Unavailable, ResourceExhausted)):
+                log.warning("bus message %s %s: %s; it stays pending", stream, message_id, exc.message)
                 return False
             return await self._failed(stream, message_id, raw, exc.message)
         except Exception as exc:

@@ -104,19 +104,31 @@ class IngestPipeline:
         *,
         idempotency_key: str | None = None,
         paths: Sequence[str] | None = None,
+        wait_for_room: bool = False,
     ) -> list[IngestResult]:
         """Route and store already-normalized events; one result per event, in order."""
-        return await self.ingest_parts([IngestPart(context, events, paths)], idempotency_key=idempotency_key)
+        return await self.ingest_parts(
+            [IngestPart(context, events, paths)], idempotency_key=idempotency_key, wait_for_room=wait_for_room
+        )
+
+    def check_room(self, context: IntegrationContext) -> None:
+        """Refuse before reading a body when the integration's or tenant's queue is full."""
+        self.writer.queue.check_room(context.tenant_id, context.integration_id)
 
     async def ingest_parts(
-        self, parts: Sequence[IngestPart], *, idempotency_key: str | None = None
+        self,
+        parts: Sequence[IngestPart],
+        *,
+        idempotency_key: str | None = None,
+        wait_for_room: bool = False,
     ) -> list[IngestResult]:
         """Validate, route and store one call's events, all or nothing; one result per event, in order.
 
         Every face comes through here. Every event is checked first (validation.py), so a refused
         one stores nothing of the call; the survivors of routing go to the writer as one request,
         which commits in one transaction or not at all. An idempotency key covers the whole call:
-        each of several alerts is stored under ``<key>#<index>``.
+        each of several alerts is stored under ``<key>#<index>``. Over a queue limit the call is
+        refused whole, or with ``wait_for_room`` waits (fair_queue.py).
         """
         total = sum(len(part.events) for part in parts)
         key = validation.idempotency_key(idempotency_key, total)
@@ -159,7 +171,7 @@ class IngestPipeline:
                     )
                 )
                 results.append(None)
-        stored = iter(await self.writer.submit(accepted))
+        stored = iter(await self.writer.submit(accepted, wait_for_room=wait_for_room))
         final = [r if r is not None else next(stored) for r in results]
         for result in final:
             ALERTS_INGESTED.labels(result.outcome.name.lower()).inc()

@@ -1,7 +1,8 @@
 """The group-commit writer: many requests' alerts, one transaction.
 
 Requests hand their alerts to :meth:`GroupCommitWriter.submit` and wait. One
-task per process takes everything queued (up to ``batch_size`` alerts), asks
+task per process takes the next batch from the per-tenant queues (up to ``batch_size``
+alerts, each waiting tenant its share: :mod:`oncall_server.ingest.fair_queue`), asks
 Redis for every dedup/grouping decision in one pipelined round trip, writes
 the whole batch with a handful of Core statements in one transaction, and
 only then answers each caller. While a batch commits the next one queues, so
@@ -17,7 +18,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from prometheus_client import Histogram
@@ -32,6 +32,7 @@ from oncall_server.incidents.model import IncidentStatus
 from oncall_server.ingest.batch import Batch, EscalationStarter, Slot, StartedEscalations
 from oncall_server.ingest.carried_writes import CarriedWrites, CarriedWritesSource, NextIngestCommit, answer
 from oncall_server.ingest.coordination import Coordinator, DecisionRequest, GroupWindow
+from oncall_server.ingest.fair_queue import FairQueue, QueuedRequest, QueueLimits
 from oncall_server.ingest.model import IngestResult, PreparedAlert
 from oncall_server.ingest.windows import MaintenanceWindows
 from oncall_server.storage import bulk
@@ -57,12 +58,6 @@ _MAX_ATTEMPTS = 4
 _MAX_RELOADS = 5
 
 
-@dataclass(slots=True)
-class _Request:
-    alerts: Sequence[PreparedAlert]
-    future: asyncio.Future[list[IngestResult]]
-
-
 class GroupCommitWriter:
     """Owns the ingest transaction of one process."""
 
@@ -78,6 +73,7 @@ class GroupCommitWriter:
         escalations: EscalationStarter | None = None,
         next_commit: NextIngestCommit | None = None,
         carried_writes: CarriedWritesSource | None = None,
+        limits: QueueLimits | None = None,
     ) -> None:
         self.engine = engine
         self.coordinator = coordinator
@@ -89,7 +85,7 @@ class GroupCommitWriter:
         self.linger_seconds = linger_seconds
         self.changes = changes
         self.escalations = escalations
-        self._queue: asyncio.Queue[_Request | None] = asyncio.Queue()
+        self.queue = FairQueue(limits)
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._dialect = engine.dialect.name
@@ -110,55 +106,59 @@ class GroupCommitWriter:
         if self._task is None:
             return
         self._stopping = True
-        await self._queue.put(None)
-        self._queue_changed()
+        self.queue.wake()
         await self._task
         self._task = None
         self.next_commit.writer_running = False
         self.next_commit.none_coming()
 
     def _queue_changed(self) -> None:
-        self.next_commit.requests_waiting = not self._queue.empty()
+        self.next_commit.requests_waiting = self.queue.has_work()
 
-    async def submit(self, alerts: Sequence[PreparedAlert]) -> list[IngestResult]:
-        """Store alerts; returns after they are committed, one result per alert in order."""
+    async def submit(
+        self, alerts: Sequence[PreparedAlert], *, wait_for_room: bool = False
+    ) -> list[IngestResult]:
+        """Store alerts; returns after they are committed, one result per alert in order.
+
+        Over a queue limit the call is refused (ResourceExhausted, nothing stored), or with
+        ``wait_for_room`` waits until it fits: for a source that keeps its own backlog (the bus).
+        """
         if not alerts:
             return []
-        if self._task is None or self._stopping:  # behind the stop marker nothing would answer it
+        if self._task is None or self._stopping:  # once stopping, nothing would answer it
             raise Unavailable("the ingest writer is not running")
         future: asyncio.Future[list[IngestResult]] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Request(alerts, future))
+        request = QueuedRequest.of(alerts, future)
+        if wait_for_room:
+            await self.queue.put_when_room(request)
+        else:
+            self.queue.put(request)
         self._queue_changed()
         return await future
 
     async def _run(self) -> None:
-        stopping = False
         busy = False  # requests were waiting when the last batch finished
         last_started = 0.0
-        while not stopping:
-            first = await self._queue.get()
-            self._queue_changed()
-            if first is None:
-                break
+        while True:
+            if not self.queue.has_work():
+                if self._stopping and not self.queue.has_callers():  # all submitted before stop() answered
+                    break
+                await self.queue.wait_for_work()
+                continue
             if busy and self.linger_seconds:
                 wait = last_started + self.linger_seconds - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
             last_started = time.monotonic()
-            requests = [first]
-            count = len(first.alerts)
-            while count < self.batch_size and not self._queue.empty():
-                nxt = self._queue.get_nowait()
-                self._queue_changed()
-                if nxt is None:
-                    stopping = True
-                    break
-                requests.append(nxt)
-                count += len(nxt.alerts)
-            await self._process(requests)
-            busy = not self._queue.empty()
+            requests = self.queue.take_batch(self.batch_size)
+            self._queue_changed()
+            try:
+                await self._process(requests)
+            finally:
+                self.queue.answered(requests, time.monotonic() - last_started)
+            busy = self.queue.has_work()
 
-    async def _process(self, requests: list[_Request]) -> None:
+    async def _process(self, requests: list[QueuedRequest]) -> None:
         started_at = time.perf_counter()
         slots = [Slot(alert) for req in requests for alert in req.alerts]
         BATCH_ALERTS.observe(len(slots))
@@ -193,7 +193,7 @@ class GroupCommitWriter:
                 req.future.set_result([r for r in results if r is not None])
         BATCH_SECONDS.observe(time.perf_counter() - started_at)
 
-    async def _failed(self, requests: list[_Request], exc: Exception) -> None:
+    async def _failed(self, requests: list[QueuedRequest], exc: Exception) -> None:
         """A batch did not commit: isolate the request at fault, or tell every caller why.
 
         An outage, or a transient failure that outlasted the retries, is every caller's (503). Anything

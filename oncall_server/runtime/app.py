@@ -19,6 +19,7 @@ from oncall_server.incidents.changes import ChangeFeed
 from oncall_server.ingest.carried_writes import NextIngestCommit
 from oncall_server.ingest.coordination import Coordinator
 from oncall_server.ingest.drops import DropLog
+from oncall_server.ingest.fair_queue import QueueLimits
 from oncall_server.ingest.integrations import Integrations
 from oncall_server.ingest.pipeline import IngestPipeline
 from oncall_server.ingest.writer import GroupCommitWriter
@@ -123,6 +124,12 @@ class App:
             escalations=escalator,
             next_commit=next_ingest_commit,
             carried_writes=outcomes,
+            limits=QueueLimits(
+                integration_alerts=settings.ingest_integration_queue_alerts,
+                tenant_alerts=settings.ingest_tenant_queue_alerts,
+                total_alerts=settings.ingest_queue_alerts,
+                contended_share_alerts=settings.ingest_fair_share_alerts,
+            ),
         )
         integrations = Integrations(sessions, clock, plugins)
         pipeline = IngestPipeline(

@@ -69,6 +69,24 @@ class Settings(BaseSettings):
     )
     max_batch_alerts: int = Field(default=1000, description="Most alerts in one ingest request.")
     write_batch_size: int = Field(default=500, description="Most alerts committed in one transaction.")
+    ingest_integration_queue_alerts: int = Field(
+        default=5000,
+        ge=1,
+        description="Most alerts of one integration waiting to be stored per process; more are refused "
+        "with a retry hint (429 + Retry-After, 503 for senders that retry only 5xx, RESOURCE_EXHAUSTED).",
+    )
+    ingest_tenant_queue_alerts: int = Field(
+        default=10000, ge=1, description="Most alerts of one tenant waiting to be stored per process."
+    )
+    ingest_queue_alerts: int = Field(
+        default=50000, ge=1, description="Most alerts of all tenants waiting to be stored per process."
+    )
+    ingest_fair_share_alerts: int = Field(
+        default=100,
+        ge=1,
+        description="Most alerts one tenant adds to a group commit while other tenants' alerts wait; a "
+        "tenant alone gets the whole batch (ONCALL_WRITE_BATCH_SIZE).",
+    )
     write_linger_ms: float = Field(
         default=0.0,
         ge=0.0,

@@ -66,6 +66,15 @@ def error_response(error: OncallError) -> web.Response:
     return web.json_response(error_body(error), status=error.http_status, headers=headers)
 
 
+def as_sender_expects(error: ResourceExhausted, adapter: object) -> ResourceExhausted:
+    """The overload answer in the status this sender retries: 429 unless its adapter says
+    ``overload_http_status = 503`` (senders such as Alertmanager retry 5xx only)."""
+    status = getattr(adapter, "overload_http_status", ResourceExhausted.http_status)
+    if status != error.http_status:
+        error.http_status = status
+    return error
+
+
 def route_of(request: web.BaseRequest) -> str:
     """What the logs may say about a request's target: the matched route's template
     (``/api/integrations/{integration_id}``), or ``-`` for a path no route matched. Never the path
@@ -189,14 +198,19 @@ def _result(result: IngestResult) -> dict[str, str]:
 async def ingest_webhook(request: web.Request) -> web.Response:
     app = request.app[APP_KEY]
     key = security.credential(request.query.get("key")) or _header_credential(request, "X-Integration-Key")
-    await app.integrations.resolve_key(key)  # 401 before reading a body we would discard (cached after)
-    body = await read_body(request)
-    results = await app.pipeline.ingest_body(
-        key,
-        body,
-        headers=dict(request.headers),
-        idempotency_key=request.headers.get("Idempotency-Key"),
-    )
+    # 401, or a full queue, before reading a body we would discard (the key is cached after).
+    context = await app.integrations.resolve_key(key)
+    try:
+        app.pipeline.check_room(context)
+        body = await read_body(request)
+        results = await app.pipeline.ingest_body(
+            key,
+            body,
+            headers=dict(request.headers),
+            idempotency_key=request.headers.get("Idempotency-Key"),
+        )
+    except ResourceExhausted as exc:
+        raise as_sender_expects(exc, app.plugins.adapter(context.type)) from None
     if len(results) == 1:
         return web.json_response({"status": "ok", **_result(results[0])}, status=202)
     return web.json_response({"status": "ok", "results": [_result(r) for r in results]}, status=202)
