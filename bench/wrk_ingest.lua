@@ -7,12 +7,63 @@
 -- BATCH:  alerts per request.  PREFIX: makes keys unique per run.
 -- The same alert goes to every target: title, severity, dedup key, body, source_ref, host.
 -- done() prints one line starting with BENCHJSON for the harness.
+--
+-- Answers by status (scenario 8, fair ingest): with BENCH_WRK_WINDOW="START,END" in the environment
+-- (CLOCK_MONOTONIC seconds, the clock of Python's time.monotonic()), every answer is counted as 2xx,
+-- 429, 503 or other, in total and when it arrived inside [START, END), with the 429/503 answers that
+-- carried Retry-After; done() then prints a second line, BENCHSTATUS {...}. Without the variable no
+-- response() is defined, so wrk does not parse the answers' headers (the other scenarios' cost).
 
 local thread_number = 0
+local threads = {}
 
 function setup(thread)
   thread_number = thread_number + 1
   thread:set("tid", thread_number)
+  threads[thread_number] = thread
+end
+
+local COUNTS = {
+  "ok_total", "r429_total", "r503_total", "other_total",
+  "ok_window", "r429_window", "r503_window", "other_window", "retry_after",
+}
+local window = os.getenv("BENCH_WRK_WINDOW")
+
+if window and window ~= "" then
+  local ffi = require("ffi")
+  ffi.cdef([[
+    typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+    int clock_gettime(int clk_id, bench_timespec *tp);
+  ]])
+  local CLOCK_MONOTONIC = 1
+  local ts = ffi.new("bench_timespec")
+  local w_start, w_end = window:match("^([^,]+),([^,]+)$")
+  w_start, w_end = tonumber(w_start), tonumber(w_end)
+  for _, name in ipairs(COUNTS) do
+    _G[name] = 0
+  end
+
+  function response(status, headers, _body)
+    ffi.C.clock_gettime(CLOCK_MONOTONIC, ts)
+    local now = tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
+    local class
+    if status >= 200 and status < 300 then
+      class = "ok"
+    elseif status == 429 then
+      class = "r429"
+    elseif status == 503 then
+      class = "r503"
+    else
+      class = "other"
+    end
+    _G[class .. "_total"] = _G[class .. "_total"] + 1
+    if now >= w_start and now < w_end then
+      _G[class .. "_window"] = _G[class .. "_window"] + 1
+    end
+    if (status == 429 or status == 503) and (headers["Retry-After"] or headers["retry-after"]) then
+      retry_after = retry_after + 1
+    end
+  end
 end
 
 local format, batch, prefix, counter, headers
@@ -65,4 +116,15 @@ function done(summary, latency, requests)
       .. '"status":%d,"timeout":%d,"p50_us":%d,"p99_us":%d,"mean_us":%.1f,"max_us":%d}\n',
     summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status,
     e.timeout, latency:percentile(50), latency:percentile(99), latency.mean, latency.max))
+  if window and window ~= "" then
+    local parts = {}
+    for i, name in ipairs(COUNTS) do
+      local sum = 0
+      for _, thread in ipairs(threads) do
+        sum = sum + (thread:get(name) or 0)
+      end
+      parts[i] = string.format('"%s":%d', name, sum)
+    end
+    io.write("BENCHSTATUS {" .. table.concat(parts, ",") .. "}\n")
+  end
 end
