@@ -1,5 +1,6 @@
-"""On-Call benchmark harness (issue 6): the command. Ingest (1, 2, 3, 4, 4b, 7) and paging (5, 6)
-scenarios, one module each in ``scenarios/``; the report (tables, JSON, targets) in ``reporting/``.
+"""On-Call benchmark harness (issue 6): the command. Ingest (1, 2, 3, 4, 4b, 7), paging (5, 6) and
+fair-ingest (8, issue 19) scenarios, one module each in ``scenarios/``; the report (tables, JSON,
+targets) in ``reporting/``.
 
 One command starts everything on loopback with free ports and temp directories, drives load from
 separate processes (wrk for HTTP, several grpc.aio processes for gRPC), prints a table and writes
@@ -44,6 +45,7 @@ from scenarios import (
     TITLES,
     batched,
     escalation_lag,
+    fair_ingest,
     growth,
     ingest_throughput,
     ingest_to_page_latency,
@@ -65,11 +67,13 @@ SCENARIOS: dict[str, Callable[[Context], RunResult]] = {
     "4b": streaming.run,
     "5": ingest_to_page_latency.run,
     "6": escalation_lag.run,
+    "8": fair_ingest.run,
 }
 # The paragraph under a scenario's table: how its load was chosen and what its figures are.
 NOTES: dict[str, Callable[[Context, int], str]] = {
     "5": ingest_to_page_latency.note,
     "6": escalation_lag.note,
+    "8": fair_ingest.note,
 }
 
 
@@ -141,6 +145,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--pending-runs", type=int, default=None, help="6: runs per backend (default: --runs)"
+    )
+    parser.add_argument(
+        "--fair-rate", type=float, default=20.0, help="8: tenant B's alerts/s (open loop, one per request)"
+    )
+    parser.add_argument(
+        "--fair-floods",
+        default="",
+        help="8: tenant A's wrk floods, alerts per request x connections (1x64,100x64,100x256; quick 100x8)",
     )
     parser.add_argument("--no-alertmanager", dest="alertmanager", action="store_false")
     parser.add_argument(
@@ -337,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
             "pending_window": args.pending_window,
             "pending_start": args.pending_start,
             "pending_runs": args.pending_runs,
+            "fair_rate": args.fair_rate,
+            "fair_floods": args.fair_floods or "default",
         },
         "scenarios": {},
         "notes": ctx.notes,

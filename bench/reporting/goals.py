@@ -1,5 +1,6 @@
 """The targets of issue 6, judged on the medians over runs: ratios to the baselines (1-4b), latency
-bounds (5, 6) and growth bounds (7)."""
+bounds (5, 6) and growth bounds (7); and of issue 19 (8): tenant B's latency under tenant A's flood
+against B alone, B never refused, A's accepted alerts with B present against A alone."""
 
 from __future__ import annotations
 
@@ -14,6 +15,16 @@ GOALS: dict[str, list[tuple[str, float] | tuple[str, float, str]]] = {
     "4b": [("{b} / noop streaming", 0.6)],
     "5": [("{b} ingest -> page p99 ms", 50.0, "<=")],
     "6": [("{b} escalation lag p99 ms", 500.0, "<=")],
+}
+# Per scenario (suffix, bound, op): every figure of a backend named ``oncall/<backend> ...<suffix>``
+# (scenario 8 has one per phase: ``oncall/sqlite A x100 c64 + B: B refused``).
+SUFFIX_GOALS: dict[str, list[tuple[str, float, str]]] = {
+    "8": [
+        (": B ingest p99 / B alone", 2.0, "<="),
+        (": B ingest->page p99 / B alone", 2.0, "<="),
+        (": B refused", 0.0, "<="),
+        (": A accepted with B / A alone", 0.9, ">="),
+    ],
 }
 
 
@@ -67,4 +78,14 @@ def evaluate_goals(results: dict[str, Any], backends: list[str]) -> list[dict[st
                 f"{g['redis_per_alert_goal_basis']})"
             )
             goals.append(_goal("7", what, per_alert, 300))
+    for sid, suffixes in SUFFIX_GOALS.items():
+        ratios = results["scenarios"].get(sid, {}).get("summary", {}).get("ratios", {})
+        for backend in backends:
+            for name, s in ratios.items():
+                value = s.get("median")
+                if not name.startswith(f"oncall/{backend} ") or value is None or value != value:
+                    continue
+                for suffix, bound, op in suffixes:
+                    if name.endswith(suffix):
+                        goals.append(_goal(sid, name, value, bound, op))
     return goals

@@ -7,7 +7,7 @@ from typing import Any
 from measure import RunResult
 from sysinfo import spread
 
-# Per-measurement figures of the paging scenarios, summarised (median, min-max) when present.
+# Per-measurement figures of the paging and fair-ingest scenarios, summarised (median, min-max) when present.
 EXTRA_KEYS = (
     "max_ms",
     "alerts_per_commit",
@@ -28,6 +28,22 @@ EXTRA_KEYS = (
     "restored",
     "startup_cpu_s",
     "due_set_at_window",
+    # scenario 8 (fair ingest): tenant B's steady load and tenant A's flood
+    "b_sent",
+    "b_ok",
+    "b_refused",
+    "b_no_answer",
+    "b_pages",
+    "b_page_p50_ms",
+    "b_page_p99_ms",
+    "b_page_max_ms",
+    "a_alerts_per_s",
+    "a_429",
+    "a_503",
+    "a_other",
+    "a_socket_errors",
+    "a_retry_after",
+    "a_p99_ms",
 )
 
 

@@ -64,6 +64,9 @@ def render(results: dict[str, Any]) -> str:
         if sid in ("5", "6"):
             lines += _paging(sid, summary, entry.get("note", ""))
             continue
+        if sid == "8":
+            lines += _fair(summary, entry.get("note", ""))
+            continue
         lines += _ingest(summary)
     lines += _goals(results.get("goals", []))
     if results.get("notes"):
@@ -159,6 +162,62 @@ def _paging(sid: str, summary: dict[str, Any], note: str) -> list[str]:
         lines += ["", note]
     if summary["ratios"]:
         lines += ["", *_figures("figure (per run)", summary["ratios"], ",.2f")]
+    lines.append("")
+    return lines
+
+
+def _fair(summary: dict[str, Any], note: str) -> list[str]:
+    """Scenario 8: tenant B's latency and refusals, tenant A's accepted alerts, per phase; the ratios
+    of each phase (same run) in its row; the stored-alert counts below."""
+    headers = [
+        "target, phase", "B sent", "B ingest p50 ms", "B ingest p99 ms", "B ingest->page p99 ms",
+        "B refused (non-2xx / no answer)", "B p99 ÷ B alone", "B page p99 ÷ B alone", "A accepted alerts/s",
+        "A refused 429 / 503 / other (+socket)", "A with B ÷ A alone", "server % core", "Redis %", "DB %",
+        "generator %",
+    ]  # fmt: skip
+    ratios = summary["ratios"]
+    shown: set[str] = set()
+
+    def ratio(label: str, what: str) -> str:
+        name = f"{label}: {what}"
+        shown.add(name)
+        return spread_cell(ratios.get(name, {}), ",.2f")
+
+    def median(t: dict[str, Any], key: str, fmt: str = ",.0f") -> str:
+        return num(t.get(key, {}).get("median"), fmt)
+
+    rows = []
+    for label, t in summary["targets"].items():
+        c = t["core_pct"]
+        b = "b_sent" in t
+        a = "a_alerts_per_s" in t
+        shown.add(f"{label}: B refused")  # the figure the target judges: this cell's sum
+        refused_a = (
+            f"{median(t, 'a_429')} / {median(t, 'a_503')} / {median(t, 'a_other')} "
+            f"(+{median(t, 'a_socket_errors')})"
+        )
+        rows.append(
+            [
+                label,
+                median(t, "b_sent") if b else "-",
+                spread_cell(t["p50_ms"], ",.1f") if b else "-",
+                spread_cell(t["p99_ms"], ",.1f") if b else "-",
+                spread_cell(t["b_page_p99_ms"], ",.1f") if b else "-",
+                f"{median(t, 'b_refused')} / {median(t, 'b_no_answer')}" if b else "-",
+                ratio(label, "B ingest p99 / B alone") if b and a else "-",
+                ratio(label, "B ingest->page p99 / B alone") if b and a else "-",
+                spread_cell(t["a_alerts_per_s"]) if a else "-",
+                refused_a if a else "-",
+                ratio(label, "A accepted with B / A alone") if b and a else "-",
+                *(f"{c[role]:.0f}" for role in ("server", "redis", "db", "generator")),
+            ]
+        )
+    lines = table(headers, rows)
+    if note:
+        lines += ["", note]
+    rest = {name: s for name, s in ratios.items() if name not in shown}
+    if rest:
+        lines += ["", *_figures("figure (per run)", rest, ",.0f")]
     lines.append("")
     return lines
 
