@@ -38,6 +38,8 @@ class Adapter(Protocol):
     """Turns one raw payload into normalized alert events; pure: no I/O, no storage."""
 
     #: The integration type this adapter serves (``Integration.type``), e.g. ``"webhook"``.
+    #: Optional class attribute ``overload_http_status``: the status a full ingest queue answers
+    #: this sender (default 429; 503 for senders that retry only 5xx, such as Alertmanager).
     name: str
 
     def parse(self, payload: Any, context: AdapterContext) -> list[NormalizedEvent]:
