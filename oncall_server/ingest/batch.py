@@ -3,92 +3,49 @@
 Alerts are upserted on ``(service_id, open_dedup_key)`` and incidents on their primary key, so
 when Redis is stale or empty the database still keeps one open alert per key and never loses an
 alert; the batch collects the repairs that point Redis back at what SQL committed.
+
+Here: the alerts, and the order of one batch's writes. The incidents they open or join are in
+:mod:`~oncall_server.ingest.incident_grouping`, the upserts per dialect in
+:mod:`~oncall_server.ingest.batch_statements`, and what the escalation scheduler is told of new
+incidents in :mod:`~oncall_server.ingest.new_incidents`.
 """
 
 from __future__ import annotations
 
-import functools
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
-from sqlalchemy import bindparam, delete, func, insert, null, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from oncall_server.errors import Unavailable
 from oncall_server.ids import uuid7
 from oncall_server.incidents.changes import Change
-from oncall_server.incidents.model import AlertState, IncidentFacts, IncidentStatus
+from oncall_server.incidents.model import AlertState
+from oncall_server.ingest.batch_statements import MAX_DELIVERIES_PER_ALERT, PRUNE_DELIVERIES, statements
 from oncall_server.ingest.coordination import Decision, Repair
+from oncall_server.ingest.incident_grouping import open_incidents
 from oncall_server.ingest.model import IngestResult, Outcome, PreparedAlert
-from oncall_server.storage import bulk
-from oncall_server.storage.models import Alert, AlertDelivery, Incident, TimelineEntry
-
-MAX_DELIVERIES_PER_ALERT = 20
-
-
-@dataclass(frozen=True, slots=True)
-class NewIncident:
-    """An incident this batch creates: its escalation starts in the same transaction."""
-
-    incident_id: str
-    tenant_id: str
-    service_id: str
-    last_alert_at: datetime
-    facts: IncidentFacts | None = None  # what its pages say (service_name filled in by the starter)
-    initial: InitialState | None = None  # the escalation state it was inserted with, if any
-
-
-class InitialState(Protocol):
-    """A new incident's escalation state once tier 1 is paged, from the escalation starter."""
-
-    @property
-    def snapshot(self) -> dict[str, Any]: ...
-
-    @property
-    def step(self) -> int: ...
-
-    @property
-    def due_at(self) -> datetime | None: ...
-
-
-class StartedEscalations(Protocol):
-    """What starting escalations added to the batch: statements and timeline rows for the writer to
-    run in its transaction (with its own timeline rows, in one trip on SQLite), changes to publish."""
-
-    entries: list[dict[str, Any]]
-    writes: list[tuple[Any, list[dict[str, Any]]]]
-    changes: list[Change]
-
-
-class EscalationStarter(Protocol):
-    """The escalation scheduler, as the writer sees it (the writer knows nothing of policies)."""
-
-    async def start_in_transaction(
-        self, conn: AsyncConnection, created: Sequence[NewIncident], now: datetime
-    ) -> StartedEscalations: ...
-
-    async def escalations_started(self, started: StartedEscalations) -> None: ...
-
-    async def initial_escalations(
-        self, conn: AsyncConnection, service_ids: Iterable[str], now: datetime
-    ) -> Mapping[str, InitialState]: ...
-
-
-# An alert keeps its newest MAX_DELIVERIES_PER_ALERT deliveries (a storm merges into one alert).
-_PRUNE_DELIVERIES = delete(AlertDelivery).where(
-    AlertDelivery.alert_id == bindparam("alert_id"),
-    AlertDelivery.id
-    < select(AlertDelivery.id)
-    .where(AlertDelivery.alert_id == bindparam("alert_id"))
-    .order_by(AlertDelivery.id.desc())
-    .offset(MAX_DELIVERIES_PER_ALERT - 1)
-    .limit(1)
-    .scalar_subquery(),
+from oncall_server.ingest.new_incidents import (
+    EscalationStarter,
+    InitialState,
+    NewIncident,
+    StartedEscalations,
 )
+from oncall_server.storage import bulk
+from oncall_server.storage.models import Alert, AlertDelivery, TimelineEntry
+
+# Imported from here by the writer and the escalation scheduler.
+__all__ = [
+    "MAX_DELIVERIES_PER_ALERT",
+    "Batch",
+    "EscalationStarter",
+    "InitialState",
+    "NewIncident",
+    "Slot",
+    "StartedEscalations",
+]
 
 
 @dataclass(slots=True)
@@ -130,57 +87,6 @@ class _AlertGroup:
         return self.slots[0]
 
 
-@dataclass(frozen=True, slots=True)
-class _Statements:
-    """The writer's upserts, built once per dialect so SQLAlchemy caches their compiled form.
-
-    They run as executemany with a list of rows: SQLAlchemy's insertmanyvalues
-    turns that into multi-row INSERTs with RETURNING, without building a new
-    500-row statement (and compiling it) for every batch.
-    """
-
-    upsert_alerts: Any
-    upsert_incidents: Any
-    insert_idempotent: Any
-
-
-@functools.cache
-def _statements(dialect: str) -> _Statements:
-    if dialect == "postgresql":
-        dialect_insert: Any = postgresql.insert
-    elif dialect == "sqlite":
-        dialect_insert = sqlite.insert
-    else:
-        raise Unavailable(f"unsupported database dialect {dialect}")
-    alerts = dialect_insert(Alert)
-    upsert_alerts = alerts.on_conflict_do_update(
-        index_elements=[Alert.service_id, Alert.open_dedup_key],
-        set_={
-            "occurrence_count": Alert.occurrence_count + alerts.excluded.occurrence_count,
-            "last_seen_at": alerts.excluded.last_seen_at,
-            "latest_raw_payload": func.coalesce(
-                alerts.excluded.latest_raw_payload, alerts.excluded.raw_payload
-            ),
-        },
-    ).returning(Alert.id, Alert.service_id, Alert.open_dedup_key, Alert.incident_id, Alert.occurrence_count)
-    incidents = dialect_insert(Incident)
-    upsert_incidents = incidents.on_conflict_do_update(
-        index_elements=[Incident.id],
-        set_={
-            "alert_count": Incident.alert_count + incidents.excluded.alert_count,
-            "last_alert_at": incidents.excluded.last_alert_at,
-            "updated_at": incidents.excluded.updated_at,
-        },
-        where=Incident.status != IncidentStatus.RESOLVED.value,
-    ).returning(Incident.id, Incident.alert_count)
-    insert_idempotent = (
-        dialect_insert(Alert)
-        .on_conflict_do_nothing(index_elements=[Alert.integration_id, Alert.idempotency_key])
-        .returning(Alert.id)
-    )
-    return _Statements(upsert_alerts, upsert_incidents, insert_idempotent)
-
-
 class Batch:
     """The SQL statements of one batch, inside one transaction."""
 
@@ -189,6 +95,7 @@ class Batch:
     ) -> None:
         self.conn = conn
         self.dialect = dialect
+        self.statements = statements(dialect)
         self.now = now
         self.escalations = escalations
         self.timeline: list[dict[str, Any]] = []
@@ -198,6 +105,8 @@ class Batch:
         self.started: StartedEscalations | None = None
 
     async def write(self, slots: list[Slot]) -> None:
+        """Store the slots' alerts, open or extend their incidents, start escalations, write the
+        timeline; every slot gets its result (again, when the transaction is retried)."""
         for slot in slots:
             slot.result = None
         await self._write_unpaged(slots)
@@ -215,7 +124,7 @@ class Batch:
                 keyed[(slot.alert.service_id, key)] = _AlertGroup([slot])
         inserted = await self._upsert_keyed(keyed)
         inserted += await self._insert_keyless(keyless)
-        await self._open_incidents(inserted)
+        await open_incidents(self, inserted)
         writes: bulk.Writes = []
         if self.created and self.escalations is not None:
             self.started = await self.escalations.start_in_transaction(self.conn, self.created, self.now)
@@ -260,7 +169,7 @@ class Batch:
             rows = [self._alert_row(s, None, AlertState.SUPPRESSED) for s in unpaged]
             await self._insert_once(unpaged, rows)
 
-    def _target_incident(self, slot: Slot) -> tuple[str, AlertState]:
+    def target_incident(self, slot: Slot) -> tuple[str, AlertState]:
         """The incident a newly inserted alert joins, per the Redis decision."""
         assert slot.decision is not None
         if slot.decision.outcome == "grouped":
@@ -279,7 +188,7 @@ class Batch:
         )
         rows = []
         for group in ordered:
-            incident_id, state = self._target_incident(group.head)
+            incident_id, state = self.target_incident(group.head)
             values = self._alert_row(group.head, incident_id, state)
             if len(group.slots) > 1:
                 last = group.slots[-1].alert
@@ -290,7 +199,7 @@ class Batch:
         returned = {
             (service_id, open_key): _Stored(alert_id, incident_id, occurrences)
             for alert_id, service_id, open_key, incident_id, occurrences in await bulk.execute_returning(
-                self.conn, _statements(self.dialect).upsert_alerts, rows
+                self.conn, self.statements.upsert_alerts, rows
             )
         }
         inserted: list[Slot] = []
@@ -325,7 +234,7 @@ class Batch:
         for alert_id in prune:
             await self._prune_deliveries(alert_id)
         for incident_id, merged in merged_per_incident.items():
-            self._record(
+            self.record(
                 merged[0],
                 incident_id,
                 "alert_merged",
@@ -346,13 +255,13 @@ class Batch:
             )
 
     async def _prune_deliveries(self, alert_id: str) -> None:
-        await self.conn.execute(_PRUNE_DELIVERIES, {"alert_id": alert_id})
+        await self.conn.execute(PRUNE_DELIVERIES, {"alert_id": alert_id})
 
     async def _insert_keyless(self, slots: list[Slot]) -> list[Slot]:
         """Alerts without a dedup key: always new, unless a retry repeats an idempotency key."""
         if not slots:
             return []
-        return await self._insert_once(slots, [self._alert_row(s, *self._target_incident(s)) for s in slots])
+        return await self._insert_once(slots, [self._alert_row(s, *self.target_incident(s)) for s in slots])
 
     async def _insert_once(self, slots: list[Slot], rows: list[dict[str, Any]]) -> list[Slot]:
         """Insert the slots' rows, except where a retry repeats a stored idempotency key: such a slot
@@ -363,9 +272,7 @@ class Batch:
         if all(row["idempotency_key"] is None for row in rows):
             await bulk.insert_rows(self.conn, Alert, rows)
             return slots
-        fresh = set(
-            (await self.conn.execute(_statements(self.dialect).insert_idempotent, rows)).scalars().all()
-        )
+        fresh = set((await self.conn.execute(self.statements.insert_idempotent, rows)).scalars().all())
         inserted = [s for s in slots if s.alert_id in fresh]
         repeats = [s for s in slots if s.alert_id not in fresh]
         if repeats:
@@ -384,159 +291,7 @@ class Batch:
                 slot.result = IngestResult(Outcome.DEDUPLICATED, row.id, row.incident_id or "", "")
         return inserted
 
-    async def _open_incidents(self, inserted: list[Slot]) -> None:
-        """Create or extend the incidents that newly inserted alerts belong to."""
-        if not inserted:
-            return
-        by_incident: dict[str, list[Slot]] = defaultdict(list)
-        opening: set[str] = set()  # services of the incidents this batch may create
-        for slot in inserted:
-            incident_id, alert_state = self._target_incident(slot)
-            by_incident[incident_id].append(slot)
-            if alert_state is AlertState.TRIGGERED:
-                opening.add(slot.alert.service_id)
-        # Inserted with the state tier 1's page moves them to: no update of the new row after it.
-        initial: Mapping[str, InitialState] = {}
-        if self.escalations is not None and opening:
-            initial = await self.escalations.initial_escalations(self.conn, opening, self.now)
-        rows = []
-        for incident_id in sorted(by_incident):
-            members = by_incident[incident_id]
-            first = members[0].alert
-            state = initial.get(first.service_id)
-            rows.append(
-                {
-                    "id": incident_id,
-                    "tenant_id": first.tenant_id,
-                    "service_id": first.service_id,
-                    "title": first.event.title,
-                    "severity": int(first.event.severity),
-                    "status": IncidentStatus.TRIGGERED.value,
-                    "source": first.event.source,
-                    "source_ref": first.event.source_ref,
-                    "dedup_key": first.event.dedup_key,
-                    "description": first.event.description,
-                    "details": first.event.details,
-                    "alert_count": len(members),
-                    "assigned_to": "",
-                    "created_at": self.now,
-                    "updated_at": self.now,
-                    "last_alert_at": max(s.alert.received_at for s in members),
-                    "acknowledged_at": None,
-                    "acknowledged_by": "",
-                    "resolved_at": None,
-                    "resolved_by": "",
-                    "resolution_summary": "",
-                    # Without a state from the starter: step 0, due now, advanced in this transaction.
-                    "escalation_snapshot": state.snapshot if state else null(),
-                    "escalation_run": 1,
-                    "escalation_step": state.step if state else 0,
-                    "escalation_due_at": state.due_at if state else self.now,
-                }
-            )
-        counts = dict(
-            await bulk.execute_returning(self.conn, _statements(self.dialect).upsert_incidents, rows)
-        )
-        for incident_id, members in by_incident.items():
-            if incident_id not in counts:
-                # The group's incident was resolved while Redis still pointed at it.
-                await self._reopen_elsewhere(incident_id, members)
-                continue
-            created = counts[incident_id] == len(members)
-            self._account(incident_id, members, created, initial.get(members[0].alert.service_id))
-
-    async def _reopen_elsewhere(self, stale_incident_id: str, members: list[Slot]) -> None:
-        fresh_id = members[0].fallback_incident_id
-        ids = [s.alert_id for s in members]
-        await self.conn.execute(
-            update(Alert)
-            .where(Alert.id.in_(ids))
-            .values(incident_id=fresh_id, state=AlertState.TRIGGERED.value)
-        )
-        first = members[0].alert
-        await self.conn.execute(
-            insert(Incident).values(
-                id=fresh_id,
-                tenant_id=first.tenant_id,
-                service_id=first.service_id,
-                title=first.event.title,
-                severity=int(first.event.severity),
-                status=IncidentStatus.TRIGGERED.value,
-                source=first.event.source,
-                source_ref=first.event.source_ref,
-                dedup_key=first.event.dedup_key,
-                description=first.event.description,
-                details=first.event.details,
-                alert_count=len(members),
-                created_at=self.now,
-                updated_at=self.now,
-                last_alert_at=max(s.alert.received_at for s in members),
-                escalation_due_at=self.now,
-            )
-        )
-        for slot in members:
-            a = slot.alert
-            self.repairs.append(
-                Repair(
-                    a.service_id,
-                    int(a.event.severity),
-                    a.event.dedup_key,
-                    stale_incident_id,
-                    fresh_id,
-                    window=True,
-                )
-            )
-        self._account(fresh_id, members, created=True)
-
-    def _account(
-        self, incident_id: str, members: list[Slot], created: bool, initial: InitialState | None = None
-    ) -> None:
-        grouped = members
-        if created:
-            opener = members[0]
-            last_alert_at = max(s.alert.received_at for s in members)
-            a, e = opener.alert, opener.alert.event
-            facts = IncidentFacts(
-                a.tenant_id,
-                incident_id,
-                a.service_id,
-                "",
-                e.title,
-                int(e.severity),
-                IncidentStatus.TRIGGERED.value,
-                e.description,
-                e.source,
-                e.source_ref,
-                e.details,
-            )
-            self.created.append(
-                NewIncident(incident_id, a.tenant_id, a.service_id, last_alert_at, facts, initial)
-            )
-            opener.result = IngestResult(
-                Outcome.CREATED, opener.alert_id, incident_id, opener.alert.event.dedup_key or ""
-            )
-            self._record(
-                opener,
-                incident_id,
-                "triggered",
-                opener.alert.event.title,
-                {"alert_id": opener.alert_id},
-            )
-            grouped = members[1:]
-        for slot in grouped:
-            slot.result = IngestResult(
-                Outcome.GROUPED, slot.alert_id, incident_id, slot.alert.event.dedup_key or ""
-            )
-        if grouped:
-            self._record(
-                grouped[0],
-                incident_id,
-                "alert_grouped",
-                f"{len(grouped)} alert(s) grouped",
-                {"count": str(len(grouped)), "alert_id": grouped[0].alert_id},
-            )
-
-    def _record(
+    def record(
         self,
         slot: Slot,
         incident_id: str,
@@ -544,6 +299,7 @@ class Batch:
         message: str,
         details: dict[str, str],
     ) -> None:
+        """A timeline entry, written with the batch's last statements; published after commit."""
         entry_id = uuid7()
         self.timeline.append(
             {
