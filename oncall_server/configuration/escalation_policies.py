@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from oncall_server.clock import Clock
 from oncall_server.configuration import rows, schedules, users
 from oncall_server.errors import FailedPrecondition, InvalidArgument
-from oncall_server.ids import is_valid_id, uuid7
+from oncall_server.ids import uuid7
 from oncall_server.storage.engine import retrying_write
 from oncall_server.storage.models import EscalationPolicy, Service
 
@@ -140,21 +140,14 @@ def parse_tiers(tiers: Sequence[dict[str, Any]]) -> list[TierSpec]:
 
 
 async def load_policy(
-    session: AsyncSession, tenant_id: str, policy_id: str, *, lock: bool = False
+    session: AsyncSession, tenant_id: str, policy_id: str, *, lock: rows.Lock = None
 ) -> EscalationPolicy:
     return await rows.load(session, EscalationPolicy, "escalation policy", tenant_id, policy_id, lock=lock)
 
 
 async def check_policy_reference(session: AsyncSession, tenant_id: str, policy_id: str, path: str) -> None:
     """INVALID_ARGUMENT on ``path`` unless the tenant has the policy; FOR KEY SHARE holds it till commit."""
-    found = None
-    if is_valid_id(policy_id):
-        found = await session.scalar(
-            select(EscalationPolicy.id)
-            .where(EscalationPolicy.id == policy_id, EscalationPolicy.tenant_id == tenant_id)
-            .with_for_update(read=True, key_share=True)
-        )
-    if found is None:
+    if not await rows.existing(session, EscalationPolicy, tenant_id, [policy_id]):
         raise InvalidArgument.field(path, f"no escalation policy {policy_id!r} in this tenant")
 
 
@@ -208,7 +201,7 @@ async def update_policy(
     spec.validate()
 
     async def work(session: AsyncSession) -> EscalationPolicy:
-        row = await load_policy(session, tenant_id, policy_id, lock=True)
+        row = await load_policy(session, tenant_id, policy_id, lock="update")
         await spec.check_targets(session, tenant_id)
         row.name, row.description = spec.name, spec.description
         row.tiers, row.repeat_count = spec.tiers_json(), spec.repeat_count
@@ -229,7 +222,7 @@ async def delete_policy(sessions: async_sessionmaker[AsyncSession], tenant_id: s
     """FAILED_PRECONDITION while a service uses the policy: its incidents would page nobody."""
 
     async def work(session: AsyncSession) -> None:
-        row = await load_policy(session, tenant_id, policy_id, lock=True)
+        row = await load_policy(session, tenant_id, policy_id, lock="update")
         services = (
             await session.scalars(
                 select(Service)

@@ -13,7 +13,7 @@ instants.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from oncall_server.clock import Clock
 from oncall_server.configuration import rotations, rows, users
 from oncall_server.errors import FailedPrecondition, InvalidArgument, NotFound
-from oncall_server.ids import is_valid_id, uuid7
+from oncall_server.ids import uuid7
 from oncall_server.storage.engine import retrying_write
 from oncall_server.storage.models import EscalationPolicy, OnCallSchedule
 
@@ -35,6 +35,7 @@ MAX_OVERRIDES = 500
 OVERRIDE_RETENTION = timedelta(days=30)
 LOCAL_TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2})?")
 LOCAL_TIME_FORMAT = '"YYYY-MM-DDTHH:MM[:SS]"'
+Overrides = tuple[rotations.Override, ...]
 
 
 @dataclass(slots=True)
@@ -151,22 +152,14 @@ def _store(row: OnCallSchedule, schedule: rotations.Schedule) -> None:
 
 
 async def load_schedule(
-    session: AsyncSession, tenant_id: str, schedule_id: str, *, lock: bool = False
+    session: AsyncSession, tenant_id: str, schedule_id: str, *, lock: rows.Lock = None
 ) -> OnCallSchedule:
     return await rows.load(session, OnCallSchedule, "schedule", tenant_id, schedule_id, lock=lock)
 
 
 async def existing_schedules(session: AsyncSession, tenant_id: str, schedule_ids: Sequence[str]) -> set[str]:
-    """Which of ``schedule_ids`` are schedules of the tenant; takes ``FOR KEY SHARE`` on them until commit."""
-    wanted = sorted({schedule_id for schedule_id in schedule_ids if is_valid_id(schedule_id)})
-    if not wanted:
-        return set()
-    query = (
-        select(OnCallSchedule.id)
-        .where(OnCallSchedule.tenant_id == tenant_id, OnCallSchedule.id.in_(wanted))
-        .with_for_update(read=True, key_share=True)
-    )
-    return set((await session.scalars(query)).all())
+    """Which of ``schedule_ids`` are schedules of the tenant; ``FOR KEY SHARE`` on them until commit."""
+    return await rows.existing(session, OnCallSchedule, tenant_id, schedule_ids)
 
 
 async def create_schedule(
@@ -208,7 +201,7 @@ async def update_schedule(
     schedule = spec.build()
 
     async def work(session: AsyncSession) -> OnCallSchedule:
-        row = await load_schedule(session, tenant_id, schedule_id, lock=True)
+        row = await load_schedule(session, tenant_id, schedule_id, lock="update")
         await users.check_users(session, tenant_id, user_refs(schedule))
         row.name = spec.name
         _store(row, schedule)
@@ -231,7 +224,7 @@ async def delete_schedule(
     """FAILED_PRECONDITION while an escalation policy pages the schedule: that policy would page nobody."""
 
     async def work(session: AsyncSession) -> None:
-        row = await load_schedule(session, tenant_id, schedule_id, lock=True)
+        row = await load_schedule(session, tenant_id, schedule_id, lock="update")
         paging_policies = [
             f"escalation policy {policy.name!r} ({policy.id})"
             for policy in await session.scalars(
@@ -280,6 +273,27 @@ async def who_is_on_call(
     return OnCall(when, user_id, found[0] if found else None)
 
 
+async def _change_overrides(
+    sessions: async_sessionmaker[AsyncSession],
+    clock: Clock,
+    tenant_id: str,
+    schedule_id: str,
+    change: Callable[[AsyncSession, Overrides, datetime], Awaitable[Overrides]],
+) -> OnCallSchedule:
+    """Overrides have no rows of their own: ``change`` rewrites the schedule's list under its row lock."""
+
+    async def work(session: AsyncSession) -> OnCallSchedule:
+        row = await load_schedule(session, tenant_id, schedule_id, lock="update")
+        current = engine_schedule(row)
+        now = clock.now()
+        overrides = await change(session, current.overrides, now)
+        _store(row, rotations.Schedule(current.time_zone, current.layers, overrides))
+        row.updated_at = now
+        return row
+
+    return await retrying_write(sessions, work)
+
+
 async def add_override(
     sessions: async_sessionmaker[AsyncSession],
     clock: Clock,
@@ -290,21 +304,16 @@ async def add_override(
     """Appends an override (the newest wins where overrides overlap) and drops long-finished ones."""
     override = spec.build("override")
 
-    async def work(session: AsyncSession) -> OnCallSchedule:
-        row = await load_schedule(session, tenant_id, schedule_id, lock=True)
+    async def add(session: AsyncSession, current: Overrides, now: datetime) -> Overrides:
         await users.check_users(session, tenant_id, [("override.user_id", override.user)])
-        now = clock.now()
-        current = engine_schedule(row)
-        kept = tuple(o for o in current.overrides if o.end > now - OVERRIDE_RETENTION)
+        kept = tuple(o for o in current if o.end > now - OVERRIDE_RETENTION)
         if len(kept) >= MAX_OVERRIDES:
             raise FailedPrecondition(
                 f"schedule {schedule_id!r} already has {MAX_OVERRIDES} overrides; remove some first"
             )
-        _store(row, rotations.Schedule(current.time_zone, current.layers, (*kept, override)))
-        row.updated_at = now
-        return row
+        return (*kept, override)
 
-    return await retrying_write(sessions, work)
+    return await _change_overrides(sessions, clock, tenant_id, schedule_id, add)
 
 
 async def remove_override(
@@ -317,16 +326,11 @@ async def remove_override(
     """Removes the (last) override equal to ``spec``: overrides have no ids, their fields identify them."""
     override = spec.build("override")
 
-    async def work(session: AsyncSession) -> OnCallSchedule:
-        row = await load_schedule(session, tenant_id, schedule_id, lock=True)
-        current = engine_schedule(row)
-        matches = [i for i, o in enumerate(current.overrides) if o == override]
+    async def remove(session: AsyncSession, current: Overrides, now: datetime) -> Overrides:
+        matches = [i for i, o in enumerate(current) if o == override]
         if not matches:
             raise NotFound(f"schedule {schedule_id!r} has no such override")
-        overrides = list(current.overrides)
-        del overrides[matches[-1]]
-        _store(row, rotations.Schedule(current.time_zone, current.layers, tuple(overrides)))
-        row.updated_at = clock.now()
-        return row
+        last = matches[-1]
+        return current[:last] + current[last + 1 :]
 
-    return await retrying_write(sessions, work)
+    return await _change_overrides(sessions, clock, tenant_id, schedule_id, remove)

@@ -19,20 +19,19 @@ the user, which serialises the per-user limits without blocking referrers.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from oncall_server import failures
 from oncall_server.clock import Clock
+from oncall_server.configuration import rows
 from oncall_server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from oncall_server.ids import is_valid_id, uuid7
 from oncall_server.plugins import Plugins
 from oncall_server.storage.engine import retrying_write
-from oncall_server.storage.listing import tenant_page
 from oncall_server.storage.models import (
     ContactMethod,
     EscalationPolicy,
@@ -49,6 +48,9 @@ MAX_NOTIFICATION_RULES = 50
 MAX_RULE_DELAY_SECONDS = 24 * 3600
 # Deliberately loose: one "@", something on each side, no spaces. Deliverability is the mail server's call.
 EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+")
+
+T = TypeVar("T")
+Owned = TypeVar("Owned", ContactMethod, NotificationRule)
 
 
 @dataclass(slots=True)
@@ -103,35 +105,14 @@ class UserRecord:
     notification_rules: list[NotificationRule] = field(default_factory=list)
 
 
-async def load_user(session: AsyncSession, tenant_id: str, user_id: str, *, lock: str = "") -> User:
-    """The tenant's user row; NOT_FOUND for another tenant's or a malformed id.
-
-    ``lock``: "" (none), "update" (before a delete) or "no_key_update" (before changing what hangs off it).
-    """
-    if not is_valid_id(user_id):
-        raise NotFound(f"user {user_id!r} not found")
-    query = select(User).where(User.id == user_id, User.tenant_id == tenant_id)
-    if lock == "update":
-        query = query.with_for_update()
-    elif lock == "no_key_update":
-        query = query.with_for_update(key_share=True)
-    user = await session.scalar(query)
-    if user is None:
-        raise NotFound(f"user {user_id!r} not found")
-    return user
+async def load_user(session: AsyncSession, tenant_id: str, user_id: str, *, lock: rows.Lock = None) -> User:
+    """The tenant's user row; NOT_FOUND for another tenant's or a malformed id."""
+    return await rows.load(session, User, "user", tenant_id, user_id, lock=lock)
 
 
 async def existing_users(session: AsyncSession, tenant_id: str, user_ids: Sequence[str]) -> set[str]:
-    """Which of ``user_ids`` are users of the tenant; takes ``FOR KEY SHARE`` on them until commit."""
-    wanted = sorted({user_id for user_id in user_ids if is_valid_id(user_id)})
-    if not wanted:
-        return set()
-    query = (
-        select(User.id)
-        .where(User.tenant_id == tenant_id, User.id.in_(wanted))
-        .with_for_update(read=True, key_share=True)
-    )
-    return set((await session.scalars(query)).all())
+    """Which of ``user_ids`` are users of the tenant; ``FOR KEY SHARE`` on them until commit."""
+    return await rows.existing(session, User, tenant_id, user_ids)
 
 
 async def check_users(session: AsyncSession, tenant_id: str, refs: Sequence[tuple[str, str]]) -> None:
@@ -186,15 +167,7 @@ async def create_user(
         session.add(user)
         return user
 
-    try:
-        user = await retrying_write(sessions, work)
-    except IntegrityError as exc:
-        raise failures.integrity_error(
-            exc,
-            taken=f"a user with email {spec.email!r} already exists",
-            missing="the tenant is gone (deleted meanwhile)",
-        ) from None
-    return UserRecord(user)
+    return UserRecord(await rows.write(sessions, work, taken=_taken(spec), missing=_MISSING))
 
 
 async def get_user(sessions: async_sessionmaker[AsyncSession], tenant_id: str, user_id: str) -> UserRecord:
@@ -214,9 +187,8 @@ async def get_users(session: AsyncSession, tenant_id: str, user_ids: Sequence[st
 async def list_users(
     sessions: async_sessionmaker[AsyncSession], tenant_id: str, page_size: int, after: str | None
 ) -> list[UserRecord]:
-    query = tenant_page(User, tenant_id, page_size, after)
     async with sessions() as session:
-        return await _records(session, (await session.scalars(query)).all())
+        return await _records(session, await rows.page(session, User, tenant_id, page_size, after))
 
 
 async def update_user(
@@ -228,17 +200,17 @@ async def update_user(
     async def work(session: AsyncSession) -> UserRecord:
         user = await load_user(session, tenant_id, user_id, lock="no_key_update")
         user.name, user.email, user.updated_at = spec.name, spec.email, clock.now()
-        try:
-            await session.flush()
-        except IntegrityError as exc:
-            raise failures.integrity_error(
-                exc,
-                taken=f"a user with email {spec.email!r} already exists",
-                missing="the tenant is gone (deleted meanwhile)",
-            ) from None
+        await session.flush()  # a taken email fails here, answered by rows.write
         return await _record(session, user)
 
-    return await retrying_write(sessions, work)
+    return await rows.write(sessions, work, taken=_taken(spec), missing=_MISSING)
+
+
+_MISSING = "the tenant is gone (deleted meanwhile)"
+
+
+def _taken(spec: UserFields) -> str:
+    return f"a user with email {spec.email!r} already exists"
 
 
 async def delete_user(sessions: async_sessionmaker[AsyncSession], tenant_id: str, user_id: str) -> None:
@@ -279,6 +251,30 @@ async def user_referrers(session: AsyncSession, tenant_id: str, user_id: str) ->
     return out
 
 
+async def _change_user(
+    sessions: async_sessionmaker[AsyncSession],
+    tenant_id: str,
+    user_id: str,
+    change: Callable[[AsyncSession, User], Awaitable[T]],
+) -> tuple[T, UserRecord]:
+    """``change`` to what hangs off the user, under ``FOR NO KEY UPDATE`` on them (which serialises
+    the per-user limits); its result and the user as they now are."""
+
+    async def work(session: AsyncSession) -> tuple[T, UserRecord]:
+        user = await load_user(session, tenant_id, user_id, lock="no_key_update")
+        result = await change(session, user)
+        await session.flush()
+        return result, await _record(session, user)
+
+    return await retrying_write(sessions, work)
+
+
+async def _owned(session: AsyncSession, model: type[Owned], row_id: str, user: User) -> Owned | None:
+    """The user's contact method or rule ``row_id``; None for another user's or a malformed id."""
+    row = await session.get(model, row_id) if is_valid_id(row_id) else None
+    return row if row is not None and row.user_id == user.id else None
+
+
 async def add_contact_method(
     sessions: async_sessionmaker[AsyncSession],
     clock: Clock,
@@ -289,8 +285,7 @@ async def add_contact_method(
 ) -> tuple[ContactMethod, UserRecord]:
     spec.validate(plugins)
 
-    async def work(session: AsyncSession) -> tuple[ContactMethod, UserRecord]:
-        user = await load_user(session, tenant_id, user_id, lock="no_key_update")
+    async def add(session: AsyncSession, user: User) -> ContactMethod:
         count = await session.scalar(
             select(func.count()).select_from(ContactMethod).where(ContactMethod.user_id == user_id)
         )
@@ -306,10 +301,9 @@ async def add_contact_method(
             created_at=clock.now(),
         )
         session.add(method)
-        await session.flush()
-        return method, await _record(session, user)
+        return method
 
-    return await retrying_write(sessions, work)
+    return await _change_user(sessions, tenant_id, user_id, add)
 
 
 async def remove_contact_method(
@@ -317,21 +311,17 @@ async def remove_contact_method(
 ) -> UserRecord:
     """Removes the contact method and the rules that use it (a rule without its method pages nobody)."""
 
-    async def work(session: AsyncSession) -> UserRecord:
-        user = await load_user(session, tenant_id, user_id, lock="no_key_update")
-        method = (
-            await session.get(ContactMethod, contact_method_id) if is_valid_id(contact_method_id) else None
-        )
-        if method is None or method.user_id != user.id:
+    async def remove(session: AsyncSession, user: User) -> None:
+        method = await _owned(session, ContactMethod, contact_method_id, user)
+        if method is None:
             raise NotFound(f"contact method {contact_method_id!r} not found on user {user_id!r}")
         await session.execute(
             delete(NotificationRule).where(NotificationRule.contact_method_id == contact_method_id)
         )
         await session.delete(method)
-        await session.flush()
-        return await _record(session, user)
 
-    return await retrying_write(sessions, work)
+    _, record = await _change_user(sessions, tenant_id, user_id, remove)
+    return record
 
 
 async def add_notification_rule(
@@ -347,12 +337,8 @@ async def add_notification_rule(
     if not contact_method_id:
         raise InvalidArgument.field("notification_rule.contact_method_id", "is required")
 
-    async def work(session: AsyncSession) -> tuple[NotificationRule, UserRecord]:
-        user = await load_user(session, tenant_id, user_id, lock="no_key_update")
-        method = (
-            await session.get(ContactMethod, contact_method_id) if is_valid_id(contact_method_id) else None
-        )
-        if method is None or method.user_id != user.id:
+    async def add(session: AsyncSession, user: User) -> NotificationRule:
+        if await _owned(session, ContactMethod, contact_method_id, user) is None:
             raise InvalidArgument.field(
                 "notification_rule.contact_method_id",
                 f"no contact method {contact_method_id!r} on user {user_id!r}",
@@ -375,23 +361,19 @@ async def add_notification_rule(
             created_at=clock.now(),
         )
         session.add(rule)
-        await session.flush()
-        return rule, await _record(session, user)
+        return rule
 
-    return await retrying_write(sessions, work)
+    return await _change_user(sessions, tenant_id, user_id, add)
 
 
 async def remove_notification_rule(
     sessions: async_sessionmaker[AsyncSession], tenant_id: str, user_id: str, rule_id: str
 ) -> UserRecord:
-
-    async def work(session: AsyncSession) -> UserRecord:
-        user = await load_user(session, tenant_id, user_id, lock="no_key_update")
-        rule = await session.get(NotificationRule, rule_id) if is_valid_id(rule_id) else None
-        if rule is None or rule.user_id != user.id:
+    async def remove(session: AsyncSession, user: User) -> None:
+        rule = await _owned(session, NotificationRule, rule_id, user)
+        if rule is None:
             raise NotFound(f"notification rule {rule_id!r} not found on user {user_id!r}")
         await session.delete(rule)
-        await session.flush()
-        return await _record(session, user)
 
-    return await retrying_write(sessions, work)
+    _, record = await _change_user(sessions, tenant_id, user_id, remove)
+    return record
