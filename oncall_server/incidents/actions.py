@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import func, select, update
@@ -22,6 +23,7 @@ from oncall_server.incidents.model import AlertState, IncidentStatus
 from oncall_server.ingest.coordination import Coordinator
 from oncall_server.paging import escalation_state
 from oncall_server.paging.outbox import ASSIGNED, LocalDispatcher, Paged, PageRequest, enqueue_pages
+from oncall_server.storage import dialects
 from oncall_server.storage.engine import retrying_write
 from oncall_server.storage.models import Alert, Incident, Service, TimelineEntry, User
 
@@ -115,7 +117,7 @@ class Incidents:
     @staticmethod
     async def _lock_open_alerts(session: AsyncSession, tenant_id: str, incident_id: str) -> None:
         """Row locks on an incident's open alerts, taken before the incident's own (PostgreSQL)."""
-        if session.get_bind().dialect.name == "postgresql" and is_valid_id(incident_id):
+        if dialects.of(session.get_bind()).row_locks and is_valid_id(incident_id):
             await session.execute(
                 select(Alert.id)
                 .where(
@@ -207,46 +209,60 @@ class Incidents:
                 raise FailedPrecondition(
                     f"incident {incident_id!r} is {incident.status}; it cannot become {target.value}"
                 )
-            incident.status = target.value
-            incident.updated_at = now
-            alert_values: dict[str, Any] = {"state": target.value}
-            if target is IncidentStatus.ACKNOWLEDGED:
-                incident.acknowledged_at, incident.acknowledged_by = now, actor
-                service = await session.get(Service, incident.service_id)
-                timeout = service.acknowledgement_timeout_seconds if service else None
-                escalation_state.stop(incident, now, timeout)
-                await escalation_state.cancel_unsent(
-                    session, incident.id, pages_only=True, reason=f"acknowledged by {actor}"
-                )
-                kind, message = "acknowledged", f"Acknowledged by {actor}"
-            elif target is IncidentStatus.RESOLVED:
-                incident.resolved_at, incident.resolved_by, incident.resolution_summary = now, actor, summary
-                alert_values |= {"open_dedup_key": None, "resolved_at": now}
-                escalation_state.stop(incident, now)
-                await escalation_state.cancel_unsent(
-                    session, incident.id, pages_only=False, reason=f"resolved by {actor}"
-                )
-                kind, message = "resolved", summary or f"Resolved by {actor}"
-            else:
-                incident.acknowledged_at, incident.acknowledged_by = None, ""
-                alert_values["state"] = AlertState.TRIGGERED.value
-                escalation_state.restart(incident, now)
-                kind, message = "unacknowledged", f"Acknowledgement withdrawn by {actor}; escalation restarts"
-            await session.execute(
-                update(Alert)
-                .where(Alert.incident_id == incident.id, Alert.state.in_(OPEN_ALERT_STATES))
-                .values(**alert_values)
-            )
-            entry = self._entry(incident, kind, actor, message, {})
-            session.add(entry)
-            return incident, entry
+            return incident, await self.apply_transition(session, incident, target, actor, now, summary)
 
         incident, entry = await retrying_write(self.sessions, work)
         if entry is None:
             return incident
-        self._publish(incident, entry)
+        self.publish(incident, entry)
         await self.timers.schedule(incident)
         return incident
+
+    async def apply_transition(
+        self,
+        session: AsyncSession,
+        incident: Incident,
+        target: IncidentStatus,
+        actor: str,
+        now: datetime,
+        summary: str = "",
+    ) -> TimelineEntry:
+        """Move a locked incident (its open alerts locked first) to ``target`` in ``session``: its
+        alerts, its escalation, its unsent pages and a timeline entry. The caller publishes the entry
+        and tells the timers after commit."""
+        incident.status = target.value
+        incident.updated_at = now
+        alert_values: dict[str, Any] = {"state": target.value}
+        if target is IncidentStatus.ACKNOWLEDGED:
+            incident.acknowledged_at, incident.acknowledged_by = now, actor
+            service = await session.get(Service, incident.service_id)
+            timeout = service.acknowledgement_timeout_seconds if service else None
+            escalation_state.stop(incident, now, timeout)
+            await escalation_state.cancel_unsent(
+                session, incident.id, pages_only=True, reason=f"acknowledged by {actor}"
+            )
+            kind, message = "acknowledged", f"Acknowledged by {actor}"
+        elif target is IncidentStatus.RESOLVED:
+            incident.resolved_at, incident.resolved_by, incident.resolution_summary = now, actor, summary
+            alert_values |= {"open_dedup_key": None, "resolved_at": now}
+            escalation_state.stop(incident, now)
+            await escalation_state.cancel_unsent(
+                session, incident.id, pages_only=False, reason=f"resolved by {actor}"
+            )
+            kind, message = "resolved", summary or f"Resolved by {actor}"
+        else:
+            incident.acknowledged_at, incident.acknowledged_by = None, ""
+            alert_values["state"] = AlertState.TRIGGERED.value
+            escalation_state.restart(incident, now)
+            kind, message = "unacknowledged", f"Acknowledgement withdrawn by {actor}; escalation restarts"
+        await session.execute(
+            update(Alert)
+            .where(Alert.incident_id == incident.id, Alert.state.in_(OPEN_ALERT_STATES))
+            .values(**alert_values)
+        )
+        entry = self.entry_for(incident, kind, actor, message, {}, now)
+        session.add(entry)
+        return entry
 
     async def reassign(self, tenant_id: str, incident_id: str, assignee: str, actor: str) -> Incident:
         """Hands the incident to a user (id or email) of the tenant and pages them at once."""
@@ -300,7 +316,7 @@ class Incidents:
             return incident, entry, paged
 
         incident, entry, paged = await retrying_write(self.sessions, work)
-        self._publish(incident, entry)
+        self.publish(incident, entry)
         if paged.notifications:
             self.dispatcher.wake()
         return incident
@@ -319,7 +335,7 @@ class Incidents:
             return incident, entry
 
         incident, entry = await retrying_write(self.sessions, work)
-        self._publish(incident, entry)
+        self.publish(incident, entry)
         return entry
 
     async def list_alerts(
@@ -368,6 +384,12 @@ class Incidents:
     def _entry(
         self, incident: Incident, kind: str, actor: str, message: str, details: dict[str, str]
     ) -> TimelineEntry:
+        return self.entry_for(incident, kind, actor, message, details, self.clock.now())
+
+    @staticmethod
+    def entry_for(
+        incident: Incident, kind: str, actor: str, message: str, details: dict[str, str], now: datetime
+    ) -> TimelineEntry:
         return TimelineEntry(
             id=uuid7(),
             tenant_id=incident.tenant_id,
@@ -376,8 +398,8 @@ class Incidents:
             actor=actor,
             message=message,
             details=details,
-            created_at=self.clock.now(),
+            created_at=now,
         )
 
-    def _publish(self, incident: Incident, entry: TimelineEntry) -> None:
+    def publish(self, incident: Incident, entry: TimelineEntry) -> None:
         self.changes.publish([Change(incident.tenant_id, incident.service_id, incident.id, entry.id)])
