@@ -1,20 +1,20 @@
 """The ingest path's statements, without SQLAlchemy's per-statement and per-row work.
 
 ``conn.execute(statement, rows)`` builds a dict of every bind per row
-(``construct_params``) and then a list of processed values from it: ~5 µs a
-row, and ingest writes about seven rows per new incident (timeline entries,
-escalation and outcome updates). Under batched webhook load that was ~15 %
-of server CPU (docs/performance.md). Here the statement is compiled once per
-dialect and set of keys, each row becomes a tuple through one ``itemgetter``
-plus the columns' own bind processors (the same converters SQLAlchemy
-applies), and the driver runs it.
+(``construct_params``) and then a list of processed values from it, and ingest
+writes several rows per new incident (timeline entries, escalation and outcome
+updates): under batched webhook load that was a large share of server CPU
+(docs/performance.md). Here the statement is compiled once per dialect and set
+of keys, each row becomes a tuple through one ``itemgetter`` plus the columns'
+own bind processors (the same converters SQLAlchemy applies), and the driver
+runs it.
 
 Three shapes: writes whose rows nobody reads back (:func:`execute_all`),
 ``INSERT ... RETURNING`` upserts (:func:`execute_returning`) and SELECTs by
-a list of keys (:func:`fetch_by_keys`). On SQLite each goes to the driver's
-thread in one trip without passing through SQLAlchemy's execute (~100 µs of
-CPU a statement here), and the writes wait for the transaction's next trip;
-on PostgreSQL they run through SQLAlchemy as before.
+a list of keys (:func:`fetch_by_keys`). Where the dialect allows it
+(``storage.dialects``: SQLite) each goes to the driver's thread in one trip
+without passing through SQLAlchemy's execute, and the writes wait for the
+transaction's next trip; on PostgreSQL they run through SQLAlchemy as before.
 
 Only statements whose every bind the rows supply qualify: no Python-side
 column defaults are filled in here, so a missing key is a programming error
@@ -127,8 +127,8 @@ async def execute_all(executor: Executor, writes: Writes) -> None:
 
     On SQLite they do not travel to the driver's thread now but with the transaction's next
     trip there, a statement's or the commit's (``OneHopConnection.defer_writes``): each trip is
-    a thread hand-off costing a few hundred µs of CPU here. A failing write therefore raises
-    from that later statement or the commit, which rolls the transaction back as usual.
+    a thread hand-off. A failing write therefore raises from that later statement or the
+    commit, which rolls the transaction back as usual.
     """
     conn = executor if isinstance(executor, AsyncConnection) else await executor.connection()
     steps: list[tuple[str, list[tuple[Any, ...]]]] = []
@@ -211,8 +211,8 @@ class KeyedSelect:
 
     ``IN (:keys)`` is one round trip on any database, but SQLAlchemy expands and renders the
     list on every execution; on SQLite ``= :key`` once per key runs in one trip to the driver's
-    thread past SQLAlchemy (a third of the CPU, docs/performance.md). Rows come back with
-    attribute access either way, and each row once.
+    thread past SQLAlchemy, for less CPU (docs/performance.md). Rows come back with attribute
+    access either way, and each row once.
     """
 
     def __init__(self, query: AnySelect, column: _HasIn, name: str) -> None:

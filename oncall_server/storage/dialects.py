@@ -176,9 +176,9 @@ def _sqlite_begin(connection: Any) -> None:
 class SqliteWriteLock:
     """This process's SQLite writers queue on an asyncio lock; processes queue on a file lock.
 
-    SQLite has one writer; a connection that finds the lock taken sleeps in its busy handler
-    (1, 2, 5 ... 100 ms steps) long after the lock is free, which showed as 1-3 s page latency
-    spikes under load. Queuing on an asyncio lock hands the database over at once. Between
+    SQLite has one writer; a connection that finds the lock taken sleeps in its busy handler, in
+    growing steps, long after the lock is free (page latency spikes under load,
+    docs/performance.md). Queuing on an asyncio lock hands the database over at once. Between
     processes (``ONCALL_WORKERS``, or a scheduler-only process beside the server) an ``flock`` on
     ``<database>-writelock`` does the same: the kernel wakes the next waiter when it is released.
     Only the task at the head of this process's queue ever waits for the file lock, in a thread.

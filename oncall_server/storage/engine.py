@@ -104,7 +104,7 @@ async def write_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection
     """:func:`write_transaction` for Core statements only: no ORM session around the connection.
 
     For the hot paths (the dispatcher records every batch of sends): a session's begin and commit
-    cost ~80 µs of CPU more than a connection's here.
+    cost more CPU than a connection's.
     """
     async with write_lock(engine), engine.connect() as conn:
         await conn.execution_options(**{SQLITE_IMMEDIATE: True})
