@@ -55,6 +55,7 @@ class Steady:
     key: str
     rate: float
     prefix: str
+    local_addr: str = ""  # the connections' source address ("": the system's choice)
 
 
 @dataclass
@@ -127,6 +128,7 @@ def run_phase(
                 f"--warmup={warmup}",
                 f"--duration={duration}",
                 f"--call-timeout={call_timeout}",
+                f"--local-addr={steady.local_addr}",
                 f"--out={steady_out}",
             ]
             procs = start_load([cmd], f"webhook load process did not reach {steady.url}")

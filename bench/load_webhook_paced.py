@@ -5,7 +5,8 @@ schedule (``--rate`` per second from ``t0``) whether or not earlier requests wer
 server is not offered less load (no coordinated omission). Every alert has its own dedup key, which
 is also its title (the field the page carries): every alert opens an incident and pages, and the
 receiver's arrival time for that title minus this process's send time is the ingest -> page latency.
-The alert has the shape wrk_ingest.lua gives the other scenarios' alerts.
+The alert has the shape wrk_ingest.lua gives the other scenarios' alerts. ``--local-addr`` connects
+from another loopback address, so the server sees another client than the flooding wrk's.
 
 Protocol (stdin/stdout, like load_paging.py): print ``ready`` once the server answered a probe; read
 ``go <t0>`` (a ``time.monotonic()`` instant); send from ``t0`` for ``--warmup`` + ``--duration``
@@ -80,7 +81,8 @@ class Pacer:
         a = self.args
         timeout = aiohttp.ClientTimeout(total=a.call_timeout)
         # No connection limit: an open loop must not queue its own requests behind slow answers.
-        connector = aiohttp.TCPConnector(limit=0)
+        local = (a.local_addr, 0) if a.local_addr else None
+        connector = aiohttp.TCPConnector(limit=0, local_addr=local)
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             probe = a.url.rsplit("/api/", 1)[0] + "/healthz"
             async with session.get(probe) as response:
@@ -139,6 +141,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--call-timeout", type=float, default=30.0)
+    parser.add_argument(
+        "--local-addr", default="", help="source address of the connections (e.g. 127.0.0.2: another client)"
+    )
     parser.add_argument("--out", required=True, help="file for the JSON result")
     args = parser.parse_args()
     write_result(args.out, run_loop(Pacer(args).run()))

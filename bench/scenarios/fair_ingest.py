@@ -12,6 +12,9 @@ status). Phases, each ``--warmup`` + ``--duration`` with both loads started toge
 * per flood of ``--fair-floods`` (alerts per request x connections; 1x64, 100x64, 100x256):
   ``A <flood> + B`` (B keeps sending) and then ``A <flood> alone`` (B quiet), back to back.
 
+B connects from 127.0.0.2 and A's wrk from 127.0.0.1 (the server listens on 127.0.0.1): two clients,
+each with its own per-address connection budget, as two tenants' senders would be.
+
 Between phases the harness waits for B's pages and for the server to go idle (wrk's abandoned
 requests are still ingested). After the last phase: A's alerts answered 2xx (all phases, warm-ups
 included) against the alerts stored for A's service, and the same for B.
@@ -42,6 +45,10 @@ from scenarios.comparison import need_wrk
 
 FLOOD_TENANT = ("bench-flood-a", "A flood", "A webhook")  # tenant, service, integration
 QUIET = "B alone"
+# B's connections come from another loopback address than wrk's (A's), as two tenants' senders would:
+# the server's per-address connection limit (ONCALL_HTTP_MAX_CONNECTIONS_PER_CLIENT, 256) would
+# otherwise count B's connections in A's budget and answer them 503 at 256 connections of A.
+B_SOURCE = "127.0.0.2"
 # The ratios of a phase (``<target> <phase>: <what>``), judged in reporting/goals.py by suffix.
 B_P99_RATIO = "B ingest p99 / B alone"
 B_PAGE_RATIO = "B ingest->page p99 / B alone"
@@ -80,7 +87,8 @@ def note(ctx: Context, runs: int) -> str:
         f"after {a.page_drain:g} s = inf). B refused = non-2xx / no answer. A accepted = 2xx answers x "
         "alerts per request / window; A refused = 429 / 503 / other non-2xx (+ socket errors). "
         "Ratios are within the run: B's p99 over B alone's, A's alerts/s with B over A alone (same flood, "
-        "measured right after). CPU over the window."
+        "measured right after). B connects from 127.0.0.2, A from 127.0.0.1 (two clients for the server's "
+        "per-address connection limit). CPU over the window."
     )
 
 
@@ -207,7 +215,9 @@ def phase(
     prefix = ctx.prefix()
     watch = lambda: paging.watched_with_receiver(server, receiver)  # noqa: E731
     result = run_phase(
-        steady=Steady(server.http_url, server.key, ctx.args.fair_rate, f"{prefix}-b") if steady else None,
+        steady=Steady(server.http_url, server.key, ctx.args.fair_rate, f"{prefix}-b", B_SOURCE)
+        if steady
+        else None,
         flooding=Flooding(
             server.http_url, flood_tenant["integration_key"], flood, f"{prefix}-a", ctx.load.wrk_threads
         )
@@ -245,10 +255,15 @@ def phase(
     _log(label, m)
     if server.proc is None or server.proc.poll() is not None:
         raise LoadError(f"{label}: the server process died:\n{tail(server.log)}")
+    # Refusals are figures (B's must be 0); only a set-up that never worked fails the measurement.
     if steady and not m["b_ok"]:
-        raise LoadError(f"{label}: no alert of tenant B was accepted ({m['b_error_sample']})")
+        if flood is None:
+            raise LoadError(f"{label}: no alert of tenant B was accepted ({m['b_error_sample']})")
+        ctx.note(f"scenario 8, {label}: no alert of tenant B was accepted ({m['b_error_sample']})")
     if flood is not None and not m["a_ok_total"]:
-        raise LoadError(f"{label}: no request of tenant A was accepted")
+        if not m["a_refused_total"]:
+            raise LoadError(f"{label}: tenant A's wrk got no answer ({m['a_socket_errors']} socket errors)")
+        ctx.note(f"scenario 8, {label}: every request of tenant A was refused")
     return m
 
 
