@@ -22,21 +22,31 @@ class FieldViolation:
 
 
 class OncallError(Exception):
-    """Base of every error a caller may see."""
+    """Base of every error a caller may see.
+
+    A subclass names its statuses in its bases, ``class NotFound(OncallError,
+    grpc_code=grpc.StatusCode.NOT_FOUND, http_status=404)``; one it leaves out is inherited.
+    """
 
     grpc_code: grpc.StatusCode = grpc.StatusCode.INTERNAL
     http_status: int = 500
+
+    def __init_subclass__(
+        cls, grpc_code: grpc.StatusCode | None = None, http_status: int | None = None
+    ) -> None:
+        super().__init_subclass__()
+        if grpc_code is not None:
+            cls.grpc_code = grpc_code
+        if http_status is not None:
+            cls.http_status = http_status
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
 
-class InvalidArgument(OncallError):
+class InvalidArgument(OncallError, grpc_code=grpc.StatusCode.INVALID_ARGUMENT, http_status=400):
     """The request is malformed; nothing was changed."""
-
-    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
-    http_status = 400
 
     def __init__(self, message: str, violations: list[FieldViolation] | None = None) -> None:
         super().__init__(message)
@@ -48,60 +58,37 @@ class InvalidArgument(OncallError):
         return cls(f"{field}: {description}", [FieldViolation(field, description)])
 
 
-class PayloadTooLarge(InvalidArgument):
+class PayloadTooLarge(InvalidArgument, http_status=413):
     """The body exceeds the configured limit."""
 
-    http_status = 413
 
-
-class Unauthenticated(OncallError):
+class Unauthenticated(OncallError, grpc_code=grpc.StatusCode.UNAUTHENTICATED, http_status=401):
     """Missing or unknown credentials. Never says which."""
 
-    grpc_code = grpc.StatusCode.UNAUTHENTICATED
-    http_status = 401
 
-
-class PermissionDenied(OncallError):
+class PermissionDenied(OncallError, grpc_code=grpc.StatusCode.PERMISSION_DENIED, http_status=403):
     """Known caller, forbidden action."""
 
-    grpc_code = grpc.StatusCode.PERMISSION_DENIED
-    http_status = 403
 
-
-class NotFound(OncallError):
+class NotFound(OncallError, grpc_code=grpc.StatusCode.NOT_FOUND, http_status=404):
     """No such object for this tenant (also for other tenants' objects)."""
 
-    grpc_code = grpc.StatusCode.NOT_FOUND
-    http_status = 404
 
-
-class AlreadyExists(OncallError):
+class AlreadyExists(OncallError, grpc_code=grpc.StatusCode.ALREADY_EXISTS, http_status=409):
     """A unique name or key is taken."""
 
-    grpc_code = grpc.StatusCode.ALREADY_EXISTS
-    http_status = 409
 
-
-class FailedPrecondition(OncallError):
+class FailedPrecondition(OncallError, grpc_code=grpc.StatusCode.FAILED_PRECONDITION, http_status=409):
     """The object is not in a state that allows the action."""
 
-    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
-    http_status = 409
 
-
-class ResourceExhausted(OncallError):
+class ResourceExhausted(OncallError, grpc_code=grpc.StatusCode.RESOURCE_EXHAUSTED, http_status=429):
     """Rate limited or overloaded; retry after the hint."""
-
-    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    http_status = 429
 
     def __init__(self, message: str, retry_after_seconds: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after_seconds = retry_after_seconds
 
 
-class Unavailable(OncallError):
+class Unavailable(OncallError, grpc_code=grpc.StatusCode.UNAVAILABLE, http_status=503):
     """A dependency (database, Redis) is down; safe to retry."""
-
-    grpc_code = grpc.StatusCode.UNAVAILABLE
-    http_status = 503
