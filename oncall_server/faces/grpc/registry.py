@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import grpc
@@ -49,41 +50,25 @@ class ServiceEntry:
         return self.descriptor.full_name
 
 
+def _entry(name: str, pb2: ModuleType, pb2_grpc: ModuleType, servicer: Callable[[App], Any]) -> ServiceEntry:
+    """``name``'s entry; the generated modules name everything else after it."""
+    return ServiceEntry(
+        pb2.DESCRIPTOR.services_by_name[name], servicer, getattr(pb2_grpc, f"add_{name}Servicer_to_server")
+    )
+
+
 SERVICES: tuple[ServiceEntry, ...] = (
-    ServiceEntry(
-        ingest_service_pb2.DESCRIPTOR.services_by_name["IngestService"],
-        IngestServicer,
-        ingest_service_pb2_grpc.add_IngestServiceServicer_to_server,
-    ),
-    ServiceEntry(
-        incident_service_pb2.DESCRIPTOR.services_by_name["IncidentService"],
-        IncidentServicer,
-        incident_service_pb2_grpc.add_IncidentServiceServicer_to_server,
-    ),
-    ServiceEntry(
-        integration_service_pb2.DESCRIPTOR.services_by_name["IntegrationService"],
-        IntegrationServicer,
-        integration_service_pb2_grpc.add_IntegrationServiceServicer_to_server,
-    ),
-    ServiceEntry(
-        catalog_service_pb2.DESCRIPTOR.services_by_name["CatalogService"],
-        CatalogServicer,
-        catalog_service_pb2_grpc.add_CatalogServiceServicer_to_server,
-    ),
-    ServiceEntry(
-        user_service_pb2.DESCRIPTOR.services_by_name["UserService"],
-        UserServicer,
-        user_service_pb2_grpc.add_UserServiceServicer_to_server,
-    ),
-    ServiceEntry(
-        schedule_service_pb2.DESCRIPTOR.services_by_name["ScheduleService"],
-        ScheduleServicer,
-        schedule_service_pb2_grpc.add_ScheduleServiceServicer_to_server,
-    ),
-    ServiceEntry(
-        escalation_policy_service_pb2.DESCRIPTOR.services_by_name["EscalationPolicyService"],
+    _entry("IngestService", ingest_service_pb2, ingest_service_pb2_grpc, IngestServicer),
+    _entry("IncidentService", incident_service_pb2, incident_service_pb2_grpc, IncidentServicer),
+    _entry("IntegrationService", integration_service_pb2, integration_service_pb2_grpc, IntegrationServicer),
+    _entry("CatalogService", catalog_service_pb2, catalog_service_pb2_grpc, CatalogServicer),
+    _entry("UserService", user_service_pb2, user_service_pb2_grpc, UserServicer),
+    _entry("ScheduleService", schedule_service_pb2, schedule_service_pb2_grpc, ScheduleServicer),
+    _entry(
+        "EscalationPolicyService",
+        escalation_policy_service_pb2,
+        escalation_policy_service_pb2_grpc,
         EscalationPolicyServicer,
-        escalation_policy_service_pb2_grpc.add_EscalationPolicyServiceServicer_to_server,
     ),
 )
 SERVICE_NAMES = [entry.name for entry in SERVICES]
