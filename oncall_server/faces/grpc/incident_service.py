@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 from oncall_server.api.v1 import incident_service_pb2 as inc_pb
 from oncall_server.api.v1 import incident_service_pb2_grpc as inc_grpc
@@ -12,6 +12,26 @@ from oncall_server.faces.grpc import convert
 from oncall_server.faces.grpc.auth import Context, caller
 from oncall_server.incidents.actions import IncidentFilter, clamp_page_size
 from oncall_server.runtime.app import App
+
+T = TypeVar("T")
+
+
+class _Acting(Protocol):
+    """What every incident action request carries."""
+
+    @property
+    def incident_id(self) -> str: ...
+    @property
+    def actor(self) -> str: ...
+
+
+class _Paged(Protocol):
+    @property
+    def incident_id(self) -> str: ...
+    @property
+    def page_size(self) -> int: ...
+    @property
+    def page_token(self) -> str: ...
 
 
 class IncidentServicer(inc_grpc.IncidentServiceServicer):
@@ -46,61 +66,55 @@ class IncidentServicer(inc_grpc.IncidentServiceServicer):
             incidents=[self._incident(r) for r in rows], next_page_token=token
         )
 
+    async def _act(
+        self, context: Context, request: _Acting, action: Callable[..., Awaitable[T]], **given: str
+    ) -> T:
+        """An incident action on the caller's tenant, by the request's actor (else the token's name)."""
+        who = caller(context)
+        return await action(who.tenant_id, request.incident_id, actor=request.actor or who.name, **given)
+
+    async def _page(self, context: Context, request: _Paged, read: Callable[..., Awaitable[T]]) -> T:
+        """A page of what hangs off one of the caller's incidents."""
+        who = caller(context)
+        size = clamp_page_size(request.page_size, 100, 1000)
+        return await read(who.tenant_id, request.incident_id, size, request.page_token)
+
     async def AcknowledgeIncident(
         self, request: inc_pb.AcknowledgeIncidentRequest, context: Context
     ) -> inc_pb.AcknowledgeIncidentResponse:
-        who = caller(context)
-        row = await self.app.incidents.acknowledge(
-            who.tenant_id, request.incident_id, request.actor or who.name
-        )
+        row = await self._act(context, request, self.app.incidents.acknowledge)
         return inc_pb.AcknowledgeIncidentResponse(incident=self._incident(row))
 
     async def UnacknowledgeIncident(
         self, request: inc_pb.UnacknowledgeIncidentRequest, context: Context
     ) -> inc_pb.UnacknowledgeIncidentResponse:
-        who = caller(context)
-        row = await self.app.incidents.unacknowledge(
-            who.tenant_id, request.incident_id, request.actor or who.name
-        )
+        row = await self._act(context, request, self.app.incidents.unacknowledge)
         return inc_pb.UnacknowledgeIncidentResponse(incident=self._incident(row))
 
     async def ResolveIncident(
         self, request: inc_pb.ResolveIncidentRequest, context: Context
     ) -> inc_pb.ResolveIncidentResponse:
-        who = caller(context)
-        row = await self.app.incidents.resolve(
-            who.tenant_id, request.incident_id, request.actor or who.name, request.resolution_summary
+        row = await self._act(
+            context, request, self.app.incidents.resolve, summary=request.resolution_summary
         )
         return inc_pb.ResolveIncidentResponse(incident=self._incident(row))
 
     async def ReassignIncident(
         self, request: inc_pb.ReassignIncidentRequest, context: Context
     ) -> inc_pb.ReassignIncidentResponse:
-        who = caller(context)
-        row = await self.app.incidents.reassign(
-            who.tenant_id, request.incident_id, request.assigned_to, request.actor or who.name
-        )
+        row = await self._act(context, request, self.app.incidents.reassign, assignee=request.assigned_to)
         return inc_pb.ReassignIncidentResponse(incident=self._incident(row))
 
     async def AddIncidentNote(
         self, request: inc_pb.AddIncidentNoteRequest, context: Context
     ) -> inc_pb.AddIncidentNoteResponse:
-        who = caller(context)
-        entry = await self.app.incidents.add_note(
-            who.tenant_id, request.incident_id, request.note, request.actor or who.name
-        )
+        entry = await self._act(context, request, self.app.incidents.add_note, note=request.note)
         return inc_pb.AddIncidentNoteResponse(entry=convert.timeline_entry(entry))
 
     async def ListIncidentAlerts(
         self, request: inc_pb.ListIncidentAlertsRequest, context: Context
     ) -> inc_pb.ListIncidentAlertsResponse:
-        who = caller(context)
-        rows, token = await self.app.incidents.list_alerts(
-            who.tenant_id,
-            request.incident_id,
-            clamp_page_size(request.page_size, 100, 1000),
-            request.page_token,
-        )
+        rows, token = await self._page(context, request, self.app.incidents.list_alerts)
         return inc_pb.ListIncidentAlertsResponse(
             alerts=[convert.alert(r) for r in rows], next_page_token=token
         )
@@ -108,13 +122,7 @@ class IncidentServicer(inc_grpc.IncidentServiceServicer):
     async def ListIncidentTimeline(
         self, request: inc_pb.ListIncidentTimelineRequest, context: Context
     ) -> inc_pb.ListIncidentTimelineResponse:
-        who = caller(context)
-        rows, token = await self.app.incidents.timeline(
-            who.tenant_id,
-            request.incident_id,
-            clamp_page_size(request.page_size, 100, 1000),
-            request.page_token,
-        )
+        rows, token = await self._page(context, request, self.app.incidents.timeline)
         return inc_pb.ListIncidentTimelineResponse(
             entries=[convert.timeline_entry(r) for r in rows], next_page_token=token
         )

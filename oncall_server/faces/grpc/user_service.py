@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from oncall_server.api.v1 import user_pb2
 from oncall_server.api.v1 import user_service_pb2 as usr_pb
 from oncall_server.api.v1 import user_service_pb2_grpc as usr_grpc
 from oncall_server.configuration import users
@@ -11,10 +16,17 @@ from oncall_server.faces.grpc.auth import Context, caller
 from oncall_server.incidents.actions import clamp_page_size, decode_page_token, page_of
 from oncall_server.runtime.app import App
 
+_Remove = Callable[[async_sessionmaker[AsyncSession], str, str, str], Awaitable[users.UserRecord]]
+
 
 class UserServicer(usr_grpc.UserServiceServicer):
     def __init__(self, app: App) -> None:
         self.app = app
+
+    async def _remove(self, context: Context, remove: _Remove, user_id: str, item_id: str) -> user_pb2.User:
+        """Removes a contact method or notification rule of one of the caller's users: the user after."""
+        who = caller(context)
+        return convert.user(await remove(self.app.sessions, who.tenant_id, user_id, item_id))
 
     async def CreateUser(
         self, request: usr_pb.CreateUserRequest, context: Context
@@ -90,11 +102,10 @@ class UserServicer(usr_grpc.UserServiceServicer):
     async def RemoveContactMethod(
         self, request: usr_pb.RemoveContactMethodRequest, context: Context
     ) -> usr_pb.RemoveContactMethodResponse:
-        who = caller(context)
-        record = await users.remove_contact_method(
-            self.app.sessions, who.tenant_id, request.user_id, request.contact_method_id
+        user = await self._remove(
+            context, users.remove_contact_method, request.user_id, request.contact_method_id
         )
-        return usr_pb.RemoveContactMethodResponse(user=convert.user(record))
+        return usr_pb.RemoveContactMethodResponse(user=user)
 
     async def AddNotificationRule(
         self, request: usr_pb.AddNotificationRuleRequest, context: Context
@@ -116,8 +127,7 @@ class UserServicer(usr_grpc.UserServiceServicer):
     async def RemoveNotificationRule(
         self, request: usr_pb.RemoveNotificationRuleRequest, context: Context
     ) -> usr_pb.RemoveNotificationRuleResponse:
-        who = caller(context)
-        record = await users.remove_notification_rule(
-            self.app.sessions, who.tenant_id, request.user_id, request.notification_rule_id
+        user = await self._remove(
+            context, users.remove_notification_rule, request.user_id, request.notification_rule_id
         )
-        return usr_pb.RemoveNotificationRuleResponse(user=convert.user(record))
+        return usr_pb.RemoveNotificationRuleResponse(user=user)
