@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.descriptor import EnumDescriptor
@@ -81,18 +81,25 @@ def duration(seconds: int | None) -> duration_pb2.Duration | None:
     return duration_pb2.Duration(seconds=seconds)
 
 
+def _alert_fields(row: models.Incident | models.Alert) -> dict[str, Any]:
+    """The fields an incident has as an alert has them (an incident takes them from its first alert)."""
+    return {
+        "id": row.id,
+        "service_id": row.service_id,
+        "title": row.title,
+        "severity": row.severity,
+        "source": row.source,
+        "source_ref": row.source_ref,
+        "dedup_key": row.dedup_key or "",
+        "description": row.description,
+        "details": row.details,
+    }
+
+
 def incident(row: models.Incident, public_url: str) -> incident_pb2.Incident:
     return incident_pb2.Incident(
-        id=row.id,
-        service_id=row.service_id,
-        title=row.title,
-        severity=row.severity,  # type: ignore[arg-type]
+        **_alert_fields(row),
         status=INCIDENT_STATUS[row.status],
-        source=row.source,
-        source_ref=row.source_ref,
-        dedup_key=row.dedup_key or "",
-        description=row.description,
-        details=row.details,
         alert_count=row.alert_count,
         assigned_to=row.assigned_to,
         create_time=timestamp(row.created_at),
@@ -108,18 +115,10 @@ def incident(row: models.Incident, public_url: str) -> incident_pb2.Incident:
 
 def alert(row: models.Alert) -> alert_pb2.Alert:
     return alert_pb2.Alert(
-        id=row.id,
+        **_alert_fields(row),
         incident_id=row.incident_id or "",
-        service_id=row.service_id,
         integration_id=row.integration_id,
-        title=row.title,
-        severity=row.severity,  # type: ignore[arg-type]
         state=ALERT_STATE[row.state],
-        dedup_key=row.dedup_key or "",
-        source=row.source,
-        source_ref=row.source_ref,
-        description=row.description,
-        details=row.details,
         occurrence_count=row.occurrence_count,
         first_seen_time=timestamp(row.first_seen_at),
         last_seen_time=timestamp(row.last_seen_at),
