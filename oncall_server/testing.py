@@ -183,13 +183,15 @@ class RunningServer:
 
 @asynccontextmanager
 async def running_server(settings: Settings, *, clock: Clock | None = None) -> AsyncIterator[RunningServer]:
-    """A started server on the settings' addresses (use port 0 for free ports)."""
+    """A started server on the settings' addresses (use port 0 for free ports); ``http_url`` is
+    ``https://`` when the settings give a TLS certificate."""
     server = await Server.create(settings, clock=clock)
     await server.start()
     grpc_port = next((r.port for r in server.roles if isinstance(r, GrpcRole)), 0)
     http_port = next((r.port for r in server.roles if isinstance(r, GatewayRole)), 0)
+    scheme = "https" if server.tls is not None else "http"
     try:
-        yield RunningServer(server, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}")
+        yield RunningServer(server, f"127.0.0.1:{grpc_port}", f"{scheme}://127.0.0.1:{http_port}")
     finally:
         await server.stop()
 

@@ -2,16 +2,22 @@
 
 SIGTERM/SIGINT: report NOT_SERVING, stop accepting, let in-flight requests
 finish (up to ``drain_seconds``), flush the ingest writer, close.
+
+With ``ONCALL_TLS_CERT_FILE`` and ``ONCALL_TLS_KEY_FILE`` both listeners serve TLS
+(:mod:`oncall_server.runtime.tls`), and SIGHUP reads the certificate and key again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import gc
 import logging
 import os
 import signal
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any, Protocol
 
 import grpc
@@ -29,6 +35,7 @@ from oncall_server.ingest.bus import BusConsumer
 from oncall_server.runtime import workers
 from oncall_server.runtime.app import App
 from oncall_server.runtime.settings import Settings, split_host_port
+from oncall_server.runtime.tls import ServerTls
 
 log = logging.getLogger(__name__)
 GC_GEN0_THRESHOLD = 20_000
@@ -44,8 +51,9 @@ class Role(Protocol):
 class GrpcRole:
     name = "grpc"
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: App, tls: ServerTls | None = None) -> None:
         self.app = app
+        self.tls = tls
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(
             # The first is outermost: errors from the auth check are mapped like the handler's.
@@ -65,7 +73,10 @@ class GrpcRole:
             [*SERVICE_NAMES, reflection.SERVICE_NAME, health.SERVICE_NAME], self.server
         )
         host, port = split_host_port(app.settings.grpc_listen)
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        if tls is None:
+            self.port = self.server.add_insecure_port(f"{host}:{port}")
+        else:
+            self.port = self.server.add_secure_port(f"{host}:{port}", tls.grpc_credentials())
         if self.port == 0:
             raise RuntimeError(f"cannot listen for gRPC on {app.settings.grpc_listen}")
 
@@ -73,7 +84,7 @@ class GrpcRole:
         await self.server.start()
         for name in ["", *SERVICE_NAMES]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("gRPC listening on port %d", self.port)
+        log.info("gRPC listening on port %d%s", self.port, " (TLS)" if self.tls else "")
 
     async def stop(self) -> None:
         await self.health.enter_graceful_shutdown()
@@ -83,8 +94,9 @@ class GrpcRole:
 class GatewayRole:
     name = "gateway"
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: App, tls: ServerTls | None = None) -> None:
         self.app = app
+        self.tls = tls
         self.runner = web.AppRunner(
             build_gateway(app),
             access_log_class=ScrubbingAccessLogger,
@@ -98,10 +110,12 @@ class GatewayRole:
     async def start(self) -> None:
         await self.runner.setup()
         # Connections come through the gateway's guard (header timeout, per-client limit).
-        self.listener = await connections.listen(self.runner, self.app.settings)
+        self.listener = await connections.listen(
+            self.runner, self.app.settings, self.tls.http_context if self.tls else None
+        )
         sockets = self.listener.sockets
         self.port = sockets[0].getsockname()[1] if sockets else 0
-        log.info("HTTP gateway listening on port %d", self.port)
+        log.info("HTTP gateway listening on port %d%s", self.port, " (HTTPS)" if self.tls else "")
 
     async def stop(self) -> None:
         if self.listener is not None:
@@ -138,20 +152,22 @@ class LoopRole:
 class Server:
     """The process: the App plus its roles."""
 
-    def __init__(self, app: App, roles: list[Role]) -> None:
+    def __init__(self, app: App, roles: list[Role], tls: ServerTls | None = None) -> None:
         self.app = app
         self.roles = roles
+        self.tls = tls
         self._stopping = asyncio.Event()
 
     @classmethod
     async def create(cls, settings: Settings, *, clock: Clock | None = None) -> Server:
+        tls = ServerTls.from_settings(settings)  # refused (TlsError) before anything opens
         app = await App.open(settings, clock=clock)
         roles: list[Role] = []
         try:
             if "grpc" in settings.roles:
-                roles.append(GrpcRole(app))
+                roles.append(GrpcRole(app, tls))
             if "gateway" in settings.roles:
-                roles.append(GatewayRole(app))
+                roles.append(GatewayRole(app, tls))
             if "bus" in settings.roles:
                 roles.append(BusConsumer(app))
             if "scheduler" in settings.roles:
@@ -161,7 +177,7 @@ class Server:
         except BaseException:
             await app.close()
             raise
-        return cls(app, roles)
+        return cls(app, roles, tls)
 
     def role(self, name: str) -> Role:
         return next(r for r in self.roles if r.name == name)
@@ -189,10 +205,20 @@ class Server:
     def request_stop(self) -> None:
         self._stopping.set()
 
-    async def run_until_signalled(self, on_ready: Callable[[], None] | None = None) -> None:
+    def reload_tls(self) -> bool:
+        """Serve the TLS files' current certificate and key to new connections (SIGHUP); a pair that
+        cannot be served is logged and the previous one kept (False). True without TLS."""
+        return self.tls.reload() if self.tls is not None else True
+
+    async def run_until_signalled(
+        self, on_ready: Callable[[], None] | None = None, *, forward_reload: bool = False
+    ) -> None:
+        """``forward_reload``: this is the first of several workers; SIGHUP reaches them too."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        if self.tls is not None:  # without TLS, SIGHUP does what it always did
+            loop.add_signal_handler(signal.SIGHUP, self._on_sighup, forward_reload)
         await self.start()
         log.info("on-call server ready")
         if on_ready is not None:
@@ -202,6 +228,33 @@ class Server:
         await self.stop()
         log.info("stopped cleanly")
 
+    def _on_sighup(self, forward: bool) -> None:
+        log.info("SIGHUP: reloading the TLS certificate and key")
+        self.reload_tls()
+        if forward:
+            for pid in _worker_pids():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGHUP)
+
+
+def _worker_pids() -> list[int]:
+    """This process's workers (``serve --worker-of <this pid>``), from /proc: the worker set keeps
+    no list this module can reach. Other children (the embedded redis-server) are left alone."""
+    me = str(os.getpid())
+    marker = f"\0--worker-of\0{me}\0".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if ppid == me and marker in cmdline + b"\0":
+            pids.append(int(entry.name))
+    return pids
+
 
 async def serve(settings: Settings, *, worker_of: int | None = None) -> None:
     """Run until SIGTERM/SIGINT; with ``settings.workers > 1`` this process also starts and
@@ -209,13 +262,17 @@ async def serve(settings: Settings, *, worker_of: int | None = None) -> None:
     if worker_of is not None:
         workers.die_with_parent(worker_of)
         await _serve_one(settings, on_ready=lambda: os.kill(worker_of, signal.SIGUSR1))
-    elif settings.workers > 1:
-        await workers.serve_with_workers(settings, run_one=_serve_one)
+        return
+    ServerTls.from_settings(settings)  # bad TLS settings or files: refused before Redis or workers start
+    if settings.workers > 1:
+        await workers.serve_with_workers(settings, run_one=functools.partial(_serve_one, forward_reload=True))
     else:
         await _serve_one(settings)
 
 
-async def _serve_one(settings: Settings, on_ready: Callable[[], None] | None = None) -> None:
+async def _serve_one(
+    settings: Settings, on_ready: Callable[[], None] | None = None, *, forward_reload: bool = False
+) -> None:
     server = await Server.create(settings)
     # Startup objects (modules, the app, compiled SQL) never die: keep the collector off them, and
     # collect young objects less often: per-request garbage is short-lived, and gen-0 passes cost
@@ -223,4 +280,4 @@ async def _serve_one(settings: Settings, on_ready: Callable[[], None] | None = N
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
-    await server.run_until_signalled(on_ready)
+    await server.run_until_signalled(on_ready, forward_reload=forward_reload)

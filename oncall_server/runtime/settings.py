@@ -10,7 +10,7 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ALL_ROLES = ("grpc", "gateway", "bus", "scheduler", "notifier")
@@ -39,7 +39,16 @@ class Settings(BaseSettings):
     )
     grpc_listen: str = Field(default="127.0.0.1:50051", description="host:port of the gRPC server.")
     http_listen: str = Field(default="127.0.0.1:8080", description="host:port of the HTTP gateway.")
-    public_url: str = Field(default="http://127.0.0.1:8080", description="Base of incident links.")
+    public_url: str = Field(
+        default="http://127.0.0.1:8080", description="Base of incident links (https:// by default with TLS)."
+    )
+    # TLS for both listeners (runtime/tls.py); both or neither. "" and not None: workers get "None" back.
+    tls_cert_file: str = Field(
+        default="", description="PEM certificate chain (leaf first) the gateway and gRPC serve; empty: plain."
+    )
+    tls_key_file: str = Field(
+        default="", description="PEM private key of ONCALL_TLS_CERT_FILE's certificate."
+    )
     max_body_bytes: int = Field(default=512 * 1024, description="Largest accepted webhook body (413 above).")
     # HTTP gateway connections: slow or idle clients must not hold connections without bound.
     http_header_timeout_seconds: float = Field(
@@ -202,6 +211,13 @@ class Settings(BaseSettings):
             # Canonical form ("10.1.2.3" -> "10.1.2.3/32"); a bad CIDR raises ValueError, naming it.
             return [str(ipaddress.ip_network(str(part).strip(), strict=False)) for part in value]
         return value
+
+    @model_validator(mode="after")
+    def _https_links_with_tls(self) -> Settings:
+        # The default link base follows the listener's scheme; a configured one is left as given.
+        if self.tls_cert_file.strip() and "public_url" not in self.model_fields_set:
+            self.public_url = "https://" + self.public_url.removeprefix("http://")
+        return self
 
     @property
     def resolved_database_url(self) -> str:

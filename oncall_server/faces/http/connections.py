@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from typing import Any, cast
 
 from aiohttp import web
@@ -183,9 +184,14 @@ def runner_options(settings: Settings) -> dict[str, Any]:
     return {"keepalive_timeout": settings.http_keepalive_seconds, "logger": _PROTOCOL_LOG}
 
 
-async def listen(runner: web.AppRunner, settings: Settings) -> asyncio.Server:
+async def listen(
+    runner: web.AppRunner, settings: Settings, ssl_context: ssl.SSLContext | None = None
+) -> asyncio.Server:
     """Accept connections for the runner's gateway on ``ONCALL_HTTP_LISTEN``, each behind a
-    :class:`ConnectionGuard`. Close the returned server before ``runner.cleanup()``."""
+    :class:`ConnectionGuard`. Close the returned server before ``runner.cleanup()``.
+
+    With ``ssl_context`` (TLS, :mod:`oncall_server.runtime.tls`) the guard sees a connection once
+    its handshake is done; the handshake itself is bounded by the header timeout."""
     server = runner.server
     assert server is not None, "call runner.setup() first"
     guards = runner.app[CONNECTIONS_KEY]
@@ -196,4 +202,6 @@ async def listen(runner: web.AppRunner, settings: Settings) -> asyncio.Server:
         port,
         backlog=1024,
         reuse_port=settings.workers > 1,
+        ssl=ssl_context,
+        ssl_handshake_timeout=(settings.http_header_timeout_seconds or None) if ssl_context else None,
     )
