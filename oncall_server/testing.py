@@ -331,6 +331,8 @@ def normalized(event: Any) -> dict[str, Any]:
         out["record_only"] = True
     if event.drop_reason:
         out["drop_reason"] = event.drop_reason
+    if event.action.name != "TRIGGER":
+        out["action"] = event.action.name.lower()
     return out
 
 

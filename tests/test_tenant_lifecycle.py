@@ -355,6 +355,10 @@ async def populate(server: RunningServer, name: str) -> Any:
     await add_policy(app, tenant.tenant_id, [(5 * MINUTE, [("user", user)])], service_id=tenant.service_id)
     for _ in range(2):  # the second delivery is merged: an alert_deliveries row
         assert (await webhook(server, tenant.integration_key))[0] == 202
+    change = {"title": "Deployed v2", "event_action": "change"}  # a service_events row
+    assert (await post_json(f"{server.http_url}/api/webhooks/ingest?key={tenant.integration_key}", change))[
+        0
+    ] == 202
     await create_window(server, tenant, app.clock.now().replace(year=2030))
     await schedules.create_schedule(
         app.sessions,

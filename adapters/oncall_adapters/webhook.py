@@ -49,6 +49,7 @@ class WebhookAdapter:
             description=_text(description),
             details={k: _text(item[k]) for k in _DETAIL_FIELDS if k in item and item[k] is not None},
             raw_payload=raw or "",
+            action=found.action,
         )
 
 

@@ -115,7 +115,7 @@ class Incidents:
         return incident
 
     @staticmethod
-    async def _lock_open_alerts(session: AsyncSession, tenant_id: str, incident_id: str) -> None:
+    async def lock_open_alerts(session: AsyncSession, tenant_id: str, incident_id: str) -> None:
         """Row locks on an incident's open alerts, taken before the incident's own (PostgreSQL)."""
         if dialects.of(session.get_bind()).row_locks and is_valid_id(incident_id):
             await session.execute(
@@ -128,6 +128,10 @@ class Incidents:
                 .order_by(Alert.id)
                 .with_for_update(key_share=True)
             )
+
+    async def locked(self, session: AsyncSession, tenant_id: str, incident_id: str) -> Incident:
+        """The incident, locked for an action in ``session`` (lock its open alerts first)."""
+        return await self._incident(session, tenant_id, incident_id, lock=True)
 
     async def get(self, tenant_id: str, incident_id: str) -> Incident:
         async with self.sessions() as session:
@@ -201,7 +205,7 @@ class Incidents:
 
         async def work(session: AsyncSession) -> tuple[Incident, TimelineEntry | None]:
             # Alerts before their incident, the order ingest locks them in (else: a deadlock).
-            await self._lock_open_alerts(session, tenant_id, incident_id)
+            await self.lock_open_alerts(session, tenant_id, incident_id)
             incident = await self._incident(session, tenant_id, incident_id, lock=True)
             if incident.status == target.value:
                 return incident, None

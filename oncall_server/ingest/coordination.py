@@ -295,6 +295,11 @@ class Coordinator:
         keys = [dedup_hash(service_id), *(group_key(service_id, s) for s in SEVERITY_LEVELS)]
         await self._release(keys=keys, args=[incident_id, *dedup_keys])
 
+    async def release_keys(self, service_id: str, incident_id: str, dedup_keys: Iterable[str]) -> None:
+        """Forget dedup keys whose alerts were resolved while their incident stays open (its grouping
+        window stays: later alerts still join it)."""
+        await self._release(keys=[dedup_hash(service_id)], args=[incident_id, *dedup_keys])
+
     async def load(self, service_id: str, windows: Sequence[GroupWindow]) -> None:
         """Restore a service's grouping windows from SQL and mark it ready (first loader wins)."""
         keys = [ready_key(service_id), *(group_key(service_id, w.severity) for w in windows)]

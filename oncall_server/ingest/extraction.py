@@ -12,6 +12,7 @@ import hashlib
 import math
 from dataclasses import dataclass
 
+from oncall_server.ingest.model import EventAction
 from oncall_server.severity import DEFAULT_SEVERITY, Severity
 
 MAX_TITLE = 1024
@@ -32,6 +33,33 @@ LEVEL_SEVERITY: dict[str, Severity] = {
     "info": Severity.LOW,
 }
 TITLE_FIELDS = ("title", "summary", "message", "name")
+ACTION_FIELDS = ("event_action", "status", "state")
+# What a sender's status word asks for (case and surrounding spaces ignored). A word not listed is a
+# trigger: an unknown status must never cost a page. docs/alert-routing.md has the table.
+ACTION_WORDS: dict[str, EventAction] = {
+    **dict.fromkeys(
+        (
+            "resolve",
+            "resolved",
+            "ok",
+            "recovered",
+            "recovery",
+            "closed",
+            "close",
+            "cleared",
+            "clear",
+            "up",
+            "normal",
+            "solved",
+        ),
+        EventAction.RESOLVE,
+    ),
+    **dict.fromkeys(("acknowledge", "acknowledged", "ack", "acked"), EventAction.ACKNOWLEDGE),
+    **dict.fromkeys(
+        ("trigger", "triggered", "firing", "problem", "alerting", "open", "down"), EventAction.TRIGGER
+    ),
+    "change": EventAction.CHANGE,
+}
 DEDUP_FIELDS = ("dedup_key", "fingerprint", "id")
 
 
@@ -43,6 +71,7 @@ class Extracted:
     severity: Severity
     dedup_key: str | None
     severity_rule: str  # "severity", "priority", "level" or "default"
+    action: EventAction = EventAction.TRIGGER
 
 
 def _field(payload: object, name: str) -> object:
@@ -138,7 +167,22 @@ def normalize_dedup_key(key: str) -> str:
     return "sha256:" + hashlib.sha256(key.encode(errors="surrogatepass")).hexdigest()
 
 
+def extract_action(payload: object) -> EventAction:
+    """The first action field holding a known word; a trigger otherwise."""
+    for name in ACTION_FIELDS:
+        value = _field(payload, name)
+        if isinstance(value, str) and (action := ACTION_WORDS.get(value.strip().lower())) is not None:
+            return action
+    return EventAction.TRIGGER
+
+
 def extract(payload: object, integration_name: str) -> Extracted:
-    """All three rules at once, as the webhook adapter needs them."""
+    """All the rules at once, as the webhook adapter needs them."""
     severity, rule = extract_severity(payload)
-    return Extracted(extract_title(payload, integration_name), severity, extract_dedup_key(payload), rule)
+    return Extracted(
+        extract_title(payload, integration_name),
+        severity,
+        extract_dedup_key(payload),
+        rule,
+        extract_action(payload),
+    )

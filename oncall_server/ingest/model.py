@@ -19,6 +19,19 @@ class Outcome(enum.IntEnum):
     SUPPRESSED = 4
     DROPPED = 5
     RECORDED = 6
+    RESOLVED = 7
+    ACKNOWLEDGED = 8
+    NO_OP = 9
+
+
+class EventAction(enum.IntEnum):
+    """What a sender's event asks for; values match ``oncall.v1.EventAction``."""
+
+    TRIGGER = 1
+    ACKNOWLEDGE = 2
+    RESOLVE = 3
+    # Information only: recorded on the service's timeline, never an incident or a page.
+    CHANGE = 4
 
 
 @dataclass(slots=True)
@@ -37,6 +50,8 @@ class NormalizedEvent:
     record_only: bool = False
     # Set by an adapter whose source filters by design (Security drops below high): not stored, counted.
     drop_reason: str | None = None
+    # A recovery or acknowledgement from the source acts on the open alert with ``dedup_key``.
+    action: EventAction = EventAction.TRIGGER
 
     def fields(self) -> dict[str, Any]:
         """The event as plain JSON-able fields (what field-match rules and contract samples see)."""

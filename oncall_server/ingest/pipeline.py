@@ -11,6 +11,7 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 
 from prometheus_client import Counter
 
@@ -18,10 +19,11 @@ from oncall_server import json_codec
 from oncall_server.clock import Clock
 from oncall_server.errors import InvalidArgument
 from oncall_server.hookspecs import AdapterContext
+from oncall_server.incidents.source_events import SourceEvent, SourceEvents
 from oncall_server.ingest import validation
 from oncall_server.ingest.drops import DropLog
 from oncall_server.ingest.integrations import IntegrationContext, Integrations
-from oncall_server.ingest.model import IngestResult, NormalizedEvent, Outcome, PreparedAlert
+from oncall_server.ingest.model import EventAction, IngestResult, NormalizedEvent, Outcome, PreparedAlert
 from oncall_server.ingest.routing_rules import Drop, evaluate
 from oncall_server.ingest.writer import GroupCommitWriter
 from oncall_server.plugins import Plugins
@@ -29,7 +31,11 @@ from oncall_server.severity import DEFAULT_SEVERITY
 
 log = logging.getLogger(__name__)
 
-ALERTS_INGESTED = Counter("oncall_alerts_ingested_total", "Alerts accepted, by outcome.", ["outcome"])
+ALERTS_INGESTED = Counter(
+    "oncall_alerts_ingested_total",
+    "Events accepted, by source, action (trigger, acknowledge, resolve, change) and outcome.",
+    ["source", "action", "outcome"],
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +57,7 @@ class IngestPipeline:
         integrations: Integrations,
         plugins: Plugins,
         writer: GroupCommitWriter,
+        source_events: SourceEvents,
         drops: DropLog,
         clock: Clock,
         *,
@@ -59,6 +66,7 @@ class IngestPipeline:
         self.integrations = integrations
         self.plugins = plugins
         self.writer = writer
+        self.source_events = source_events
         self.drops = drops
         self.clock = clock
         self.max_batch_alerts = max_batch_alerts
@@ -139,11 +147,17 @@ class IngestPipeline:
         now = self.clock.now()
         results: list[IngestResult | None] = []
         accepted: list[PreparedAlert] = []
+        source_events: list[SourceEvent] = []
         index = -1
         for part in parts:
             context = part.context
             for event in part.events:
                 index += 1
+                if event.action is not EventAction.TRIGGER:
+                    # Not filtered by routing rules: a recovery must reach the alert its trigger opened.
+                    source_events.append(SourceEvent(context, event))
+                    results.append(None)
+                    continue
                 drop = (
                     Drop(-1, f"{context.type} adapter", event.drop_reason)
                     if event.drop_reason
@@ -171,11 +185,29 @@ class IngestPipeline:
                     )
                 )
                 results.append(None)
+        # Triggers first, then the request's acknowledge/resolve events: "fired, then cleared".
         stored = iter(await self.writer.submit(accepted, wait_for_room=wait_for_room))
-        final = [r if r is not None else next(stored) for r in results]
-        for result in final:
-            ALERTS_INGESTED.labels(result.outcome.name.lower()).inc()
+        acted = iter(await self._apply(source_events, now))
+        final: list[IngestResult] = []
+        events = ((part.context.type, event) for part in parts for event in part.events)
+        for result, (source, event) in zip(results, events, strict=True):
+            if result is None:
+                result = next(stored) if event.action is EventAction.TRIGGER else next(acted)
+            final.append(result)
+            ALERTS_INGESTED.labels(source, event.action.name.lower(), result.outcome.name.lower()).inc()
         return final
+
+    async def _apply(self, source_events: list[SourceEvent], now: datetime) -> list[IngestResult]:
+        """Acknowledge, resolve and change events; the ones that found nothing go to the drop log."""
+        if not source_events:
+            return []
+        results, no_ops = await self.source_events.apply(source_events, now)
+        for source_event, reason in no_ops:
+            action = source_event.event.action.name.lower()
+            await self.drops.record(
+                source_event.context, source_event.event, Drop(-1, f"{action} event", reason), now
+            )
+        return results
 
 
 def _positions(count: int) -> list[str]:

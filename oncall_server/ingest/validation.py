@@ -20,7 +20,7 @@ import re
 from typing import Any
 
 from oncall_server.errors import InvalidArgument
-from oncall_server.ingest.model import NormalizedEvent
+from oncall_server.ingest.model import EventAction, NormalizedEvent
 
 REPLACEMENT = "\ufffd"
 # Column widths (oncall_server/storage/models.py: alerts and incidents).
@@ -72,6 +72,9 @@ def field_name(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
+_NEEDS_KEY = (EventAction.ACKNOWLEDGE, EventAction.RESOLVE)
+
+
 def check_event(event: NormalizedEvent, path: str) -> None:
     """Refuse the event's identifiers the database cannot hold, then repair its free text in place.
 
@@ -82,6 +85,11 @@ def check_event(event: NormalizedEvent, path: str) -> None:
         value = getattr(event, name)
         if value is not None and (len(value) > limit or _UNSTORABLE.search(value)):
             check_identifier(value, field_name(path, name), limit)
+    if event.action in _NEEDS_KEY and not event.dedup_key:
+        raise InvalidArgument.field(
+            field_name(path, "dedup_key"),
+            f"is required to {event.action.name.lower()}: it names the open alert to act on",
+        )
     event.title = clean_text(event.title)
     event.description = clean_text(event.description)
     event.raw_payload = clean_text(event.raw_payload)

@@ -16,6 +16,7 @@ from oncall_server import redis_client
 from oncall_server.clock import Clock, SystemClock
 from oncall_server.incidents.actions import Incidents
 from oncall_server.incidents.changes import ChangeFeed
+from oncall_server.incidents.source_events import SourceEvents
 from oncall_server.ingest.carried_writes import NextIngestCommit
 from oncall_server.ingest.coordination import Coordinator
 from oncall_server.ingest.drops import DropLog
@@ -133,7 +134,13 @@ class App:
         )
         integrations = Integrations(sessions, clock, plugins)
         pipeline = IngestPipeline(
-            integrations, plugins, writer, DropLog(redis), clock, max_batch_alerts=settings.max_batch_alerts
+            integrations,
+            plugins,
+            writer,
+            SourceEvents(sessions, clock, coordinator, incidents),
+            DropLog(redis),
+            clock,
+            max_batch_alerts=settings.max_batch_alerts,
         )
         app = cls(
             settings=settings,

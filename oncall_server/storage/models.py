@@ -22,6 +22,7 @@ from typing import Annotated, Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -31,6 +32,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    true,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -176,6 +178,10 @@ class Service(TenantOwned, HasCreatedAt, Base):
     alert_grouping_timeout_minutes: Mapped[int] = mapped_column(Integer, default=0)
     auto_resolve_seconds: Mapped[int | None] = mapped_column(Integer)
     acknowledgement_timeout_seconds: Mapped[int | None] = mapped_column(Integer)
+    # A source's resolve events resolve the incident once none of its alerts is open; its
+    # acknowledge events acknowledge the incident.
+    resolve_from_source: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    acknowledge_from_source: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     updated_at: Mapped[datetime]
 
 
@@ -406,3 +412,18 @@ class Notification(HasId, HasCreatedAt, Base):
     lease_until: Mapped[datetime | None]
     last_error: Mapped[str] = mapped_column(Text, default="")
     sent_at: Mapped[datetime | None]
+
+
+class ServiceEvent(TenantOwned, HasCreatedAt, Base):
+    """A change event (a deploy, a configuration change) on a service's timeline: never an incident."""
+
+    __tablename__ = "service_events"
+    __table_args__ = (Index(None, "service_id", "id"),)
+
+    service_id: Mapped[str] = mapped_column(ID, ForeignKey("services.id"))
+    integration_id: Mapped[str] = mapped_column(ID)
+    summary: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(255), default="")
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    raw_payload: Mapped[str] = mapped_column(Text, default="")
+    occurred_at: Mapped[datetime]

@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15oncall/v1/alert.proto\x12\toncall.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbb\x02\n\nAlertEvent\x12\r\n\x05title\x18\x01 \x01(\t\x12%\n\x08severity\x18\x02 \x01(\x0e\x32\x13.oncall.v1.Severity\x12\x11\n\tdedup_key\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x12\n\nsource_ref\x18\x05 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12\x33\n\x07\x64\x65tails\x18\x07 \x03(\x0b\x32\".oncall.v1.AlertEvent.DetailsEntry\x12\x13\n\x0braw_payload\x18\x08 \x01(\t\x12\x31\n\roccurred_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa6\x04\n\x05\x41lert\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bincident_id\x18\x02 \x01(\t\x12\x12\n\nservice_id\x18\x03 \x01(\t\x12\x16\n\x0eintegration_id\x18\x04 \x01(\t\x12\r\n\x05title\x18\x05 \x01(\t\x12%\n\x08severity\x18\x06 \x01(\x0e\x32\x13.oncall.v1.Severity\x12$\n\x05state\x18\x07 \x01(\x0e\x32\x15.oncall.v1.AlertState\x12\x11\n\tdedup_key\x18\x08 \x01(\t\x12\x0e\n\x06source\x18\t \x01(\t\x12\x12\n\nsource_ref\x18\n \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x0b \x01(\t\x12.\n\x07\x64\x65tails\x18\x0c \x03(\x0b\x32\x1d.oncall.v1.Alert.DetailsEntry\x12\x18\n\x10occurrence_count\x18\r \x01(\x03\x12\x33\n\x0f\x66irst_seen_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_seen_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0braw_payload\x18\x10 \x01(\t\x12\x30\n\x0cresolve_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\x88\x01\n\x08Severity\x12\x18\n\x14SEVERITY_UNSPECIFIED\x10\x00\x12\x15\n\x11SEVERITY_CRITICAL\x10\x01\x12\x11\n\rSEVERITY_HIGH\x10\x02\x12\x13\n\x0fSEVERITY_MEDIUM\x10\x03\x12\x10\n\x0cSEVERITY_LOW\x10\x04\x12\x11\n\rSEVERITY_INFO\x10\x05*\xb1\x01\n\nAlertState\x12\x1b\n\x17\x41LERT_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41LERT_STATE_TRIGGERED\x10\x01\x12\x1c\n\x18\x41LERT_STATE_ACKNOWLEDGED\x10\x02\x12\x17\n\x13\x41LERT_STATE_GROUPED\x10\x03\x12\x18\n\x14\x41LERT_STATE_RESOLVED\x10\x04\x12\x1a\n\x16\x41LERT_STATE_SUPPRESSED\x10\x05*\xe0\x01\n\rIngestOutcome\x12\x1e\n\x1aINGEST_OUTCOME_UNSPECIFIED\x10\x00\x12\x1a\n\x16INGEST_OUTCOME_CREATED\x10\x01\x12\x1f\n\x1bINGEST_OUTCOME_DEDUPLICATED\x10\x02\x12\x1a\n\x16INGEST_OUTCOME_GROUPED\x10\x03\x12\x1d\n\x19INGEST_OUTCOME_SUPPRESSED\x10\x04\x12\x1a\n\x16INGEST_OUTCOME_DROPPED\x10\x05\x12\x1b\n\x17INGEST_OUTCOME_RECORDED\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15oncall/v1/alert.proto\x12\toncall.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe3\x02\n\nAlertEvent\x12\r\n\x05title\x18\x01 \x01(\t\x12%\n\x08severity\x18\x02 \x01(\x0e\x32\x13.oncall.v1.Severity\x12\x11\n\tdedup_key\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x12\n\nsource_ref\x18\x05 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12\x33\n\x07\x64\x65tails\x18\x07 \x03(\x0b\x32\".oncall.v1.AlertEvent.DetailsEntry\x12\x13\n\x0braw_payload\x18\x08 \x01(\t\x12\x31\n\roccurred_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x06\x61\x63tion\x18\n \x01(\x0e\x32\x16.oncall.v1.EventAction\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa6\x04\n\x05\x41lert\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bincident_id\x18\x02 \x01(\t\x12\x12\n\nservice_id\x18\x03 \x01(\t\x12\x16\n\x0eintegration_id\x18\x04 \x01(\t\x12\r\n\x05title\x18\x05 \x01(\t\x12%\n\x08severity\x18\x06 \x01(\x0e\x32\x13.oncall.v1.Severity\x12$\n\x05state\x18\x07 \x01(\x0e\x32\x15.oncall.v1.AlertState\x12\x11\n\tdedup_key\x18\x08 \x01(\t\x12\x0e\n\x06source\x18\t \x01(\t\x12\x12\n\nsource_ref\x18\n \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x0b \x01(\t\x12.\n\x07\x64\x65tails\x18\x0c \x03(\x0b\x32\x1d.oncall.v1.Alert.DetailsEntry\x12\x18\n\x10occurrence_count\x18\r \x01(\x03\x12\x33\n\x0f\x66irst_seen_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_seen_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0braw_payload\x18\x10 \x01(\t\x12\x30\n\x0cresolve_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\x88\x01\n\x08Severity\x12\x18\n\x14SEVERITY_UNSPECIFIED\x10\x00\x12\x15\n\x11SEVERITY_CRITICAL\x10\x01\x12\x11\n\rSEVERITY_HIGH\x10\x02\x12\x13\n\x0fSEVERITY_MEDIUM\x10\x03\x12\x10\n\x0cSEVERITY_LOW\x10\x04\x12\x11\n\rSEVERITY_INFO\x10\x05*\xb1\x01\n\nAlertState\x12\x1b\n\x17\x41LERT_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41LERT_STATE_TRIGGERED\x10\x01\x12\x1c\n\x18\x41LERT_STATE_ACKNOWLEDGED\x10\x02\x12\x17\n\x13\x41LERT_STATE_GROUPED\x10\x03\x12\x18\n\x14\x41LERT_STATE_RESOLVED\x10\x04\x12\x1a\n\x16\x41LERT_STATE_SUPPRESSED\x10\x05*\xb8\x02\n\rIngestOutcome\x12\x1e\n\x1aINGEST_OUTCOME_UNSPECIFIED\x10\x00\x12\x1a\n\x16INGEST_OUTCOME_CREATED\x10\x01\x12\x1f\n\x1bINGEST_OUTCOME_DEDUPLICATED\x10\x02\x12\x1a\n\x16INGEST_OUTCOME_GROUPED\x10\x03\x12\x1d\n\x19INGEST_OUTCOME_SUPPRESSED\x10\x04\x12\x1a\n\x16INGEST_OUTCOME_DROPPED\x10\x05\x12\x1b\n\x17INGEST_OUTCOME_RECORDED\x10\x06\x12\x1b\n\x17INGEST_OUTCOME_RESOLVED\x10\x07\x12\x1f\n\x1bINGEST_OUTCOME_ACKNOWLEDGED\x10\x08\x12\x18\n\x14INGEST_OUTCOME_NO_OP\x10\t*\x96\x01\n\x0b\x45ventAction\x12\x1c\n\x18\x45VENT_ACTION_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45VENT_ACTION_TRIGGER\x10\x01\x12\x1c\n\x18\x45VENT_ACTION_ACKNOWLEDGE\x10\x02\x12\x18\n\x14\x45VENT_ACTION_RESOLVE\x10\x03\x12\x17\n\x13\x45VENT_ACTION_CHANGE\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,18 +37,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ALERTEVENT_DETAILSENTRY']._serialized_options = b'8\001'
   _globals['_ALERT_DETAILSENTRY']._loaded_options = None
   _globals['_ALERT_DETAILSENTRY']._serialized_options = b'8\001'
-  _globals['_SEVERITY']._serialized_start=941
-  _globals['_SEVERITY']._serialized_end=1077
-  _globals['_ALERTSTATE']._serialized_start=1080
-  _globals['_ALERTSTATE']._serialized_end=1257
-  _globals['_INGESTOUTCOME']._serialized_start=1260
-  _globals['_INGESTOUTCOME']._serialized_end=1484
+  _globals['_SEVERITY']._serialized_start=981
+  _globals['_SEVERITY']._serialized_end=1117
+  _globals['_ALERTSTATE']._serialized_start=1120
+  _globals['_ALERTSTATE']._serialized_end=1297
+  _globals['_INGESTOUTCOME']._serialized_start=1300
+  _globals['_INGESTOUTCOME']._serialized_end=1612
+  _globals['_EVENTACTION']._serialized_start=1615
+  _globals['_EVENTACTION']._serialized_end=1765
   _globals['_ALERTEVENT']._serialized_start=70
-  _globals['_ALERTEVENT']._serialized_end=385
-  _globals['_ALERTEVENT_DETAILSENTRY']._serialized_start=339
-  _globals['_ALERTEVENT_DETAILSENTRY']._serialized_end=385
-  _globals['_ALERT']._serialized_start=388
-  _globals['_ALERT']._serialized_end=938
-  _globals['_ALERT_DETAILSENTRY']._serialized_start=339
-  _globals['_ALERT_DETAILSENTRY']._serialized_end=385
+  _globals['_ALERTEVENT']._serialized_end=425
+  _globals['_ALERTEVENT_DETAILSENTRY']._serialized_start=379
+  _globals['_ALERTEVENT_DETAILSENTRY']._serialized_end=425
+  _globals['_ALERT']._serialized_start=428
+  _globals['_ALERT']._serialized_end=978
+  _globals['_ALERT_DETAILSENTRY']._serialized_start=379
+  _globals['_ALERT_DETAILSENTRY']._serialized_end=425
 # @@protoc_insertion_point(module_scope)

@@ -112,7 +112,17 @@ class _IngestOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_IngestO
     INGEST_OUTCOME_DROPPED: _IngestOutcome.ValueType  # 5
     """Dropped by the integration's routing rules or severity threshold; nothing stored."""
     INGEST_OUTCOME_RECORDED: _IngestOutcome.ValueType  # 6
-    """Accepted and recorded, but below the source's paging threshold: no incident."""
+    """Accepted and recorded, but below the source's paging threshold (or a change
+    event, on the service's timeline): no incident.
+    """
+    INGEST_OUTCOME_RESOLVED: _IngestOutcome.ValueType  # 7
+    """A resolve event resolved the open alert with this dedup key; no page."""
+    INGEST_OUTCOME_ACKNOWLEDGED: _IngestOutcome.ValueType  # 8
+    """An acknowledge event acknowledged the open alert's incident; no page."""
+    INGEST_OUTCOME_NO_OP: _IngestOutcome.ValueType  # 9
+    """An acknowledge or resolve event found no open alert with its dedup key:
+    accepted and recorded, nothing changed.
+    """
 
 class IngestOutcome(_IngestOutcome, metaclass=_IngestOutcomeEnumTypeWrapper):
     """What the pipeline did with one ingested alert."""
@@ -130,8 +140,54 @@ INGEST_OUTCOME_SUPPRESSED: IngestOutcome.ValueType  # 4
 INGEST_OUTCOME_DROPPED: IngestOutcome.ValueType  # 5
 """Dropped by the integration's routing rules or severity threshold; nothing stored."""
 INGEST_OUTCOME_RECORDED: IngestOutcome.ValueType  # 6
-"""Accepted and recorded, but below the source's paging threshold: no incident."""
+"""Accepted and recorded, but below the source's paging threshold (or a change
+event, on the service's timeline): no incident.
+"""
+INGEST_OUTCOME_RESOLVED: IngestOutcome.ValueType  # 7
+"""A resolve event resolved the open alert with this dedup key; no page."""
+INGEST_OUTCOME_ACKNOWLEDGED: IngestOutcome.ValueType  # 8
+"""An acknowledge event acknowledged the open alert's incident; no page."""
+INGEST_OUTCOME_NO_OP: IngestOutcome.ValueType  # 9
+"""An acknowledge or resolve event found no open alert with its dedup key:
+accepted and recorded, nothing changed.
+"""
 Global___IngestOutcome: _TypeAlias = IngestOutcome  # noqa: Y015
+
+class _EventAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EventActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EVENT_ACTION_UNSPECIFIED: _EventAction.ValueType  # 0
+    """Treated as a trigger."""
+    EVENT_ACTION_TRIGGER: _EventAction.ValueType  # 1
+    """The condition is happening: open an alert, or deduplicate into the open one."""
+    EVENT_ACTION_ACKNOWLEDGE: _EventAction.ValueType  # 2
+    """Someone at the source has taken it: acknowledge the open alert's incident."""
+    EVENT_ACTION_RESOLVE: _EventAction.ValueType  # 3
+    """The condition has cleared: resolve the open alert with this dedup key."""
+    EVENT_ACTION_CHANGE: _EventAction.ValueType  # 4
+    """Information only (a deploy, a configuration change): recorded on the
+    service's timeline, never opens an incident or pages.
+    """
+
+class EventAction(_EventAction, metaclass=_EventActionEnumTypeWrapper):
+    """What a sender's event asks for."""
+
+EVENT_ACTION_UNSPECIFIED: EventAction.ValueType  # 0
+"""Treated as a trigger."""
+EVENT_ACTION_TRIGGER: EventAction.ValueType  # 1
+"""The condition is happening: open an alert, or deduplicate into the open one."""
+EVENT_ACTION_ACKNOWLEDGE: EventAction.ValueType  # 2
+"""Someone at the source has taken it: acknowledge the open alert's incident."""
+EVENT_ACTION_RESOLVE: EventAction.ValueType  # 3
+"""The condition has cleared: resolve the open alert with this dedup key."""
+EVENT_ACTION_CHANGE: EventAction.ValueType  # 4
+"""Information only (a deploy, a configuration change): recorded on the
+service's timeline, never opens an incident or pages.
+"""
+Global___EventAction: _TypeAlias = EventAction  # noqa: Y015
 
 @_typing.final
 class AlertEvent(_message.Message):
@@ -168,6 +224,7 @@ class AlertEvent(_message.Message):
     DETAILS_FIELD_NUMBER: _builtins.int
     RAW_PAYLOAD_FIELD_NUMBER: _builtins.int
     OCCURRED_TIME_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
     title: _builtins.str
     """Short human-readable summary; extraction rules fill it when empty."""
     severity: Global___Severity.ValueType
@@ -184,6 +241,8 @@ class AlertEvent(_message.Message):
     """The raw JSON document as received; when set and title is empty, the
     integration's adapter extracts the fields from it.
     """
+    action: Global___EventAction.ValueType
+    """What the event asks for; acknowledge and resolve need a dedup_key."""
     @_builtins.property
     def details(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Source-specific context shown to the technician (device_name, mitre_technique, ...)."""
@@ -204,10 +263,11 @@ class AlertEvent(_message.Message):
         details: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         raw_payload: _builtins.str = ...,
         occurred_time: _timestamp_pb2.Timestamp | None = ...,
+        action: Global___EventAction.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_time", b"occurred_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dedup_key", b"dedup_key", "description", b"description", "details", b"details", "occurred_time", b"occurred_time", "raw_payload", b"raw_payload", "severity", b"severity", "source", b"source", "source_ref", b"source_ref", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "dedup_key", b"dedup_key", "description", b"description", "details", b"details", "occurred_time", b"occurred_time", "raw_payload", b"raw_payload", "severity", b"severity", "source", b"source", "source_ref", b"source_ref", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

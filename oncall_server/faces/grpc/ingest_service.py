@@ -16,7 +16,7 @@ from oncall_server.faces.grpc import convert
 from oncall_server.faces.grpc.auth import Context, metadata
 from oncall_server.ingest import defend
 from oncall_server.ingest.integrations import IntegrationContext
-from oncall_server.ingest.model import NormalizedEvent
+from oncall_server.ingest.model import EventAction, NormalizedEvent
 from oncall_server.ingest.pipeline import IngestPart, fill_defaults
 from oncall_server.runtime.app import App
 
@@ -56,6 +56,7 @@ class IngestServicer(ing_grpc.IngestServiceServicer):
                         description=message.description,
                         details=dict(message.details),
                         raw_payload=message.raw_payload,
+                        action=_action(message.action, f"{path}.action"),
                     ),
                     context.name,
                 )
@@ -101,3 +102,11 @@ class IngestServicer(ing_grpc.IngestServiceServicer):
         payload = json_format.MessageToDict(request, preserving_proto_field_name=True)
         result = await defend.create_escalation(self.app, metadata(context, "x-integration-key"), payload)
         return ing_pb.CreateEscalationResponse(result=convert.ingest_result(result))  # type: ignore[arg-type]
+
+
+def _action(value: int, field: str) -> EventAction:
+    """The event's action (unspecified: trigger); a number this server does not know is refused."""
+    try:
+        return EventAction(value or EventAction.TRIGGER)
+    except ValueError:
+        raise InvalidArgument.field(field, f"{value} is not an event action this server knows") from None
