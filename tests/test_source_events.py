@@ -26,7 +26,7 @@ from oncall_server.testing import (
     settle,
 )
 
-A = alert_pb2.EventAction
+Action = alert_pb2.EventAction
 
 
 @pytest.fixture
@@ -81,7 +81,7 @@ async def timeline_kinds(server: RunningServer, incident_id: str) -> list[tuple[
         return [(e.kind, e.actor) for e in rows]
 
 
-O = alert_pb2.IngestOutcome
+Outcome = alert_pb2.IngestOutcome
 
 
 async def test_firing_then_resolved_opens_one_incident_pages_once_and_the_recovery_resolves_it(
@@ -89,11 +89,11 @@ async def test_firing_then_resolved_opens_one_incident_pages_once_and_the_recove
 ) -> None:
     server, channel = paging
     tenant = await paged_tenant(server)
-    fired = await send(server, tenant, A.EVENT_ACTION_TRIGGER, "fs-01/disk")
-    assert fired.outcome == O.INGEST_OUTCOME_CREATED
-    assert await send(server, tenant, A.EVENT_ACTION_TRIGGER, "fs-01/disk") is not None  # a repeat
-    resolved = await send(server, tenant, A.EVENT_ACTION_RESOLVE, "fs-01/disk", "Disk ok on fs-01")
-    assert resolved.outcome == O.INGEST_OUTCOME_RESOLVED
+    fired = await send(server, tenant, Action.EVENT_ACTION_TRIGGER, "fs-01/disk")
+    assert fired.outcome == Outcome.INGEST_OUTCOME_CREATED
+    assert await send(server, tenant, Action.EVENT_ACTION_TRIGGER, "fs-01/disk") is not None  # a repeat
+    resolved = await send(server, tenant, Action.EVENT_ACTION_RESOLVE, "fs-01/disk", "Disk ok on fs-01")
+    assert resolved.outcome == Outcome.INGEST_OUTCOME_RESOLVED
     assert resolved.incident_id == fired.incident_id
     [incident] = await incidents_of(server, tenant)
     assert incident.status == "resolved"
@@ -102,8 +102,8 @@ async def test_firing_then_resolved_opens_one_incident_pages_once_and_the_recove
     kinds = await timeline_kinds(server, incident.id)
     assert ("alert_resolved", "source:Test Integration") in kinds and kinds[-1][0] == "resolved"
     # The key is free again: the next trigger opens a new alert and incident, and pages.
-    again = await send(server, tenant, A.EVENT_ACTION_TRIGGER, "fs-01/disk")
-    assert again.outcome == O.INGEST_OUTCOME_CREATED and again.incident_id != fired.incident_id
+    again = await send(server, tenant, Action.EVENT_ACTION_TRIGGER, "fs-01/disk")
+    assert again.outcome == Outcome.INGEST_OUTCOME_CREATED and again.incident_id != fired.incident_id
     assert len(channel.to("ana")) == 2
 
 
@@ -112,8 +112,8 @@ async def test_a_resolve_for_no_open_alert_is_a_recorded_no_op(
 ) -> None:
     server, channel = paging
     tenant = await paged_tenant(server)
-    result = await send(server, tenant, A.EVENT_ACTION_RESOLVE, "never-fired")
-    assert result.outcome == O.INGEST_OUTCOME_NO_OP
+    result = await send(server, tenant, Action.EVENT_ACTION_RESOLVE, "never-fired")
+    assert result.outcome == Outcome.INGEST_OUTCOME_NO_OP
     assert await incidents_of(server, tenant) == [] and channel.sent == []
     drops, _ = await server.app.pipeline.drops.latest(tenant.integration_id, 10)
     assert [d.reason for d in drops] == ["no open alert with dedup key 'never-fired'"]
@@ -124,16 +124,16 @@ async def test_a_grouped_incident_resolves_only_when_its_last_alert_does(
 ) -> None:
     server, _ = paging
     tenant = await paged_tenant(server, alert_grouping="time", alert_grouping_timeout_minutes=10)
-    first = await send(server, tenant, A.EVENT_ACTION_TRIGGER, "a")
-    second = await send(server, tenant, A.EVENT_ACTION_TRIGGER, "b")
+    first = await send(server, tenant, Action.EVENT_ACTION_TRIGGER, "a")
+    second = await send(server, tenant, Action.EVENT_ACTION_TRIGGER, "b")
     assert second.incident_id == first.incident_id
-    await send(server, tenant, A.EVENT_ACTION_RESOLVE, "a")
+    await send(server, tenant, Action.EVENT_ACTION_RESOLVE, "a")
     [incident] = await incidents_of(server, tenant)
     assert incident.status == "triggered"
-    third = await send(server, tenant, A.EVENT_ACTION_TRIGGER, "c")  # the window still holds
+    third = await send(server, tenant, Action.EVENT_ACTION_TRIGGER, "c")  # the window still holds
     assert third.incident_id == first.incident_id
-    await send(server, tenant, A.EVENT_ACTION_RESOLVE, "b")
-    await send(server, tenant, A.EVENT_ACTION_RESOLVE, "c")
+    await send(server, tenant, Action.EVENT_ACTION_RESOLVE, "b")
+    await send(server, tenant, Action.EVENT_ACTION_RESOLVE, "c")
     [incident] = await incidents_of(server, tenant)
     assert incident.status == "resolved"
 
@@ -147,8 +147,9 @@ async def test_the_service_can_keep_incidents_open_when_sources_resolve(
         service = await session.get(Service, tenant.service_id)
         assert service is not None
         service.resolve_from_source = False
-    await send(server, tenant, A.EVENT_ACTION_TRIGGER, "k")
-    assert (await send(server, tenant, A.EVENT_ACTION_RESOLVE, "k")).outcome == O.INGEST_OUTCOME_RESOLVED
+    await send(server, tenant, Action.EVENT_ACTION_TRIGGER, "k")
+    resolved = await send(server, tenant, Action.EVENT_ACTION_RESOLVE, "k")
+    assert resolved.outcome == Outcome.INGEST_OUTCOME_RESOLVED
     [incident] = await incidents_of(server, tenant)
     assert incident.status == "triggered"  # a technician closes it
     async with server.app.sessions() as session:
@@ -169,9 +170,9 @@ async def test_an_acknowledge_from_the_source_stops_escalation(
         [(300, [("user", ana)]), (300, [("user", bo)])],  # 300 s after Ana, Bo
         service_id=tenant.service_id,
     )
-    await send(server, tenant, A.EVENT_ACTION_TRIGGER, "k")
-    acked = await send(server, tenant, A.EVENT_ACTION_ACKNOWLEDGE, "k")
-    assert acked.outcome == O.INGEST_OUTCOME_ACKNOWLEDGED
+    await send(server, tenant, Action.EVENT_ACTION_TRIGGER, "k")
+    acked = await send(server, tenant, Action.EVENT_ACTION_ACKNOWLEDGE, "k")
+    assert acked.outcome == Outcome.INGEST_OUTCOME_ACKNOWLEDGED
     clock.advance(600)
     await settle(server.app)
     assert channel.addresses == ["ana"]  # tier 2 never paged
@@ -184,8 +185,8 @@ async def test_a_change_event_is_on_the_service_timeline_and_never_pages(
 ) -> None:
     server, channel = paging
     tenant = await paged_tenant(server)
-    result = await send(server, tenant, A.EVENT_ACTION_CHANGE, "", "Deployed v2.3 to fs-01")
-    assert result.outcome == O.INGEST_OUTCOME_RECORDED
+    result = await send(server, tenant, Action.EVENT_ACTION_CHANGE, "", "Deployed v2.3 to fs-01")
+    assert result.outcome == Outcome.INGEST_OUTCOME_RECORDED
     assert await incidents_of(server, tenant) == [] and channel.sent == []
     async with server.app.sessions() as session:
         events = (await session.scalars(select(ServiceEvent))).all()
@@ -198,6 +199,6 @@ async def test_acknowledge_or_resolve_without_a_dedup_key_is_refused_by_name(
     server, _ = paging
     tenant = await paged_tenant(server)
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await send(server, tenant, A.EVENT_ACTION_RESOLVE, "")
+        await send(server, tenant, Action.EVENT_ACTION_RESOLVE, "")
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "alert.dedup_key" in (refused.value.details() or "")
