@@ -81,9 +81,9 @@ def issue(directory: Path, name: str) -> Issued:
 
 
 @pytest.fixture(scope="module")
-def certs() -> dict[str, Issued]:
+def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Issued]:
     """Two unrelated CAs with a server certificate each (the second for reloads)."""
-    directory = Path(tempfile.mkdtemp(prefix="oncall-tls-"))
+    directory = tmp_path_factory.mktemp("tls")
     return {"one": issue(directory, "one"), "two": issue(directory, "two")}
 
 
@@ -334,3 +334,4 @@ async def test_sighup_reloads_every_worker(tmp_path: Path, certs: dict[str, Issu
     finally:
         server.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(server.wait(), 30) == 0, "".join(seen[-20:])
+        shutil.rmtree(data_dir, ignore_errors=True)
