@@ -52,6 +52,7 @@ class Database:
         raise NotImplementedError
 
     def create_engine(self, url: str, *, pool_size: int, sqlite_driver: str) -> AsyncEngine:
+        """An engine with the settings this database needs for correctness."""
         raise NotImplementedError
 
     def write_lock(self, engine: AsyncEngine) -> contextlib.AbstractAsyncContextManager[Any]:
