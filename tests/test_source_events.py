@@ -10,9 +10,16 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy import select
 
-from oncall_server.api.v1 import alert_pb2, ingest_service_pb2, ingest_service_pb2_grpc
+from oncall_server.api.v1 import (
+    alert_pb2,
+    catalog_service_pb2,
+    catalog_service_pb2_grpc,
+    ingest_service_pb2,
+    ingest_service_pb2_grpc,
+    service_pb2,
+)
 from oncall_server.clock import FakeClock
-from oncall_server.storage.models import Alert, Incident, Service, ServiceEvent, TimelineEntry
+from oncall_server.storage.models import Alert, Incident, ServiceEvent, TimelineEntry
 from oncall_server.testing import (
     CaptureChannel,
     CapturePlugin,
@@ -143,10 +150,20 @@ async def test_the_service_can_keep_incidents_open_when_sources_resolve(
 ) -> None:
     server, _ = paging
     tenant = await paged_tenant(server)
-    async with server.app.sessions.begin() as session:
-        service = await session.get(Service, tenant.service_id)
-        assert service is not None
-        service.resolve_from_source = False
+    async with grpc.aio.insecure_channel(server.grpc_target) as channel:
+        catalog = catalog_service_pb2_grpc.CatalogServiceStub(channel)
+        before = await catalog.GetService(
+            catalog_service_pb2.GetServiceRequest(service_id=tenant.service_id), metadata=tenant.auth
+        )
+        assert before.service.resolve_from_source and before.service.acknowledge_from_source  # default: on
+        after = await catalog.UpdateService(
+            catalog_service_pb2.UpdateServiceRequest(
+                service=service_pb2.Service(id=tenant.service_id, resolve_from_source=False),
+                update_mask={"paths": ["resolve_from_source"]},
+            ),
+            metadata=tenant.auth,
+        )
+    assert not after.service.resolve_from_source and after.service.acknowledge_from_source
     await send(server, tenant, Action.EVENT_ACTION_TRIGGER, "k")
     resolved = await send(server, tenant, Action.EVENT_ACTION_RESOLVE, "k")
     assert resolved.outcome == Outcome.INGEST_OUTCOME_RESOLVED

@@ -54,6 +54,8 @@ class ServiceFields:
     alert_grouping_timeout_minutes: int = 0
     auto_resolve_seconds: int | None = None
     acknowledgement_timeout_seconds: int | None = None
+    resolve_from_source: bool = True
+    acknowledge_from_source: bool = True
 
     def validate(self) -> None:
         self.name = self.name.strip()

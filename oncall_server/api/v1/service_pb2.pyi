@@ -97,6 +97,8 @@ class Service(_message.Message):
     ACKNOWLEDGEMENT_TIMEOUT_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    RESOLVE_FROM_SOURCE_FIELD_NUMBER: _builtins.int
+    ACKNOWLEDGE_FROM_SOURCE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned identifier."""
     name: _builtins.str
@@ -111,6 +113,12 @@ class Service(_message.Message):
     """Grouping mode."""
     alert_grouping_timeout_minutes: _builtins.int
     """Grouping window for ALERT_GROUPING_TIME, in minutes; it slides with each grouped alert."""
+    resolve_from_source: _builtins.bool
+    """A source's resolve events resolve the incident once none of its alerts is
+    open (an Alertmanager "resolved", a PagerDuty "resolve"). Unset on create: true.
+    """
+    acknowledge_from_source: _builtins.bool
+    """A source's acknowledge events acknowledge the incident. Unset on create: true."""
     @_builtins.property
     def auto_resolve_timeout(self) -> _duration_pb2.Duration:
         """Resolve an incident after this long without a new alert; unset means never."""
@@ -141,12 +149,21 @@ class Service(_message.Message):
         acknowledgement_timeout: _duration_pb2.Duration | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        resolve_from_source: _builtins.bool | None = ...,
+        acknowledge_from_source: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["acknowledgement_timeout", b"acknowledgement_timeout", "auto_resolve_timeout", b"auto_resolve_timeout", "create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_acknowledge_from_source", b"_acknowledge_from_source", "_resolve_from_source", b"_resolve_from_source", "acknowledge_from_source", b"acknowledge_from_source", "acknowledgement_timeout", b"acknowledgement_timeout", "auto_resolve_timeout", b"auto_resolve_timeout", "create_time", b"create_time", "resolve_from_source", b"resolve_from_source", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledgement_timeout", b"acknowledgement_timeout", "alert_grouping", b"alert_grouping", "alert_grouping_timeout_minutes", b"alert_grouping_timeout_minutes", "auto_resolve_timeout", b"auto_resolve_timeout", "create_time", b"create_time", "criticality", b"criticality", "description", b"description", "escalation_policy_id", b"escalation_policy_id", "id", b"id", "name", b"name", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_acknowledge_from_source", b"_acknowledge_from_source", "_resolve_from_source", b"_resolve_from_source", "acknowledge_from_source", b"acknowledge_from_source", "acknowledgement_timeout", b"acknowledgement_timeout", "alert_grouping", b"alert_grouping", "alert_grouping_timeout_minutes", b"alert_grouping_timeout_minutes", "auto_resolve_timeout", b"auto_resolve_timeout", "create_time", b"create_time", "criticality", b"criticality", "description", b"description", "escalation_policy_id", b"escalation_policy_id", "id", b"id", "name", b"name", "resolve_from_source", b"resolve_from_source", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__acknowledge_from_source: _TypeAlias = _typing.Literal["acknowledge_from_source"]  # noqa: Y015
+    _WhichOneofArgType__acknowledge_from_source: _TypeAlias = _typing.Literal["_acknowledge_from_source", b"_acknowledge_from_source"]  # noqa: Y015
+    _WhichOneofReturnType__resolve_from_source: _TypeAlias = _typing.Literal["resolve_from_source"]  # noqa: Y015
+    _WhichOneofArgType__resolve_from_source: _TypeAlias = _typing.Literal["_resolve_from_source", b"_resolve_from_source"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__acknowledge_from_source) -> _WhichOneofReturnType__acknowledge_from_source | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__resolve_from_source) -> _WhichOneofReturnType__resolve_from_source | None: ...
 
 Global___Service: _TypeAlias = Service  # noqa: Y015
 

@@ -202,9 +202,13 @@ def service(row: models.Service) -> service_pb2.Service:
         acknowledgement_timeout=duration(row.acknowledgement_timeout_seconds),
         create_time=timestamp(row.created_at),
         update_time=timestamp(row.updated_at),
+        resolve_from_source=row.resolve_from_source,
+        acknowledge_from_source=row.acknowledge_from_source,
     )
 
 
+# Settings that are on unless a create says otherwise (proto3 optional: unset is not false).
+_ON_BY_DEFAULT = ("resolve_from_source", "acknowledge_from_source")
 SERVICE_FIELDS = (
     "name",
     "description",
@@ -214,11 +218,13 @@ SERVICE_FIELDS = (
     "alert_grouping_timeout_minutes",
     "auto_resolve_timeout",
     "acknowledgement_timeout",
+    *_ON_BY_DEFAULT,
 )
 
 
 def service_changes(message: service_pb2.Service, paths: list[str] | None) -> dict[str, object]:
     """The writable fields of a Service message as ServiceFields values, limited to ``paths``."""
+    creating = not paths
     paths = paths or list(SERVICE_FIELDS)
     unknown = sorted(set(paths) - set(SERVICE_FIELDS))
     if unknown:
@@ -235,6 +241,8 @@ def service_changes(message: service_pb2.Service, paths: list[str] | None) -> di
             out["auto_resolve_seconds"] = duration_seconds(message, path)
         elif path == "acknowledgement_timeout":
             out["acknowledgement_timeout_seconds"] = duration_seconds(message, path)
+        elif path in _ON_BY_DEFAULT:  # unset: on for a create, off for an update naming it
+            out[path] = getattr(message, path) if message.HasField(path) else creating  # type: ignore[arg-type]
         else:
             out[path] = getattr(message, path)
     return out
