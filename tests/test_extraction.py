@@ -65,6 +65,12 @@ row = pytest.param
         row({"level": "WARN"}, M, "level", id="level-warn-alias"),
         row({"level": " Warning "}, M, "level", id="level-case-and-spaces"),
         row({"level": "ERROR"}, H, "level", id="level-uppercase"),
+        # the severity field's wider vocabulary (every word: tests/test_severity_vocabulary.py)
+        row({"severity": "Disaster", "priority": 5}, C, "severity", id="severity-zabbix-word"),
+        row({"severity": "warning", "priority": 1}, M, "severity", id="severity-pagerduty-word"),
+        row({"severity": "SEV-2"}, H, "severity", id="severity-sev-n"),
+        row({"severity": "P4"}, L, "severity", id="severity-p-n"),
+        row({"severity": "Not classified"}, INF, "severity", id="severity-not-classified"),
         # values that map to nothing fall through to the next rule
         row({"severity": "urgent", "priority": 1}, C, "priority", id="unknown-severity-word"),
         row({"severity": 1, "level": "warning"}, M, "level", id="severity-number-is-no-label"),
@@ -243,7 +249,7 @@ FIELDS = [
     "fingerprint",
     "id",
 ]
-MAPPED = ["critical", " High ", "info", "P2", "2", "warn", "error", "", "  "]
+MAPPED = ["critical", " High ", "info", "P2", "2", "warn", "error", "", "  ", "Disaster", "sev-1", "ok"]
 
 json_values = st.recursive(
     st.none()

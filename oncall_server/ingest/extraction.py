@@ -13,11 +13,13 @@ import math
 from dataclasses import dataclass
 
 from oncall_server.ingest.model import EventAction
-from oncall_server.severity import DEFAULT_SEVERITY, Severity
+from oncall_server.severity import DEFAULT_SEVERITY, Severity, severity_from_word
 
 MAX_TITLE = 1024
 MAX_DEDUP_KEY = 255  # the width of the dedup_key columns
 
+# The spec fixes these two scales exactly; the ``severity`` field reads the wider vocabulary
+# (oncall_server.severity.SEVERITY_WORDS). docs/alert-routing.md has the tables.
 PRIORITY_SEVERITY: dict[int, Severity] = {
     1: Severity.CRITICAL,
     2: Severity.HIGH,
@@ -103,7 +105,7 @@ def _priority(value: object) -> int | None:
 def extract_severity(payload: object) -> tuple[Severity, str]:
     """The severity and the rule that decided it; the paging default if no rule matches."""
     value = _field(payload, "severity")
-    if isinstance(value, str) and (severity := Severity.parse(value)) is not None:
+    if isinstance(value, str) and (severity := severity_from_word(value)) is not None:
         return severity, "severity"
     priority = _priority(_field(payload, "priority"))
     if priority is not None and priority in PRIORITY_SEVERITY:
