@@ -34,6 +34,7 @@ from oncall_server.errors import (
     Unavailable,
 )
 from oncall_server.faces import auth
+from oncall_server.faces.http import pagerduty
 from oncall_server.faces.http.connections import CONNECTIONS_CLOSED, CONNECTIONS_KEY, Connections
 from oncall_server.ingest import defend
 from oncall_server.ingest.model import IngestResult
@@ -105,8 +106,11 @@ async def _closing(request: web.Request, response: web.StreamResponse, reason: s
     return response
 
 
-def _too_large(settings: Settings) -> web.Response:
+def _too_large(request: web.Request, settings: Settings) -> web.Response:
     limit = settings.max_body_bytes
+    own_answer = getattr(request.match_info.handler, "too_large", None)  # a face with its own protocol
+    if own_answer is not None:
+        return own_answer(limit)  # type: ignore[no-any-return]
     too_large = PayloadTooLarge.field(
         "body", f"is larger than the {limit}-byte limit (ONCALL_MAX_BODY_BYTES)"
     )
@@ -123,12 +127,13 @@ async def errors_middleware(
     settings = request.app[APP_KEY].settings
     try:
         if request.content_length is not None and request.content_length > settings.max_body_bytes:
-            return await _closing(request, _too_large(settings), "body_too_large")  # before reading any
+            too_large = _too_large(request, settings)
+            return await _closing(request, too_large, "body_too_large")  # before reading any
         return await handler(request)
     except OncallError as error:
         return error_response(error)
     except web.HTTPRequestEntityTooLarge:  # a body without Content-Length grew past the limit
-        return await _closing(request, _too_large(settings), "body_too_large")
+        return await _closing(request, _too_large(request, settings), "body_too_large")
     except _BodyTimeout:
         timeout = InvalidArgument.field(
             "body",
@@ -278,6 +283,8 @@ def build_gateway(app: App) -> web.Application:
     gateway.router.add_post("/api/webhooks/ingest", ingest_webhook)
     gateway.router.add_post("/api/internal/escalations/create", create_escalation)
     gateway.router.add_put("/api/integrations/{integration_id}", update_integration)
+    gateway.router.add_post("/v2/enqueue", pagerduty.enqueue)  # PagerDuty Events API v2
+    gateway.router.add_post("/v2/change/enqueue", pagerduty.change_enqueue)
     gateway.router.add_get("/healthz", healthz)
     gateway.router.add_get("/metrics", metrics)
     return gateway
