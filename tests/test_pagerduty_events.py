@@ -584,3 +584,22 @@ def test_random_events_never_earn_a_5xx(tmp_path: Path, backend_urls: dict[str, 
 
 async def _session() -> aiohttp.ClientSession:
     return aiohttp.ClientSession()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="source events find the open alert by (service, dedup key), not by integration: a resolve "
+    "through another routing key of the same service resolves it, where PagerDuty drops it",
+)
+async def test_a_resolve_through_another_key_of_the_same_service_is_dropped(
+    paging: tuple[RunningServer, CaptureChannel],
+) -> None:
+    server, _ = paging
+    tenant = await paged_tenant(server)
+    _, other_key = await server.app.integrations.create(
+        tenant.tenant_id, tenant.service_id, "Other tool", "webhook", None
+    )
+    assert (await post(server, trigger_event(tenant.integration_key)))[0] == 202
+    assert (await post(server, action_event(other_key, "resolve", "srv01/mysql")))[0] == 202
+    [incident] = await incidents_of(server, tenant)
+    assert incident.status == "triggered"
