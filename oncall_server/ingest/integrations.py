@@ -9,6 +9,10 @@ refuses a type no loaded plugin provides, and alerts for an integration whose
 plugin was removed or blocked since are refused (:class:`~oncall_server.plugins.NoAdapter`,
 422 / ``FAILED_PRECONDITION``), logged once per integration and counted in
 ``oncall_ingest_refused_no_adapter_total``.
+
+An integration may carry a field mapping (:mod:`oncall_server.ingest.field_mapping`): validated
+when saved, compiled once per cached context, applied after its adapter on every alert.
+:meth:`Integrations.test_field_mapping` shows what a sample payload would become, storing nothing.
 """
 
 from __future__ import annotations
@@ -27,7 +31,11 @@ from oncall_server import failures, json_codec, security
 from oncall_server.clock import Clock
 from oncall_server.configuration.services import get_service, grouping_window_ms
 from oncall_server.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
+from oncall_server.hookspecs import AdapterContext
 from oncall_server.ids import is_valid_id, uuid7
+from oncall_server.ingest import validation
+from oncall_server.ingest.field_mapping import FieldMapping, compile_mapping, parse_mapping
+from oncall_server.ingest.model import NormalizedEvent
 from oncall_server.ingest.routing_rules import RoutingRule, parse_rules, rules_to_json
 from oncall_server.plugins import NoAdapter, Plugins
 from oncall_server.storage.engine import retrying_write
@@ -56,6 +64,7 @@ class IntegrationContext:
     routing_rules: tuple[RoutingRule, ...]
     grouping_window_ms: int
     key_digest: str = ""
+    field_mapping: FieldMapping | None = None  # compiled once per cached context
 
 
 class Integrations:
@@ -161,6 +170,7 @@ class Integrations:
             tuple(parse_rules(integration.routing_rules)),
             grouping_window_ms(service),
             integration.key_digest or "",
+            compile_mapping(integration.field_mapping),
         )
 
     def forget_cached(self) -> None:
@@ -168,13 +178,20 @@ class Integrations:
         self._cache.clear()
 
     async def create(
-        self, tenant_id: str, service_id: str, name: str, type_: str, routing_rules: Any
+        self,
+        tenant_id: str,
+        service_id: str,
+        name: str,
+        type_: str,
+        routing_rules: Any,
+        field_mapping: Any = None,
     ) -> tuple[Integration, str]:
         """A new integration and its key, shown only now."""
         name = json_codec.check_name(name, "integration.name")
         type_ = type_.strip() or "webhook"
         self.plugins.check_adapter_type(type_)
         rules = rules_to_json(parse_rules(routing_rules or []))
+        mapping = parse_mapping(field_mapping, "integration.field_mapping")
         key = security.new_secret(KEY_PREFIX)
         now = self.clock.now()
 
@@ -189,6 +206,7 @@ class Integrations:
                 key_digest=security.digest(key),
                 key_prefix=security.display_prefix(key),
                 routing_rules=rules,
+                field_mapping=mapping,
                 created_at=now,
                 updated_at=now,
             )
@@ -232,13 +250,15 @@ class Integrations:
             return list((await session.scalars(query)).all())
 
     async def update(self, tenant_id: str, integration_id: str, changes: dict[str, Any]) -> Integration:
-        """Apply ``name``, ``service_id`` and ``routing_rules`` changes; invalid input changes nothing."""
-        unknown = sorted(set(changes) - {"name", "service_id", "routing_rules"})
+        """Apply ``name``, ``service_id``, ``routing_rules`` and ``field_mapping`` changes (a null or
+        empty mapping removes it); invalid input changes nothing."""
+        unknown = sorted(set(changes) - {"name", "service_id", "routing_rules", "field_mapping"})
         if unknown:
             raise InvalidArgument.field(
-                unknown[0], "cannot be changed (writable: name, service_id, routing_rules)"
+                unknown[0], "cannot be changed (writable: name, service_id, routing_rules, field_mapping)"
             )
         rules = rules_to_json(parse_rules(changes["routing_rules"])) if "routing_rules" in changes else None
+        mapping = parse_mapping(changes["field_mapping"]) if "field_mapping" in changes else None
 
         async def work(session: AsyncSession) -> Integration:
             integration = await self._get(session, tenant_id, integration_id)
@@ -249,12 +269,55 @@ class Integrations:
                 integration.service_id = str(changes["service_id"])
             if rules is not None:
                 integration.routing_rules = rules
+            if "field_mapping" in changes:
+                integration.field_mapping = mapping
             integration.updated_at = self.clock.now()
             return integration
 
         integration = await retrying_write(self.sessions, work)
         self.forget_cached()
         return integration
+
+    async def test_field_mapping(
+        self,
+        tenant_id: str,
+        integration_id: str,
+        integration_type: str,
+        field_mapping: Any,
+        sample: Any,
+        *,
+        use_stored: bool,
+    ) -> tuple[list[NormalizedEvent], list[str]]:
+        """What ``sample`` (decoded JSON) would become: the events as the pipeline would store them
+        (routing rules aside) and notes on mapped fields that kept the adapter's value. Nothing is
+        stored. The integration, when given, supplies the adapter and, with ``use_stored``, the
+        mapping; else ``integration_type`` (default webhook) does."""
+        name = "Test"
+        if integration_id:
+            integration = await self.get(tenant_id, integration_id)
+            name, integration_type = integration.name, integration.type
+            if use_stored:
+                field_mapping = integration.field_mapping
+        integration_type = integration_type.strip() or "webhook"
+        self.plugins.check_adapter_type(integration_type)
+        if use_stored and integration_id:
+            mapping = compile_mapping(field_mapping)
+        else:
+            mapping = compile_mapping(parse_mapping(field_mapping))
+        adapter = self.plugins.adapter(integration_type)
+        context = AdapterContext(name, integration_type, {})
+        notes: list[str] = []
+        if mapping is None:
+            events = adapter.parse(sample, context)
+        else:
+            events = mapping.normalize(adapter, sample, context, notes)
+        paths = (
+            ["sample_payload"] if len(events) == 1 else [f"sample_payload[{i}]" for i in range(len(events))]
+        )
+        for event, path in zip(events, paths, strict=True):
+            event.raw_payload = ""  # the caller has the sample; an answer need not echo it
+            validation.check_event(event, path)
+        return events, notes
 
     async def delete(self, tenant_id: str, integration_id: str) -> None:
         """Soft delete: the key stops working, past alerts keep their integration."""

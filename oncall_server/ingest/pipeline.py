@@ -93,7 +93,11 @@ class IngestPipeline:
         self, context: IntegrationContext, payload: object, headers: Mapping[str, str]
     ) -> list[NormalizedEvent]:
         adapter = self.plugins.adapter(context.type)
-        events = adapter.parse(payload, AdapterContext(context.name, context.type, headers))
+        adapter_context = AdapterContext(context.name, context.type, headers)
+        if context.field_mapping is None:
+            events = adapter.parse(payload, adapter_context)
+        else:  # the operator's field mapping overrides what the adapter found (field_mapping.py)
+            events = context.field_mapping.normalize(adapter, payload, adapter_context)
         self.check_count(len(events), "body")
         return events
 

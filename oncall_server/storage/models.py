@@ -197,6 +197,8 @@ class Integration(TenantOwned, HasCreatedAt, Base):
     key_digest: Mapped[str | None] = mapped_column(String(64), unique=True)
     key_prefix: Mapped[str] = mapped_column(String(16), default="")
     routing_rules: Mapped[list[Any]] = mapped_column(default=list)
+    # Where its payloads keep their fields (ingest/field_mapping.py); NULL: the adapter's own.
+    field_mapping: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     updated_at: Mapped[datetime]
     deleted_at: Mapped[datetime | None]
 
