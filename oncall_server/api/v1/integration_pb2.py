@@ -27,15 +27,19 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from oncall_server.api.v1 import alert_pb2 as oncall_dot_v1_dot_alert__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1boncall/v1/integration.proto\x12\toncall.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15oncall/v1/alert.proto\"?\n\x0eSeverityFilter\x12-\n\x10minimum_severity\x18\x01 \x01(\x0e\x32\x13.oncall.v1.Severity\"3\n\nTitleMatch\x12\x10\n\x08\x63ontains\x18\x01 \x01(\t\x12\x13\n\x0bignore_case\x18\x02 \x01(\x08\"Z\n\nFieldMatch\x12\x0c\n\x04path\x18\x01 \x01(\t\x12/\n\x08operator\x18\x02 \x01(\x0e\x32\x1d.oncall.v1.FieldMatchOperator\x12\r\n\x05value\x18\x03 \x01(\t\"\xba\x01\n\x0bRoutingRule\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x34\n\x0fseverity_filter\x18\x02 \x01(\x0b\x32\x19.oncall.v1.SeverityFilterH\x00\x12,\n\x0btitle_match\x18\x03 \x01(\x0b\x32\x15.oncall.v1.TitleMatchH\x00\x12,\n\x0b\x66ield_match\x18\x04 \x01(\x0b\x32\x15.oncall.v1.FieldMatchH\x00\x42\x0b\n\tcondition\"\xee\x01\n\x0bIntegration\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nservice_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t\x12-\n\rrouting_rules\x18\x05 \x03(\x0b\x32\x16.oncall.v1.RoutingRule\x12\x12\n\nkey_prefix\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x96\x01\n\x0c\x44roppedAlert\x12\x16\n\x0eintegration_id\x18\x01 \x01(\t\x12\x12\n\nrule_index\x18\x02 \x01(\x05\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\r\n\x05title\x18\x05 \x01(\t\x12-\n\tdrop_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xbf\x01\n\x12\x46ieldMatchOperator\x12$\n FIELD_MATCH_OPERATOR_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x46IELD_MATCH_OPERATOR_EQUALS\x10\x01\x12!\n\x1d\x46IELD_MATCH_OPERATOR_CONTAINS\x10\x02\x12\x1e\n\x1a\x46IELD_MATCH_OPERATOR_REGEX\x10\x03\x12\x1f\n\x1b\x46IELD_MATCH_OPERATOR_EXISTS\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1boncall/v1/integration.proto\x12\toncall.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15oncall/v1/alert.proto\"?\n\x0eSeverityFilter\x12-\n\x10minimum_severity\x18\x01 \x01(\x0e\x32\x13.oncall.v1.Severity\"3\n\nTitleMatch\x12\x10\n\x08\x63ontains\x18\x01 \x01(\t\x12\x13\n\x0bignore_case\x18\x02 \x01(\x08\"Z\n\nFieldMatch\x12\x0c\n\x04path\x18\x01 \x01(\t\x12/\n\x08operator\x18\x02 \x01(\x0e\x32\x1d.oncall.v1.FieldMatchOperator\x12\r\n\x05value\x18\x03 \x01(\t\"\xba\x01\n\x0bRoutingRule\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x34\n\x0fseverity_filter\x18\x02 \x01(\x0b\x32\x19.oncall.v1.SeverityFilterH\x00\x12,\n\x0btitle_match\x18\x03 \x01(\x0b\x32\x15.oncall.v1.TitleMatchH\x00\x12,\n\x0b\x66ield_match\x18\x04 \x01(\x0b\x32\x15.oncall.v1.FieldMatchH\x00\x42\x0b\n\tcondition\"\xf8\x02\n\x0c\x46ieldMapping\x12\r\n\x05title\x18\x01 \x01(\t\x12\x10\n\x08severity\x18\x02 \x01(\t\x12\x11\n\tdedup_key\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\r\n\x05links\x18\x06 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x07 \x01(\t\x12\x0e\n\x06\x65vents\x18\x08 \x01(\t\x12>\n\x0cseverity_map\x18\t \x03(\x0b\x32(.oncall.v1.FieldMapping.SeverityMapEntry\x12:\n\nstatus_map\x18\n \x03(\x0b\x32&.oncall.v1.FieldMapping.StatusMapEntry\x1a\x32\n\x10SeverityMapEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x30\n\x0eStatusMapEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9e\x02\n\x0bIntegration\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nservice_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t\x12-\n\rrouting_rules\x18\x05 \x03(\x0b\x32\x16.oncall.v1.RoutingRule\x12\x12\n\nkey_prefix\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\rfield_mapping\x18\t \x01(\x0b\x32\x17.oncall.v1.FieldMapping\"\x96\x01\n\x0c\x44roppedAlert\x12\x16\n\x0eintegration_id\x18\x01 \x01(\t\x12\x12\n\nrule_index\x18\x02 \x01(\x05\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\r\n\x05title\x18\x05 \x01(\t\x12-\n\tdrop_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xbf\x01\n\x12\x46ieldMatchOperator\x12$\n FIELD_MATCH_OPERATOR_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x46IELD_MATCH_OPERATOR_EQUALS\x10\x01\x12!\n\x1d\x46IELD_MATCH_OPERATOR_CONTAINS\x10\x02\x12\x1e\n\x1a\x46IELD_MATCH_OPERATOR_REGEX\x10\x03\x12\x1f\n\x1b\x46IELD_MATCH_OPERATOR_EXISTS\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'oncall.v1.integration_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FIELDMATCHOPERATOR']._serialized_start=892
-  _globals['_FIELDMATCHOPERATOR']._serialized_end=1083
+  _globals['_FIELDMAPPING_SEVERITYMAPENTRY']._loaded_options = None
+  _globals['_FIELDMAPPING_SEVERITYMAPENTRY']._serialized_options = b'8\001'
+  _globals['_FIELDMAPPING_STATUSMAPENTRY']._loaded_options = None
+  _globals['_FIELDMAPPING_STATUSMAPENTRY']._serialized_options = b'8\001'
+  _globals['_FIELDMATCHOPERATOR']._serialized_start=1319
+  _globals['_FIELDMATCHOPERATOR']._serialized_end=1510
   _globals['_SEVERITYFILTER']._serialized_start=98
   _globals['_SEVERITYFILTER']._serialized_end=161
   _globals['_TITLEMATCH']._serialized_start=163
@@ -44,8 +48,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FIELDMATCH']._serialized_end=306
   _globals['_ROUTINGRULE']._serialized_start=309
   _globals['_ROUTINGRULE']._serialized_end=495
-  _globals['_INTEGRATION']._serialized_start=498
-  _globals['_INTEGRATION']._serialized_end=736
-  _globals['_DROPPEDALERT']._serialized_start=739
-  _globals['_DROPPEDALERT']._serialized_end=889
+  _globals['_FIELDMAPPING']._serialized_start=498
+  _globals['_FIELDMAPPING']._serialized_end=874
+  _globals['_FIELDMAPPING_SEVERITYMAPENTRY']._serialized_start=774
+  _globals['_FIELDMAPPING_SEVERITYMAPENTRY']._serialized_end=824
+  _globals['_FIELDMAPPING_STATUSMAPENTRY']._serialized_start=826
+  _globals['_FIELDMAPPING_STATUSMAPENTRY']._serialized_end=874
+  _globals['_INTEGRATION']._serialized_start=877
+  _globals['_INTEGRATION']._serialized_end=1163
+  _globals['_DROPPEDALERT']._serialized_start=1166
+  _globals['_DROPPEDALERT']._serialized_end=1316
 # @@protoc_insertion_point(module_scope)

@@ -175,6 +175,121 @@ class RoutingRule(_message.Message):
 Global___RoutingRule: _TypeAlias = RoutingRule  # noqa: Y015
 
 @_typing.final
+class FieldMapping(_message.Message):
+    """Where a sender's payload keeps its fields: JMESPath expressions (a dotted
+    path with indexes, e.g. "alerts[0].labels.alertname", is one) evaluated
+    against each alert's item of the payload after the adapter has read it. A
+    field whose expression is empty is the adapter's; one that yields null keeps
+    the adapter's value. See docs/integrations.md, "Field mapping".
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class SeverityMapEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class StatusMapEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    TITLE_FIELD_NUMBER: _builtins.int
+    SEVERITY_FIELD_NUMBER: _builtins.int
+    DEDUP_KEY_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    LINKS_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    SEVERITY_MAP_FIELD_NUMBER: _builtins.int
+    STATUS_MAP_FIELD_NUMBER: _builtins.int
+    title: _builtins.str
+    """The alert's title (cut to 1,024 characters)."""
+    severity: _builtins.str
+    """The sender's severity: looked up in severity_map, then read as a severity word."""
+    dedup_key: _builtins.str
+    """The dedup key (a longer one becomes a stable digest)."""
+    status: _builtins.str
+    """The sender's status: looked up in status_map, then read as a status word
+    (resolve, ok, acknowledged, ...); decides trigger, acknowledge, resolve or change.
+    """
+    description: _builtins.str
+    """The description (cut to 65,536 characters)."""
+    links: _builtins.str
+    """Links, stored in details["links"] (a list as JSON)."""
+    device: _builtins.str
+    """The device or asset, stored in details["device_name"]."""
+    events: _builtins.str
+    """Selects the list of alert objects in a payload that carries several; each
+    is read as if posted alone. Empty: the adapter decides.
+    """
+    @_builtins.property
+    def severity_map(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The sender's severity values to ours ("Average" -> "medium"); keys match
+        ignoring case and surrounding spaces. Needs severity.
+        """
+
+    @_builtins.property
+    def status_map(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The sender's status values to our actions ("OK" -> "resolve"); keys match
+        ignoring case and surrounding spaces. Needs status.
+        """
+
+    def __init__(
+        self,
+        *,
+        title: _builtins.str = ...,
+        severity: _builtins.str = ...,
+        dedup_key: _builtins.str = ...,
+        status: _builtins.str = ...,
+        description: _builtins.str = ...,
+        links: _builtins.str = ...,
+        device: _builtins.str = ...,
+        events: _builtins.str = ...,
+        severity_map: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        status_map: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dedup_key", b"dedup_key", "description", b"description", "device", b"device", "events", b"events", "links", b"links", "severity", b"severity", "severity_map", b"severity_map", "status", b"status", "status_map", b"status_map", "title", b"title"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FieldMapping: _TypeAlias = FieldMapping  # noqa: Y015
+
+@_typing.final
 class Integration(_message.Message):
     """An alert source: a key that senders use, bound to one service."""
 
@@ -188,6 +303,7 @@ class Integration(_message.Message):
     KEY_PREFIX_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    FIELD_MAPPING_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned identifier."""
     service_id: _builtins.str
@@ -210,6 +326,10 @@ class Integration(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When it last changed."""
 
+    @_builtins.property
+    def field_mapping(self) -> Global___FieldMapping:
+        """Where its payloads keep their fields; unset: the adapter's own reading."""
+
     def __init__(
         self,
         *,
@@ -221,10 +341,11 @@ class Integration(_message.Message):
         key_prefix: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        field_mapping: Global___FieldMapping | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "field_mapping", b"field_mapping", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "id", b"id", "key_prefix", b"key_prefix", "name", b"name", "routing_rules", b"routing_rules", "service_id", b"service_id", "type", b"type", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "field_mapping", b"field_mapping", "id", b"id", "key_prefix", b"key_prefix", "name", b"name", "routing_rules", b"routing_rules", "service_id", b"service_id", "type", b"type", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

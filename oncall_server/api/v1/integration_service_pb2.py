@@ -24,10 +24,11 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
+from oncall_server.api.v1 import alert_pb2 as oncall_dot_v1_dot_alert__pb2
 from oncall_server.api.v1 import integration_pb2 as oncall_dot_v1_dot_integration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#oncall/v1/integration_service.proto\x12\toncall.v1\x1a google/protobuf/field_mask.proto\x1a\x1boncall/v1/integration.proto\"G\n\x18\x43reateIntegrationRequest\x12+\n\x0bintegration\x18\x01 \x01(\x0b\x32\x16.oncall.v1.Integration\"a\n\x19\x43reateIntegrationResponse\x12+\n\x0bintegration\x18\x01 \x01(\x0b\x32\x16.oncall.v1.Integration\x12\x17\n\x0fintegration_key\x18\x02 \x01(\t\"/\n\x15GetIntegrationRequest\x12\x16\n\x0eintegration_id\x18\x01 \x01(\t\"E\n\x16GetIntegrationResponse\x12+\n\x0bintegration\x18\x01 \x01(\x0b\x32\x16.oncall.v1.Integration\"T\n\x17ListIntegrationsRequest\x12\x12\n\nservice_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"a\n\x18ListIntegrationsResponse\x12,\n\x0cintegrations\x18\x01 \x03(\x0b\x32\x16.oncall.v1.Integration\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"x\n\x18UpdateIntegrationRequest\x12+\n\x0bintegration\x18\x01 \x01(\x0b\x32\x16.oncall.v1.Integration\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"H\n\x19UpdateIntegrationResponse\x12+\n\x0bintegration\x18\x01 \x01(\x0b\x32\x16.oncall.v1.Integration\"2\n\x18\x44\x65leteIntegrationRequest\x12\x16\n\x0eintegration_id\x18\x01 \x01(\t\"3\n\x19\x44\x65leteIntegrationResponse\x12\x16\n\x0eintegration_id\x18\x01 \x01(\t\"5\n\x1bRotateIntegrationKeyRequest\x12\x16\n\x0eintegration_id\x18\x01 \x01(\t\"d\n\x1cRotateIntegrationKeyResponse\x12+\n\x0bintegration\x18\x01 \x01(\x0b\x32\x16.oncall.v1.Integration\x12\x17\n\x0fintegration_key\x18\x02 \x01(\t\"E\n\x18ListDroppedAlertsRequest\x12\x16\n\x0eintegration_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\"\xca\x01\n\x19ListDroppedAlertsResponse\x12/\n\x0e\x64ropped_alerts\x18\x01 \x03(\x0b\x32\x17.oncall.v1.DroppedAlert\x12I\n\x0b\x64rop_counts\x18\x02 \x03(\x0b\x32\x34.oncall.v1.ListDroppedAlertsResponse.DropCountsEntry\x1a\x31\n\x0f\x44ropCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x32\xc0\x05\n\x12IntegrationService\x12^\n\x11\x43reateIntegration\x12#.oncall.v1.CreateIntegrationRequest\x1a$.oncall.v1.CreateIntegrationResponse\x12Z\n\x0eGetIntegration\x12 .oncall.v1.GetIntegrationRequest\x1a!.oncall.v1.GetIntegrationResponse\"\x03\x90\x02\x01\x12`\n\x10ListIntegrations\x12\".oncall.v1.ListIntegrationsRequest\x1a#.oncall.v1.ListIntegrationsResponse\"\x03\x90\x02\x01\x12^\n\x11UpdateIntegration\x12#.oncall.v1.UpdateIntegrationRequest\x1a$.oncall.v1.UpdateIntegrationResponse\x12^\n\x11\x44\x65leteIntegration\x12#.oncall.v1.DeleteIntegrationRequest\x1a$.oncall.v1.DeleteIntegrationResponse\x12g\n\x14RotateIntegrationKey\x12&.oncall.v1.RotateIntegrationKeyRequest\x1a\'.oncall.v1.RotateIntegrationKeyResponse\x12\x63\n\x11ListDroppedAlerts\x12#.oncall.v1.ListDroppedAlertsRequest\x1a$.oncall.v1.ListDroppedAlertsResponse\"\x03\x90\x02\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#oncall/v1/integration_service.proto\x12\toncall.v1\x1a google/protobuf/field_mask.proto\x1a\x15oncall/v1/alert.proto\x1a\x1boncall/v1/integration.proto\"G\n\x18\x43reateIntegrationRequest\x12+\n\x0bintegration\x18\x01 \x01(\x0b\x32\x16.oncall.v1.Integration\"a\n\x19\x43reateIntegrationResponse\x12+\n\x0bintegration\x18\x01 \x01(\x0b\x32\x16.oncall.v1.Integration\x12\x17\n\x0fintegration_key\x18\x02 \x01(\t\"/\n\x15GetIntegrationRequest\x12\x16\n\x0eintegration_id\x18\x01 \x01(\t\"E\n\x16GetIntegrationResponse\x12+\n\x0bintegration\x18\x01 \x01(\x0b\x32\x16.oncall.v1.Integration\"T\n\x17ListIntegrationsRequest\x12\x12\n\nservice_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"a\n\x18ListIntegrationsResponse\x12,\n\x0cintegrations\x18\x01 \x03(\x0b\x32\x16.oncall.v1.Integration\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"x\n\x18UpdateIntegrationRequest\x12+\n\x0bintegration\x18\x01 \x01(\x0b\x32\x16.oncall.v1.Integration\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"H\n\x19UpdateIntegrationResponse\x12+\n\x0bintegration\x18\x01 \x01(\x0b\x32\x16.oncall.v1.Integration\"2\n\x18\x44\x65leteIntegrationRequest\x12\x16\n\x0eintegration_id\x18\x01 \x01(\t\"3\n\x19\x44\x65leteIntegrationResponse\x12\x16\n\x0eintegration_id\x18\x01 \x01(\t\"5\n\x1bRotateIntegrationKeyRequest\x12\x16\n\x0eintegration_id\x18\x01 \x01(\t\"d\n\x1cRotateIntegrationKeyResponse\x12+\n\x0bintegration\x18\x01 \x01(\x0b\x32\x16.oncall.v1.Integration\x12\x17\n\x0fintegration_key\x18\x02 \x01(\t\"E\n\x18ListDroppedAlertsRequest\x12\x16\n\x0eintegration_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\"\xca\x01\n\x19ListDroppedAlertsResponse\x12/\n\x0e\x64ropped_alerts\x18\x01 \x03(\x0b\x32\x17.oncall.v1.DroppedAlert\x12I\n\x0b\x64rop_counts\x18\x02 \x03(\x0b\x32\x34.oncall.v1.ListDroppedAlertsResponse.DropCountsEntry\x1a\x31\n\x0f\x44ropCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x93\x01\n\x17TestFieldMappingRequest\x12\x16\n\x0eintegration_id\x18\x01 \x01(\t\x12.\n\rfield_mapping\x18\x02 \x01(\x0b\x32\x17.oncall.v1.FieldMapping\x12\x16\n\x0esample_payload\x18\x03 \x01(\t\x12\x18\n\x10integration_type\x18\x04 \x01(\t\"P\n\x18TestFieldMappingResponse\x12%\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x15.oncall.v1.AlertEvent\x12\r\n\x05notes\x18\x02 \x03(\t2\xa2\x06\n\x12IntegrationService\x12^\n\x11\x43reateIntegration\x12#.oncall.v1.CreateIntegrationRequest\x1a$.oncall.v1.CreateIntegrationResponse\x12Z\n\x0eGetIntegration\x12 .oncall.v1.GetIntegrationRequest\x1a!.oncall.v1.GetIntegrationResponse\"\x03\x90\x02\x01\x12`\n\x10ListIntegrations\x12\".oncall.v1.ListIntegrationsRequest\x1a#.oncall.v1.ListIntegrationsResponse\"\x03\x90\x02\x01\x12^\n\x11UpdateIntegration\x12#.oncall.v1.UpdateIntegrationRequest\x1a$.oncall.v1.UpdateIntegrationResponse\x12^\n\x11\x44\x65leteIntegration\x12#.oncall.v1.DeleteIntegrationRequest\x1a$.oncall.v1.DeleteIntegrationResponse\x12g\n\x14RotateIntegrationKey\x12&.oncall.v1.RotateIntegrationKeyRequest\x1a\'.oncall.v1.RotateIntegrationKeyResponse\x12\x63\n\x11ListDroppedAlerts\x12#.oncall.v1.ListDroppedAlertsRequest\x1a$.oncall.v1.ListDroppedAlertsResponse\"\x03\x90\x02\x01\x12`\n\x10TestFieldMapping\x12\".oncall.v1.TestFieldMappingRequest\x1a#.oncall.v1.TestFieldMappingResponse\"\x03\x90\x02\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,36 +43,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INTEGRATIONSERVICE'].methods_by_name['ListIntegrations']._serialized_options = b'\220\002\001'
   _globals['_INTEGRATIONSERVICE'].methods_by_name['ListDroppedAlerts']._loaded_options = None
   _globals['_INTEGRATIONSERVICE'].methods_by_name['ListDroppedAlerts']._serialized_options = b'\220\002\001'
-  _globals['_CREATEINTEGRATIONREQUEST']._serialized_start=113
-  _globals['_CREATEINTEGRATIONREQUEST']._serialized_end=184
-  _globals['_CREATEINTEGRATIONRESPONSE']._serialized_start=186
-  _globals['_CREATEINTEGRATIONRESPONSE']._serialized_end=283
-  _globals['_GETINTEGRATIONREQUEST']._serialized_start=285
-  _globals['_GETINTEGRATIONREQUEST']._serialized_end=332
-  _globals['_GETINTEGRATIONRESPONSE']._serialized_start=334
-  _globals['_GETINTEGRATIONRESPONSE']._serialized_end=403
-  _globals['_LISTINTEGRATIONSREQUEST']._serialized_start=405
-  _globals['_LISTINTEGRATIONSREQUEST']._serialized_end=489
-  _globals['_LISTINTEGRATIONSRESPONSE']._serialized_start=491
-  _globals['_LISTINTEGRATIONSRESPONSE']._serialized_end=588
-  _globals['_UPDATEINTEGRATIONREQUEST']._serialized_start=590
-  _globals['_UPDATEINTEGRATIONREQUEST']._serialized_end=710
-  _globals['_UPDATEINTEGRATIONRESPONSE']._serialized_start=712
-  _globals['_UPDATEINTEGRATIONRESPONSE']._serialized_end=784
-  _globals['_DELETEINTEGRATIONREQUEST']._serialized_start=786
-  _globals['_DELETEINTEGRATIONREQUEST']._serialized_end=836
-  _globals['_DELETEINTEGRATIONRESPONSE']._serialized_start=838
-  _globals['_DELETEINTEGRATIONRESPONSE']._serialized_end=889
-  _globals['_ROTATEINTEGRATIONKEYREQUEST']._serialized_start=891
-  _globals['_ROTATEINTEGRATIONKEYREQUEST']._serialized_end=944
-  _globals['_ROTATEINTEGRATIONKEYRESPONSE']._serialized_start=946
-  _globals['_ROTATEINTEGRATIONKEYRESPONSE']._serialized_end=1046
-  _globals['_LISTDROPPEDALERTSREQUEST']._serialized_start=1048
-  _globals['_LISTDROPPEDALERTSREQUEST']._serialized_end=1117
-  _globals['_LISTDROPPEDALERTSRESPONSE']._serialized_start=1120
-  _globals['_LISTDROPPEDALERTSRESPONSE']._serialized_end=1322
-  _globals['_LISTDROPPEDALERTSRESPONSE_DROPCOUNTSENTRY']._serialized_start=1273
-  _globals['_LISTDROPPEDALERTSRESPONSE_DROPCOUNTSENTRY']._serialized_end=1322
-  _globals['_INTEGRATIONSERVICE']._serialized_start=1325
-  _globals['_INTEGRATIONSERVICE']._serialized_end=2029
+  _globals['_INTEGRATIONSERVICE'].methods_by_name['TestFieldMapping']._loaded_options = None
+  _globals['_INTEGRATIONSERVICE'].methods_by_name['TestFieldMapping']._serialized_options = b'\220\002\001'
+  _globals['_CREATEINTEGRATIONREQUEST']._serialized_start=136
+  _globals['_CREATEINTEGRATIONREQUEST']._serialized_end=207
+  _globals['_CREATEINTEGRATIONRESPONSE']._serialized_start=209
+  _globals['_CREATEINTEGRATIONRESPONSE']._serialized_end=306
+  _globals['_GETINTEGRATIONREQUEST']._serialized_start=308
+  _globals['_GETINTEGRATIONREQUEST']._serialized_end=355
+  _globals['_GETINTEGRATIONRESPONSE']._serialized_start=357
+  _globals['_GETINTEGRATIONRESPONSE']._serialized_end=426
+  _globals['_LISTINTEGRATIONSREQUEST']._serialized_start=428
+  _globals['_LISTINTEGRATIONSREQUEST']._serialized_end=512
+  _globals['_LISTINTEGRATIONSRESPONSE']._serialized_start=514
+  _globals['_LISTINTEGRATIONSRESPONSE']._serialized_end=611
+  _globals['_UPDATEINTEGRATIONREQUEST']._serialized_start=613
+  _globals['_UPDATEINTEGRATIONREQUEST']._serialized_end=733
+  _globals['_UPDATEINTEGRATIONRESPONSE']._serialized_start=735
+  _globals['_UPDATEINTEGRATIONRESPONSE']._serialized_end=807
+  _globals['_DELETEINTEGRATIONREQUEST']._serialized_start=809
+  _globals['_DELETEINTEGRATIONREQUEST']._serialized_end=859
+  _globals['_DELETEINTEGRATIONRESPONSE']._serialized_start=861
+  _globals['_DELETEINTEGRATIONRESPONSE']._serialized_end=912
+  _globals['_ROTATEINTEGRATIONKEYREQUEST']._serialized_start=914
+  _globals['_ROTATEINTEGRATIONKEYREQUEST']._serialized_end=967
+  _globals['_ROTATEINTEGRATIONKEYRESPONSE']._serialized_start=969
+  _globals['_ROTATEINTEGRATIONKEYRESPONSE']._serialized_end=1069
+  _globals['_LISTDROPPEDALERTSREQUEST']._serialized_start=1071
+  _globals['_LISTDROPPEDALERTSREQUEST']._serialized_end=1140
+  _globals['_LISTDROPPEDALERTSRESPONSE']._serialized_start=1143
+  _globals['_LISTDROPPEDALERTSRESPONSE']._serialized_end=1345
+  _globals['_LISTDROPPEDALERTSRESPONSE_DROPCOUNTSENTRY']._serialized_start=1296
+  _globals['_LISTDROPPEDALERTSRESPONSE_DROPCOUNTSENTRY']._serialized_end=1345
+  _globals['_TESTFIELDMAPPINGREQUEST']._serialized_start=1348
+  _globals['_TESTFIELDMAPPINGREQUEST']._serialized_end=1495
+  _globals['_TESTFIELDMAPPINGRESPONSE']._serialized_start=1497
+  _globals['_TESTFIELDMAPPINGRESPONSE']._serialized_end=1577
+  _globals['_INTEGRATIONSERVICE']._serialized_start=1580
+  _globals['_INTEGRATIONSERVICE']._serialized_end=2382
 # @@protoc_insertion_point(module_scope)

@@ -9,6 +9,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from oncall_server.api.v1 import alert_pb2 as _alert_pb2
 from oncall_server.api.v1 import integration_pb2 as _integration_pb2
 import builtins as _builtins
 import sys
@@ -191,7 +192,9 @@ class UpdateIntegrationRequest(_message.Message):
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """Fields to change; empty means name, service_id and routing_rules."""
+        """Fields to change; empty means name, service_id and routing_rules. Naming
+        field_mapping with it unset removes the mapping.
+        """
 
     def __init__(
         self,
@@ -400,3 +403,71 @@ class ListDroppedAlertsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListDroppedAlertsResponse: _TypeAlias = ListDroppedAlertsResponse  # noqa: Y015
+
+@_typing.final
+class TestFieldMappingRequest(_message.Message):
+    """Request of TestFieldMapping."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INTEGRATION_ID_FIELD_NUMBER: _builtins.int
+    FIELD_MAPPING_FIELD_NUMBER: _builtins.int
+    SAMPLE_PAYLOAD_FIELD_NUMBER: _builtins.int
+    INTEGRATION_TYPE_FIELD_NUMBER: _builtins.int
+    integration_id: _builtins.str
+    """Integration whose adapter (and, unless field_mapping is set, whose stored
+    mapping) to use; empty: integration_type's adapter.
+    """
+    sample_payload: _builtins.str
+    """The sample payload, JSON text, as the sender would post it."""
+    integration_type: _builtins.str
+    """Adapter to use when integration_id is empty (default "webhook")."""
+    @_builtins.property
+    def field_mapping(self) -> _integration_pb2.FieldMapping:
+        """A mapping to try instead of the stored one; validated as on save."""
+
+    def __init__(
+        self,
+        *,
+        integration_id: _builtins.str = ...,
+        field_mapping: _integration_pb2.FieldMapping | None = ...,
+        sample_payload: _builtins.str = ...,
+        integration_type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["field_mapping", b"field_mapping"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["field_mapping", b"field_mapping", "integration_id", b"integration_id", "integration_type", b"integration_type", "sample_payload", b"sample_payload"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TestFieldMappingRequest: _TypeAlias = TestFieldMappingRequest  # noqa: Y015
+
+@_typing.final
+class TestFieldMappingResponse(_message.Message):
+    """Response of TestFieldMapping."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    NOTES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_alert_pb2.AlertEvent]:
+        """The normalized events, in order, as they would be stored (routing rules not applied)."""
+
+    @_builtins.property
+    def notes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Mapped fields that kept the adapter's value, and why."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[_alert_pb2.AlertEvent] | None = ...,
+        notes: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "notes", b"notes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TestFieldMappingResponse: _TypeAlias = TestFieldMappingResponse  # noqa: Y015

@@ -72,6 +72,11 @@ class IntegrationServiceStub:
                 request_serializer=oncall_dot_v1_dot_integration__service__pb2.ListDroppedAlertsRequest.SerializeToString,
                 response_deserializer=oncall_dot_v1_dot_integration__service__pb2.ListDroppedAlertsResponse.FromString,
                 _registered_method=True)
+        self.TestFieldMapping = channel.unary_unary(
+                '/oncall.v1.IntegrationService/TestFieldMapping',
+                request_serializer=oncall_dot_v1_dot_integration__service__pb2.TestFieldMappingRequest.SerializeToString,
+                response_deserializer=oncall_dot_v1_dot_integration__service__pb2.TestFieldMappingResponse.FromString,
+                _registered_method=True)
 
 
 class IntegrationServiceServicer:
@@ -101,7 +106,8 @@ class IntegrationServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateIntegration(self, request, context):
-        """Updates the fields named in update_mask (name, service_id, routing_rules).
+        """Updates the fields named in update_mask (name, service_id, routing_rules,
+        field_mapping).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -123,6 +129,14 @@ class IntegrationServiceServicer:
 
     def ListDroppedAlerts(self, request, context):
         """Lists the most recent alerts the routing rules dropped, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TestFieldMapping(self, request, context):
+        """Shows what a sample payload would become under a field mapping (the
+        integration's, or one given), as the pipeline would store it; stores nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -165,6 +179,11 @@ def add_IntegrationServiceServicer_to_server(servicer, server):
                     servicer.ListDroppedAlerts,
                     request_deserializer=oncall_dot_v1_dot_integration__service__pb2.ListDroppedAlertsRequest.FromString,
                     response_serializer=oncall_dot_v1_dot_integration__service__pb2.ListDroppedAlertsResponse.SerializeToString,
+            ),
+            'TestFieldMapping': grpc.unary_unary_rpc_method_handler(
+                    servicer.TestFieldMapping,
+                    request_deserializer=oncall_dot_v1_dot_integration__service__pb2.TestFieldMappingRequest.FromString,
+                    response_serializer=oncall_dot_v1_dot_integration__service__pb2.TestFieldMappingResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -358,6 +377,33 @@ class IntegrationService:
             '/oncall.v1.IntegrationService/ListDroppedAlerts',
             oncall_dot_v1_dot_integration__service__pb2.ListDroppedAlertsRequest.SerializeToString,
             oncall_dot_v1_dot_integration__service__pb2.ListDroppedAlertsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TestFieldMapping(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oncall.v1.IntegrationService/TestFieldMapping',
+            oncall_dot_v1_dot_integration__service__pb2.TestFieldMappingRequest.SerializeToString,
+            oncall_dot_v1_dot_integration__service__pb2.TestFieldMappingResponse.FromString,
             options,
             channel_credentials,
             insecure,

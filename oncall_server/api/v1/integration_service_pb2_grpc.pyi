@@ -43,13 +43,19 @@ class IntegrationServiceStub:
     ListIntegrations: _grpc.UnaryUnaryMultiCallable[_integration_service_pb2.ListIntegrationsRequest, _integration_service_pb2.ListIntegrationsResponse]
     """Lists integrations."""
     UpdateIntegration: _grpc.UnaryUnaryMultiCallable[_integration_service_pb2.UpdateIntegrationRequest, _integration_service_pb2.UpdateIntegrationResponse]
-    """Updates the fields named in update_mask (name, service_id, routing_rules)."""
+    """Updates the fields named in update_mask (name, service_id, routing_rules,
+    field_mapping).
+    """
     DeleteIntegration: _grpc.UnaryUnaryMultiCallable[_integration_service_pb2.DeleteIntegrationRequest, _integration_service_pb2.DeleteIntegrationResponse]
     """Deletes an integration; its key stops working at once."""
     RotateIntegrationKey: _grpc.UnaryUnaryMultiCallable[_integration_service_pb2.RotateIntegrationKeyRequest, _integration_service_pb2.RotateIntegrationKeyResponse]
     """Replaces the integration's key; the old key stops working at once."""
     ListDroppedAlerts: _grpc.UnaryUnaryMultiCallable[_integration_service_pb2.ListDroppedAlertsRequest, _integration_service_pb2.ListDroppedAlertsResponse]
     """Lists the most recent alerts the routing rules dropped, newest first."""
+    TestFieldMapping: _grpc.UnaryUnaryMultiCallable[_integration_service_pb2.TestFieldMappingRequest, _integration_service_pb2.TestFieldMappingResponse]
+    """Shows what a sample payload would become under a field mapping (the
+    integration's, or one given), as the pipeline would store it; stores nothing.
+    """
 
 @_typing.type_check_only
 class IntegrationServiceAsyncStub(IntegrationServiceStub):
@@ -65,13 +71,19 @@ class IntegrationServiceAsyncStub(IntegrationServiceStub):
     ListIntegrations: _aio.UnaryUnaryMultiCallable[_integration_service_pb2.ListIntegrationsRequest, _integration_service_pb2.ListIntegrationsResponse]  # type: ignore[assignment]
     """Lists integrations."""
     UpdateIntegration: _aio.UnaryUnaryMultiCallable[_integration_service_pb2.UpdateIntegrationRequest, _integration_service_pb2.UpdateIntegrationResponse]  # type: ignore[assignment]
-    """Updates the fields named in update_mask (name, service_id, routing_rules)."""
+    """Updates the fields named in update_mask (name, service_id, routing_rules,
+    field_mapping).
+    """
     DeleteIntegration: _aio.UnaryUnaryMultiCallable[_integration_service_pb2.DeleteIntegrationRequest, _integration_service_pb2.DeleteIntegrationResponse]  # type: ignore[assignment]
     """Deletes an integration; its key stops working at once."""
     RotateIntegrationKey: _aio.UnaryUnaryMultiCallable[_integration_service_pb2.RotateIntegrationKeyRequest, _integration_service_pb2.RotateIntegrationKeyResponse]  # type: ignore[assignment]
     """Replaces the integration's key; the old key stops working at once."""
     ListDroppedAlerts: _aio.UnaryUnaryMultiCallable[_integration_service_pb2.ListDroppedAlertsRequest, _integration_service_pb2.ListDroppedAlertsResponse]  # type: ignore[assignment]
     """Lists the most recent alerts the routing rules dropped, newest first."""
+    TestFieldMapping: _aio.UnaryUnaryMultiCallable[_integration_service_pb2.TestFieldMappingRequest, _integration_service_pb2.TestFieldMappingResponse]  # type: ignore[assignment]
+    """Shows what a sample payload would become under a field mapping (the
+    integration's, or one given), as the pipeline would store it; stores nothing.
+    """
 
 class IntegrationServiceServicer(metaclass=_abc_1.ABCMeta):
     """Manages integrations (alert sources) and their keys. Requires
@@ -108,7 +120,9 @@ class IntegrationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _integration_service_pb2.UpdateIntegrationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_integration_service_pb2.UpdateIntegrationResponse, _abc.Awaitable[_integration_service_pb2.UpdateIntegrationResponse]]:
-        """Updates the fields named in update_mask (name, service_id, routing_rules)."""
+        """Updates the fields named in update_mask (name, service_id, routing_rules,
+        field_mapping).
+        """
 
     @_abc_1.abstractmethod
     def DeleteIntegration(
@@ -133,5 +147,15 @@ class IntegrationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_integration_service_pb2.ListDroppedAlertsResponse, _abc.Awaitable[_integration_service_pb2.ListDroppedAlertsResponse]]:
         """Lists the most recent alerts the routing rules dropped, newest first."""
+
+    @_abc_1.abstractmethod
+    def TestFieldMapping(
+        self,
+        request: _integration_service_pb2.TestFieldMappingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_integration_service_pb2.TestFieldMappingResponse, _abc.Awaitable[_integration_service_pb2.TestFieldMappingResponse]]:
+        """Shows what a sample payload would become under a field mapping (the
+        integration's, or one given), as the pipeline would store it; stores nothing.
+        """
 
 def add_IntegrationServiceServicer_to_server(servicer: IntegrationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

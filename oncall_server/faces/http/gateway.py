@@ -235,7 +235,8 @@ async def create_escalation(request: web.Request) -> web.Response:
 
 
 async def update_integration(request: web.Request) -> web.Response:
-    """``PUT /api/integrations/:id`` with any of name, service_id, routing_rules."""
+    """``PUT /api/integrations/:id`` with any of name, service_id, routing_rules, field_mapping
+    (null removes the mapping)."""
     app = request.app[APP_KEY]
     who = await auth.authenticate(app.sessions, _header_credential(request, "Authorization"))
     changes = json_codec.loads_request(await read_body(request), field="body")
@@ -249,9 +250,33 @@ async def update_integration(request: web.Request) -> web.Response:
             "name": row.name,
             "type": row.type,
             "routing_rules": rules_to_json(parse_rules(row.routing_rules)),
+            "field_mapping": row.field_mapping,
             "key_prefix": row.key_prefix,
         }
     )
+
+
+async def try_field_mapping(request: web.Request) -> web.Response:
+    """``POST /api/integrations/:id/test-mapping`` with ``{"payload": <sample>}`` (and optionally a
+    ``field_mapping`` to try instead of the stored one): the normalized events; stores nothing."""
+    app = request.app[APP_KEY]
+    who = await auth.authenticate(app.sessions, _header_credential(request, "Authorization"))
+    body = json_codec.loads_request(await read_body(request), field="body")
+    if not isinstance(body, dict) or "payload" not in body:
+        raise InvalidArgument.field("body", 'must be a JSON object with the sample in "payload"')
+    unknown = sorted(set(body) - {"payload", "field_mapping"})
+    if unknown:
+        raise InvalidArgument.field(f"body.{unknown[0]}", "is not a field (payload, field_mapping)")
+    events, notes = await app.integrations.test_field_mapping(
+        who.tenant_id,
+        request.match_info["integration_id"],
+        "",
+        body.get("field_mapping"),
+        body["payload"],
+        use_stored="field_mapping" not in body,
+    )
+    shown = [{**event.fields(), "action": event.action.name.lower()} for event in events]
+    return web.json_response({"status": "ok", "events": shown, "notes": notes})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -283,6 +308,7 @@ def build_gateway(app: App) -> web.Application:
     gateway.router.add_post("/api/webhooks/ingest", ingest_webhook)
     gateway.router.add_post("/api/internal/escalations/create", create_escalation)
     gateway.router.add_put("/api/integrations/{integration_id}", update_integration)
+    gateway.router.add_post("/api/integrations/{integration_id}/test-mapping", try_field_mapping)
     gateway.router.add_post("/v2/enqueue", pagerduty.enqueue)  # PagerDuty Events API v2
     gateway.router.add_post("/v2/change/enqueue", pagerduty.change_enqueue)
     gateway.router.add_get("/healthz", healthz)
