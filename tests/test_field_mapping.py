@@ -237,6 +237,130 @@ def test_a_dotted_path_with_indexes_is_a_jmespath_expression() -> None:
     assert jmespath.search("alerts[0].labels.alertname", {"alerts": [{"labels": {"alertname": "X"}}]}) == "X"
 
 
+# Plain paths take the fast path (direct lookups); it must agree with JMESPath's interpreter.
+FAST_PATHS = [
+    "a",
+    "a.b",
+    "a.b.c",
+    "a[0]",
+    "a[-1]",
+    "a[-3]",
+    "a[5]",
+    "a[0].b",
+    "a[1][0]",
+    "a[0][-1]",
+    "[0]",
+    "[-1].b",
+    '"a"',
+    '"dotted.key"',
+    '"dotted.key".x',
+    '"with space"[0]',
+    'a."b"',
+    '"a"."b"."c"',
+    "labels.alertname",
+    "missing",
+    "missing.deeper[0]",
+    "n.b",
+    "s[0]",
+    "s.b",
+    "t.b",
+    "z",
+    "z.b",
+    "f[0]",
+]
+FAST_PAYLOADS: list[Any] = [
+    {"a": {"b": {"c": "C"}}},
+    {"a": [{"b": 1}, [10, 20], {"b": None}]},
+    {"a": [[1, 2], [3]], "b": "x"},
+    {"a": []},
+    {"a": "text", "n": 5, "s": "string", "t": True, "z": None, "f": 1.5},
+    {"dotted.key": {"x": "X"}, "with space": ["first", "second"], "a": {"b": {"c": 0}}},
+    {"labels": {"alertname": "HighCPU"}, "a": {"b": False}},
+    [{"b": "B0"}, {"b": "B1"}],
+    [[1], [2]],
+    [],
+    "top-level string",
+    42,
+    None,
+]
+
+
+@pytest.mark.parametrize("expression", FAST_PATHS)
+def test_the_fast_path_agrees_with_the_interpreter(expression: str) -> None:
+    compiled = field_mapping._compile(expression)
+    assert compiled.path is not None, f"{expression} should take the fast path"
+    for payload in FAST_PAYLOADS:
+        interpreter = field_mapping._Interpreter()
+        expected = interpreter.visit(compiled.parsed, payload)
+        assert field_mapping._walk(compiled.path, payload) == expected, (expression, payload)
+        # and it is charged what the interpreter charged
+        assert field_mapping.MAX_VISITS - interpreter.steps_left == compiled.steps, expression
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "a[*].b",
+        "a[0:2]",
+        "a[]",
+        "a[?b == `1`]",
+        "a.*",
+        "a || b",
+        "a | b",
+        "join(' ', [a, b])",
+        '`"literal"`',
+        "'raw'",
+        "{x: a}",
+        "[a, b]",
+        "!a",
+        "a.b == c",
+    ],
+)
+def test_everything_else_goes_through_the_interpreter(expression: str) -> None:
+    assert field_mapping._compile(expression).path is None
+
+
+def test_a_mapping_with_paths_and_expressions_gives_the_same_events_either_way(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stored = {
+        "title": "join(' ', [labels.alertname, labels.instance])",
+        "severity": "labels.severity",
+        "severity_map": {"crit": "critical"},
+        "dedup_key": "id",
+        "description": "annotations.description",
+        "links": "urls[0]",
+        "device": '"host"."name"',
+    }
+    payload = [
+        {
+            "labels": {"alertname": "HighCPU", "instance": "srv:9100", "severity": "crit"},
+            "annotations": {"description": "hot"},
+            "id": f"k{i}",
+            "urls": [f"https://mon.example/{i}"],
+            "host": {"name": "srv"} if i else "not an object",
+        }
+        for i in range(3)
+    ]
+    fast = compile_mapping(stored)
+    assert fast is not None
+    assert [c.path is not None for _, c in fast.expressions] == [False, True, True, True, True, True]
+    with monkeypatch.context() as patched:
+        patched.setattr(field_mapping, "_path_steps", lambda node: None)
+        slow = compile_mapping(stored)
+    assert slow is not None and all(c.path is None for _, c in slow.expressions)
+
+    class Webhookish(_Adapter):
+        pass
+
+    assert fast.normalize(Webhookish(), payload, CONTEXT) == slow.normalize(Webhookish(), payload, CONTEXT)
+    events = fast.normalize(Webhookish(), payload, CONTEXT)
+    assert [e.title for e in events] == ["HighCPU srv:9100"] * 3
+    assert [e.dedup_key for e in events] == ["k0", "k1", "k2"]
+    assert events[0].severity is Severity.CRITICAL
+    assert "device_name" not in events[0].details and events[1].details["device_name"] == "srv"
+
+
 # --- end to end ---------------------------------------------------------------------------------
 
 

@@ -26,6 +26,16 @@ does, both as multiples of the input's size: at most :data:`MAX_AMPLIFICATION` a
 one request's evaluations share a budget of :data:`MAX_VISITS` interpreter steps; past it the
 remaining fields keep the adapter's values. Results are cut to each field's cap (a title to
 1,024 characters, as extraction does).
+
+Fast path. Most expressions are plain paths (``labels.alertname``, ``alerts[0].id``,
+``"dotted.key"[-1]``): :func:`_path_steps` recognizes them from the parsed AST (``field``,
+``index``, ``subexpression`` and ``index_expression`` nodes only) and :func:`_walk` evaluates
+them with direct dict and list lookups, the same results as JMESPath's interpreter. Their work is
+bounded by their length, so they need no step budget; they are charged their node count all the
+same (what the interpreter would take), so the budget stops a mapping at the same field as
+before. Everything else goes through the interpreter, which does the plain paths inside an
+expression (the arguments of ``join(' ', [labels.alertname, labels.instance])``) by the same
+lookups.
 """
 
 from __future__ import annotations
@@ -264,21 +274,131 @@ class _OverBudget(Exception):
     pass
 
 
+PathSteps = tuple[tuple[bool, str | int], ...]
+"""A plain path as lookups: (True, index) into a list, (False, key) into an object."""
+
+
+def _path_steps(node: dict[str, Any]) -> PathSteps | None:
+    """The lookups of an expression that is a plain path (fields, quoted fields, integer indexes,
+    ``@``), or None for anything else (projections, slices, filters, functions, literals...)."""
+    kind = node["type"]
+    if kind == "field":
+        return ((False, node["value"]),)
+    if kind == "index":
+        return ((True, node["value"]),)
+    if kind in ("identity", "current"):
+        return ()
+    if kind in ("subexpression", "index_expression"):
+        steps: list[tuple[bool, str | int]] = []
+        for child in node["children"]:
+            sub = _path_steps(child)
+            if sub is None:
+                return None
+            steps.extend(sub)
+        return tuple(steps)
+    return None
+
+
+def _walk(steps: PathSteps, value: Any) -> Any:
+    """A plain path evaluated as JMESPath's interpreter does: a field of anything but an object
+    is null, an index of anything but a list (or out of range) is null; negative indexes count
+    from the end."""
+    for is_index, key in steps:
+        if is_index:
+            if not isinstance(value, list):
+                return None
+            try:
+                value = value[key]  # type: ignore[index]
+            except IndexError:
+                return None
+        elif isinstance(value, dict):
+            value = value.get(key)
+        else:
+            return None
+    return value
+
+
+def _node_count(node: dict[str, Any]) -> int:
+    """Nodes of an AST (a slice's children are its numbers, not nodes)."""
+    children = node.get("children", ())
+    return 1 + sum(_node_count(child) for child in children if isinstance(child, dict))
+
+
+InnerPaths = dict[int, tuple[PathSteps, int]]
+"""The plain paths inside an expression, by ``id()`` of their AST node: lookups and node count."""
+
+
+def _inner_paths(node: dict[str, Any], found: InnerPaths) -> None:
+    """The largest plain-path ``subexpression``/``index_expression`` nodes under ``node`` (e.g. the
+    two arguments of ``join(' ', [labels.alertname, labels.instance])``) into ``found``."""
+    if node["type"] in ("subexpression", "index_expression"):
+        steps = _path_steps(node)
+        if steps is not None:
+            found[id(node)] = (steps, _node_count(node))
+            return
+    for child in node.get("children", ()):
+        if isinstance(child, dict):
+            _inner_paths(child, found)
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    """An expression ready to evaluate: its AST, its lookups when it is a plain path, and the
+    plain paths inside it when it is not (the interpreter does those by lookups too)."""
+
+    parsed: Any
+    path: PathSteps | None
+    steps: int  # what the interpreter would charge: one step per node
+    inner: InnerPaths = field(default_factory=dict)
+
+
+def _compile(expression: str) -> _Compiled:
+    parsed = jmespath.compile(expression).parsed
+    path = _path_steps(parsed)
+    inner: InnerPaths = {}
+    if path is None:
+        _inner_paths(parsed, inner)
+    return _Compiled(parsed, path, _node_count(parsed), inner)
+
+
 _OPTIONS = jmespath_visitor.Options(custom_functions=jmespath_functions.Functions())
 
 
 class _Interpreter(jmespath_visitor.TreeInterpreter):  # type: ignore[misc]
-    """JMESPath's own interpreter, counting its steps against one request's budget."""
+    """JMESPath's own interpreter, counting its steps against one request's budget; the plain
+    paths inside an expression (``paths``, from :func:`_inner_paths`) are done by lookups and
+    charged their node count, as if visited."""
 
-    def __init__(self) -> None:
+    def __init__(self, paths: Mapping[int, tuple[PathSteps, int]] | None = None) -> None:
         super().__init__(_OPTIONS)
         self.steps_left = MAX_VISITS
+        self.paths = paths or {}
 
     def visit(self, node: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         self.steps_left -= 1
         if self.steps_left < 0:
             raise _OverBudget
-        return super().visit(node, *args, **kwargs)
+        method = self._method_cache.get(node["type"])  # TreeInterpreter.visit, one call fewer
+        if method is None:
+            return super().visit(node, *args, **kwargs)
+        return method(node, *args, **kwargs)
+
+    def _path(self, node: dict[str, Any], value: Any) -> Any:
+        steps, count = self.paths[id(node)]
+        self.steps_left -= count - 1  # visit() charged the node itself
+        if self.steps_left < 0:
+            raise _OverBudget
+        return _walk(steps, value)
+
+    def visit_subexpression(self, node: dict[str, Any], value: Any) -> Any:
+        if id(node) in self.paths:
+            return self._path(node, value)
+        return super().visit_subexpression(node, value)
+
+    def visit_index_expression(self, node: dict[str, Any], value: Any) -> Any:
+        if id(node) in self.paths:
+            return self._path(node, value)
+        return super().visit_index_expression(node, value)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -286,10 +406,11 @@ class FieldMapping:
     """A validated mapping with its expressions compiled, as the integration's context keeps it."""
 
     stored: Mapping[str, Any]
-    expressions: tuple[tuple[str, Any], ...]  # (field, parsed AST) in FIELDS order
-    events: Any | None
+    expressions: tuple[tuple[str, _Compiled], ...]  # (field, compiled expression) in FIELDS order
+    events: _Compiled | None
     severity_map: Mapping[str, Severity] = field(default_factory=dict)
     status_map: Mapping[str, EventAction] = field(default_factory=dict)
+    inner_paths: Mapping[int, tuple[PathSteps, int]] = field(default_factory=dict)
 
     def normalize(
         self,
@@ -304,7 +425,7 @@ class FieldMapping:
         alone (null selects the payload itself); without, each event is mapped against its own
         item: the payload for a single event, the array's element for an array of as many
         elements, else the JSON its adapter kept as the event's raw payload."""
-        interpreter = _Interpreter()
+        interpreter = _Interpreter(self.inner_paths)
         items: list[Any] | None = None
         if self.events is not None:
             selected = self._evaluate(interpreter, "events", self.events, payload, notes)
@@ -340,7 +461,12 @@ class FieldMapping:
         return out
 
     def _evaluate(
-        self, interpreter: _Interpreter, name: str, parsed: Any, item: Any, notes: list[str] | None
+        self,
+        interpreter: _Interpreter,
+        name: str,
+        compiled: _Compiled,
+        item: Any,
+        notes: list[str] | None,
     ) -> Any:
         """The expression's result, or None (noted and counted) if it failed or ran out of budget."""
         if interpreter.steps_left <= 0:
@@ -350,7 +476,12 @@ class FieldMapping:
             )
         else:
             try:
-                return interpreter.visit(parsed, item)
+                if compiled.path is not None:  # a plain path: direct lookups, bounded by its length
+                    interpreter.steps_left -= compiled.steps  # what the interpreter would charge
+                    if interpreter.steps_left < 0:
+                        raise _OverBudget
+                    return _walk(compiled.path, item)
+                return interpreter.visit(compiled.parsed, item)
             except _OverBudget:
                 reason = "budget"
                 text = f"field_mapping.{name}: stopped after {MAX_VISITS} steps; the adapter's value is kept"
@@ -367,8 +498,8 @@ class FieldMapping:
     ) -> NormalizedEvent:
         changes: dict[str, Any] = {}
         details: dict[str, str] | None = None
-        for name, parsed in self.expressions:
-            text = _text(self._evaluate(interpreter, name, parsed, item, notes))
+        for name, compiled in self.expressions:
+            text = _text(self._evaluate(interpreter, name, compiled, item, notes))
             if text is None:
                 continue
             if name == "title":
@@ -449,10 +580,18 @@ def compile_mapping(stored: Any) -> FieldMapping | None:
         return None
     if valid is None:
         return None
+    expressions = tuple((name, _compile(valid[name])) for name in FIELDS if name in valid)
+    events = _compile(valid["events"]) if "events" in valid else None
+    inner_paths: InnerPaths = {}
+    for _name, compiled in expressions:
+        inner_paths.update(compiled.inner)
+    if events is not None:
+        inner_paths.update(events.inner)
     return FieldMapping(
         stored=valid,
-        expressions=tuple((name, jmespath.compile(valid[name]).parsed) for name in FIELDS if name in valid),
-        events=jmespath.compile(valid["events"]).parsed if "events" in valid else None,
+        expressions=expressions,
+        events=events,
+        inner_paths=inner_paths,
         severity_map={_fold(k): Severity[v.upper()] for k, v in valid.get("severity_map", {}).items()},
         status_map={_fold(k): ACTION_NAMES[v] for k, v in valid.get("status_map", {}).items()},
     )
