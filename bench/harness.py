@@ -1,6 +1,6 @@
-"""On-Call benchmark harness (issue 6): the command. Ingest (1, 2, 3, 4, 4b, 7), paging (5, 6) and
-fair-ingest (8, issue 19) scenarios, one module each in ``scenarios/``; the report (tables, JSON,
-targets) in ``reporting/``.
+"""On-Call benchmark harness (issue 6): the command. Ingest (1, 2, 3, 4, 4b, 7), paging (5, 6),
+fair-ingest (8, issue 19) and sender-cost (9, issue 20) scenarios, one module each in ``scenarios/``;
+the report (tables, JSON, targets) in ``reporting/``.
 
 One command starts everything on loopback with free ports and temp directories, drives load from
 separate processes (wrk for HTTP, several grpc.aio processes for gRPC), prints a table and writes
@@ -49,6 +49,7 @@ from scenarios import (
     growth,
     ingest_throughput,
     ingest_to_page_latency,
+    sender_cost,
     storm,
     streaming,
     webhook,
@@ -68,12 +69,14 @@ SCENARIOS: dict[str, Callable[[Context], RunResult]] = {
     "5": ingest_to_page_latency.run,
     "6": escalation_lag.run,
     "8": fair_ingest.run,
+    "9": sender_cost.run,
 }
 # The paragraph under a scenario's table: how its load was chosen and what its figures are.
 NOTES: dict[str, Callable[[Context, int], str]] = {
     "5": ingest_to_page_latency.note,
     "6": escalation_lag.note,
     "8": fair_ingest.note,
+    "9": sender_cost.note,
 }
 
 

@@ -4,6 +4,10 @@
 --
 -- FORMAT: "oncall" (our webhook JSON: an object, or an array when BATCH > 1)
 --         "alertmanager" (Alertmanager's v2 JSON array of alerts, POST /api/v2/alerts)
+--         "amwebhook" (scenario 9: an Alertmanager v4 webhook notification, one group of BATCH alerts,
+--                      a fresh fingerprint and instance per alert; for an `alertmanager` integration)
+--         "mapped" (scenario 9: a JSON array of a sender's own alert objects that only a field
+--                   mapping reads: labels, annotations, id, status, generatorURL, host.name)
 -- BATCH:  alerts per request.  PREFIX: makes keys unique per run.
 -- The same alert goes to every target: title, severity, dedup key, body, source_ref, host.
 -- done() prints one line starting with BENCHJSON for the harness.
@@ -93,9 +97,42 @@ local function alertmanager_alert(key, n)
     .. '","source_ref":"alert-' .. n .. '"}}'
 end
 
+-- Scenario 9 (sender_cost): what Prometheus rules carry, as Alertmanager's webhook sends it.
+local GENERATOR = "http://prometheus:9090/graph?g0.expr=100+-+avg+by(instance)(rate(node_cpu_seconds_total"
+  .. "%7Bmode%3D%22idle%22%7D%5B5m%5D))+*+100+%3E+95&g0.tab=1"
+local SUMMARY = "CPU usage critical on client-server-01"
+local DESCRIPTION = "CPU sustained at 98% for 5 minutes on client-server-01 (job node)."
+
+local function amwebhook_alert(key, _n)
+  return '{"status":"firing","labels":{"alertname":"HostHighCpuLoad","severity":"critical","instance":"'
+    .. key .. ':9100","job":"node"},"annotations":{"summary":"' .. SUMMARY .. '","description":"'
+    .. DESCRIPTION .. '"},"startsAt":"2026-01-05T10:00:00.000Z","endsAt":"0001-01-01T00:00:00Z",'
+    .. '"generatorURL":"' .. GENERATOR .. '","fingerprint":"' .. key .. '"}'
+end
+
+local AM_GROUP_HEAD = '{"receiver":"oncall","status":"firing","alerts":['
+local AM_GROUP_TAIL = '],"groupLabels":{"alertname":"HostHighCpuLoad"},"commonLabels":{"alertname":'
+  .. '"HostHighCpuLoad","job":"node","severity":"critical"},"commonAnnotations":{},'
+  .. '"externalURL":"http://alertmanager:9093","version":"4",'
+  .. '"groupKey":"{}:{alertname=\\"HostHighCpuLoad\\"}","truncatedAlerts":0}'
+
+local function mapped_alert(key, _n)
+  return '{"id":"' .. key .. '","status":"firing","labels":{"alertname":"HostHighCpuLoad","severity":"crit",'
+    .. '"instance":"' .. key .. ':9100","job":"node"},"annotations":{"summary":"' .. SUMMARY
+    .. '","description":"' .. DESCRIPTION .. '"},"generatorURL":"' .. GENERATOR
+    .. '","host":{"name":"client-server-01"}}'
+end
+
+local MAKERS = {
+  oncall = oncall_alert,
+  alertmanager = alertmanager_alert,
+  amwebhook = amwebhook_alert,
+  mapped = mapped_alert,
+}
+
 function request()
   local parts = {}
-  local make = format == "alertmanager" and alertmanager_alert or oncall_alert
+  local make = MAKERS[format] or oncall_alert
   for i = 1, batch do
     counter = counter + 1
     parts[i] = make(prefix .. counter, counter)
@@ -103,6 +140,8 @@ function request()
   local body
   if format == "oncall" and batch == 1 then
     body = parts[1]
+  elseif format == "amwebhook" then
+    body = AM_GROUP_HEAD .. table.concat(parts, ",") .. AM_GROUP_TAIL
   else
     body = "[" .. table.concat(parts, ",") .. "]"
   end

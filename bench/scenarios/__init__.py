@@ -11,13 +11,14 @@ by their number in issue 6, the number the command line (``--only``) and the rep
 6      ``escalation_lag``           pending escalation steps seeded in SQL -> their pages' lag
 7      ``growth``                   CPU per alert, RSS and Redis memory against open alerts
 8      ``fair_ingest``              one tenant's steady webhook alerts and pages while another floods
+9      ``sender_cost``              CPU per alert of a preset and a mapped sender against the plain webhook
 =====  ===========================  ==================================================================
 
 ``comparison`` holds what 1-4b share (a target against its baseline in one run), ``paging`` what
 5 and 6 share (the receiver, a paging server, the pages' latencies).
 """
 
-ORDER = ["1", "2", "3", "4", "4b", "5", "6", "7", "8"]
+ORDER = ["1", "2", "3", "4", "4b", "5", "6", "7", "8", "9"]
 TITLES = {
     "1": "gRPC IngestAlert, distinct dedup keys (every alert a new incident)",
     "2": "gRPC IngestAlert, one dedup key (an alert storm)",
@@ -28,4 +29,5 @@ TITLES = {
     "6": "Escalation lag with 100,000 pending steps",
     "7": "Growth: CPU per alert, RSS and Redis memory vs open alerts",
     "8": "Fair ingest: tenant B's webhook alerts and pages while tenant A floods (issue 19)",
+    "9": "Sender cost: Alertmanager preset and mapped webhook vs plain webhook, 100 per request (issue 20)",
 }
