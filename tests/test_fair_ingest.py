@@ -51,7 +51,7 @@ def _tenants(batch: Sequence[QueuedRequest]) -> list[str]:
 async def test_a_lone_tenant_gets_the_whole_batch() -> None:
     queue = FairQueue(QueueLimits(contended_share_alerts=10))
     for _ in range(30):
-        queue.put(_request("a", 50))
+        await queue.put(_request("a", 50))
     assert len(queue.take_batch(500)) == 10  # 500 alerts: the share only applies while others wait
 
 
@@ -59,8 +59,8 @@ async def test_a_flooding_tenant_cannot_delay_another_beyond_its_share_of_one_ba
     queue = FairQueue(QueueLimits(contended_share_alerts=100))
     flood = [_request("a", 50, f"a{i}") for i in range(40)]
     for request in flood:
-        queue.put(request)
-    queue.put(_request("b", 1))
+        await queue.put(request)
+    await queue.put(_request("b", 1))
     first = queue.take_batch(500)
     assert _tenants(first).count("b") == 1
     assert sum(len(r.alerts) for r in first if r.tenant_id == "a") <= 100
@@ -73,9 +73,9 @@ async def test_a_flooding_tenant_cannot_delay_another_beyond_its_share_of_one_ba
 async def test_a_request_larger_than_the_share_is_still_taken_while_others_keep_flowing() -> None:
     queue = FairQueue(QueueLimits(contended_share_alerts=100))
     big = _request("big", 450)
-    queue.put(big)
+    await queue.put(big)
     for _ in range(100):
-        queue.put(_request("small", 10))
+        await queue.put(_request("small", 10))
     batches: list[list[QueuedRequest]] = []
     while big not in (batches[-1] if batches else []):
         batches.append(queue.take_batch(500))
@@ -83,24 +83,35 @@ async def test_a_request_larger_than_the_share_is_still_taken_while_others_keep_
     assert all("small" in _tenants(b) for b in batches)
 
 
-async def test_over_a_limit_put_refuses_with_a_retry_hint_and_put_when_room_waits() -> None:
+async def test_over_a_limit_put_waits_for_room_then_refuses_with_a_retry_hint() -> None:
     queue = FairQueue(QueueLimits(integration_alerts=3))
-    queue.put(_request("a", 2))
-    queue.put(_request("a", 1))
+    await queue.put(_request("a", 2))
+    await queue.put(_request("a", 1))
     with pytest.raises(Exception, match="ONCALL_INGEST_INTEGRATION_QUEUE_ALERTS") as refused:
-        queue.put(_request("a", 1))
+        await queue.put(_request("a", 1))  # no wait: refused at once
     assert getattr(refused.value, "retry_after_seconds", 0) >= 1
-    queue.put(_request("b", 1))  # another tenant's integration is not limited by A's backlog
-    waiting = asyncio.ensure_future(queue.put_when_room(_request("a", 1)))
+    with pytest.raises(Exception, match="ONCALL_INGEST_INTEGRATION_QUEUE_ALERTS"):
+        await queue.put(_request("a", 1), wait_seconds=0.05)  # no room came
+    await queue.put(_request("b", 1))  # another tenant's integration is not limited by A's backlog
+    waiting = asyncio.ensure_future(queue.put(_request("a", 1), wait_seconds=None))
     await asyncio.sleep(0.01)
     assert not waiting.done()
     queue.answered(queue.take_batch(500), 0.01)
-    await asyncio.wait_for(waiting, 1)
+    await asyncio.wait_for(waiting, 1)  # admitted once the batch was answered
+
+
+async def test_a_lone_tenants_batch_stays_at_its_share_while_another_tenant_is_active() -> None:
+    queue = FairQueue(QueueLimits(contended_share_alerts=100))
+    await queue.put(_request("b", 1))
+    queue.answered(queue.take_batch(500), 0.01)  # B was just here, and is idle now
+    for _ in range(10):
+        await queue.put(_request("a", 50))
+    assert sum(len(r.alerts) for r in queue.take_batch(500)) == 100
 
 
 async def test_a_request_over_the_limit_alone_is_admitted_when_nothing_else_waits() -> None:
     queue = FairQueue(QueueLimits(integration_alerts=5, tenant_alerts=5, total_alerts=5))
-    queue.put(_request("a", 50))  # slow, never refused forever
+    await queue.put(_request("a", 50))  # slow, never refused forever
     assert queue.has_work()
 
 
@@ -132,6 +143,7 @@ async def limited(
         database_url,
         redis_url,
         ingest_integration_queue_alerts=2,
+        ingest_queue_wait_seconds=0,
         ingest_fair_share_alerts=20,
         write_batch_size=100,
     )
@@ -301,3 +313,27 @@ async def test_the_bus_waits_for_room_instead_of_refusing(
         assert await app.redis.xlen(bus.DEAD_LETTERS) == 0
     finally:
         await app.close()
+
+
+async def test_over_the_limit_a_request_waits_for_room_instead_of_being_refused(
+    tmp_path: Path, database_url: str, redis_url: str, redis: Redis
+) -> None:
+    settings = server_settings(
+        tmp_path, database_url, redis_url, ingest_integration_queue_alerts=2, ingest_queue_wait_seconds=30
+    )
+    async with running_server(settings) as server, aiohttp.ClientSession() as http:
+        tenant = await bootstrap(server.app)
+        url = webhook_url(server, tenant)
+        async with _WritesPaused(redis, server.app) as paused:
+            held = [asyncio.ensure_future(post_body(http, url, _alerts(f"held{i}", 1))) for i in range(2)]
+            await paused.queued(2)
+            waiting = asyncio.ensure_future(post_body(http, url, _alerts("waiting", 1)))
+
+            async def is_waiting() -> bool:
+                return server.app.writer.queue.waiting_for_room == 1
+
+            await wait_for(is_waiting)
+            assert not waiting.done()
+        assert [(await r)[0] for r in [*held, waiting]] == [202, 202, 202]
+        titles = sorted(a.title for a in await alerts_of(server.app, tenant.service_id))
+        assert titles == ["held0 0", "held1 0", "waiting 0"]

@@ -453,7 +453,9 @@ async def test_change_events_are_on_the_service_timeline_and_never_page(
 async def test_over_the_queue_limit_the_event_is_refused_with_429_and_retry_after(
     tmp_path: Path, database_url: str, redis_url: str, redis: Redis
 ) -> None:
-    settings_ = server_settings(tmp_path, database_url, redis_url, ingest_integration_queue_alerts=1)
+    settings_ = server_settings(
+        tmp_path, database_url, redis_url, ingest_integration_queue_alerts=1, ingest_queue_wait_seconds=0
+    )
     async with running_server(settings_) as server, aiohttp.ClientSession() as http:
         tenant = await bootstrap(server.app)
         url = f"{server.http_url}/v2/enqueue"

@@ -208,7 +208,9 @@ async def test_a_body_the_sender_does_not_send_is_refused_naming_the_field(
 async def one_alert_queue(
     tmp_path: Path, database_url: str, redis_url: str, redis: Redis
 ) -> AsyncIterator[RunningServer]:
-    settings = server_settings(tmp_path, database_url, redis_url, ingest_integration_queue_alerts=1)
+    settings = server_settings(
+        tmp_path, database_url, redis_url, ingest_integration_queue_alerts=1, ingest_queue_wait_seconds=0
+    )
     async with running_server(settings) as running:
         yield running
 

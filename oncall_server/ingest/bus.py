@@ -200,7 +200,7 @@ class BusConsumer:
             events = self.app.plugins.adapter(source).parse(payload, AdapterContext(context.name, source, {}))
             # The stream holds the backlog: over a queue limit, wait for room rather than refuse.
             await self.app.pipeline.ingest_events(
-                context, events, idempotency_key=f"bus:{source}:{message_id}", wait_for_room=True
+                context, events, idempotency_key=f"bus:{source}:{message_id}", source_holds_backlog=True
             )
             return True
         except OncallError as exc:

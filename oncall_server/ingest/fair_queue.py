@@ -17,6 +17,7 @@ import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from prometheus_client import Counter as MetricCounter
 from prometheus_client import Gauge
@@ -36,6 +37,9 @@ QUEUED = Gauge("oncall_ingest_queued_alerts", "Alerts submitted to the ingest wr
 # A refusal is logged at most this often per integration and limit; the counter has every one.
 _LOG_EVERY_SECONDS = 60.0
 _MAX_RETRY_AFTER_SECONDS = 60.0
+# A tenant that submitted this recently counts as active: while another is, a lone tenant's batches
+# stay at its fair share, so the other's next alert never waits behind a whole large batch.
+_ACTIVE_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,41 +80,52 @@ class FairQueue:
         self._room = asyncio.Event()
         self.waiting_for_room = 0  # callers that will queue work once there is room
         self._logged: dict[tuple[str, str], float] = {}
+        self._last_submitted: dict[str, float] = {}  # tenant → monotonic time
         # Alerts answered per second, smoothed: what a retry hint is computed from.
         self._drain_rate = 0.0
 
     # -- admission ------------------------------------------------------------------------------
 
-    def check_room(self, tenant_id: str, integration_id: str, alerts: int = 1) -> None:
-        """Refuse (ResourceExhausted, with a retry hint) when ``alerts`` more would pass a limit.
+    async def wait_for_room(
+        self, tenant_id: str, integration_id: str, alerts: int = 1, *, wait_seconds: float | None = 0.0
+    ) -> None:
+        """Return once ``alerts`` more fit the limits; refuse (ResourceExhausted, with a retry hint)
+        if they still do not after ``wait_seconds`` (None: wait as long as it takes).
 
         Work is admitted when its scope has nothing queued, whatever its size, so a request larger
-        than a limit is slow, never refused forever.
+        than a limit is slow, never refused forever. Waiting instead of refusing at once turns a
+        flooding sender's retry storm into back-pressure: its connections wait for room, and the
+        CPU goes to storing alerts, not to refusing them.
         """
-        over = self._over_limit(tenant_id, Counter({integration_id: alerts}), alerts)
-        if over is not None:
-            self._refuse(tenant_id, integration_id, alerts, *over)
+        await self._room_for(tenant_id, Counter({integration_id: alerts}), alerts, wait_seconds)
 
-    def put(self, request: QueuedRequest) -> None:
-        """Queue ``request`` or refuse it whole (nothing of it is stored)."""
-        size = len(request.alerts)
-        over = self._over_limit(request.tenant_id, request.by_integration, size)
-        if over is not None:
-            integration = next(iter(request.by_integration))
-            self._refuse(request.tenant_id, integration, size, *over)
+    async def put(self, request: QueuedRequest, *, wait_seconds: float | None = 0.0) -> None:
+        """Queue ``request`` once it fits the limits, or refuse it whole (nothing of it is stored)."""
+        await self._room_for(request.tenant_id, request.by_integration, len(request.alerts), wait_seconds)
         self._enqueue(request)
 
-    async def put_when_room(self, request: QueuedRequest) -> None:
-        """Queue ``request`` once it fits the limits: for callers whose source holds the backlog."""
-        size = len(request.alerts)
-        self.waiting_for_room += 1
-        try:
-            while self._over_limit(request.tenant_id, request.by_integration, size) is not None:
-                self._room.clear()
-                await self._room.wait()
-        finally:
-            self.waiting_for_room -= 1
-        self._enqueue(request)
+    async def _room_for(
+        self, tenant_id: str, by_integration: Counter[str], size: int, wait_seconds: float | None
+    ) -> None:
+        over = self._over_limit(tenant_id, by_integration, size)
+        if over is None:
+            return
+        if wait_seconds != 0:
+            self.waiting_for_room += 1
+            try:
+                async with asyncio.timeout(wait_seconds):
+                    while over is not None:
+                        self._room.clear()
+                        await self._room.wait()
+                        over = self._over_limit(tenant_id, by_integration, size)
+                return
+            except TimeoutError:
+                over = self._over_limit(tenant_id, by_integration, size)
+                if over is None:
+                    return
+            finally:
+                self.waiting_for_room -= 1
+        self._refuse(tenant_id, next(iter(by_integration)), size, *over)
 
     def _over_limit(
         self, tenant_id: str, by_integration: Counter[str], size: int
@@ -142,7 +157,7 @@ class FairQueue:
         setting: str,
         queued: int,
         most: int,
-    ) -> None:
+    ) -> NoReturn:
         REFUSED.labels(tenant_id, integration_id, limit).inc(alerts)
         now = time.monotonic()
         if now - self._logged.get((integration_id, limit), -math.inf) >= _LOG_EVERY_SECONDS:
@@ -177,6 +192,7 @@ class FairQueue:
         self._integration_alerts.update(request.by_integration)
         self._total_alerts += size
         QUEUED.inc(size)
+        self._last_submitted[request.tenant_id] = time.monotonic()
         queue = self._queues.get(request.tenant_id)
         if queue is None:
             queue = self._queues[request.tenant_id] = deque()
@@ -211,10 +227,13 @@ class FairQueue:
     def take_batch(self, batch_size: int) -> list[QueuedRequest]:
         """The next batch: a lone tenant's requests up to ``batch_size`` alerts (whole requests, at
         least one); with several waiting, one deficit round-robin pass, each tenant's quantum being
-        its share of the batch, at most ``contended_share_alerts``."""
+        its share of the batch, at most ``contended_share_alerts``. A lone tenant's batch is held to
+        that share too while another tenant has submitted in the last second."""
         taken: list[QueuedRequest] = []
         if len(self._queues) == 1:
             tenant_id, queue = next(iter(self._queues.items()))
+            if self._others_active(tenant_id):
+                batch_size = min(batch_size, self.limits.contended_share_alerts)
             count = 0
             while queue and count < batch_size:
                 request = queue.popleft()
@@ -234,6 +253,14 @@ class FairQueue:
                 if not self._drop_if_empty(tenant_id):
                     self._queues.move_to_end(tenant_id)
         return taken
+
+    def _others_active(self, tenant_id: str) -> bool:
+        """Another tenant submitted within ``_ACTIVE_SECONDS`` (older entries are forgotten)."""
+        since = time.monotonic() - _ACTIVE_SECONDS
+        for other, at in list(self._last_submitted.items()):
+            if at < since:
+                del self._last_submitted[other]
+        return any(other != tenant_id for other in self._last_submitted)
 
     def _drop_if_empty(self, tenant_id: str) -> bool:
         """Forget an emptied tenant (its unused deficit too: credit is not saved up while idle)."""

@@ -62,6 +62,7 @@ class IngestPipeline:
         clock: Clock,
         *,
         max_batch_alerts: int = 1000,
+        room_wait_seconds: float = 0.0,
     ) -> None:
         self.integrations = integrations
         self.plugins = plugins
@@ -70,6 +71,7 @@ class IngestPipeline:
         self.drops = drops
         self.clock = clock
         self.max_batch_alerts = max_batch_alerts
+        self.room_wait_seconds = room_wait_seconds
 
     async def ingest_body(
         self,
@@ -116,23 +118,28 @@ class IngestPipeline:
         *,
         idempotency_key: str | None = None,
         paths: Sequence[str] | None = None,
-        wait_for_room: bool = False,
+        source_holds_backlog: bool = False,
     ) -> list[IngestResult]:
         """Route and store already-normalized events; one result per event, in order."""
         return await self.ingest_parts(
-            [IngestPart(context, events, paths)], idempotency_key=idempotency_key, wait_for_room=wait_for_room
+            [IngestPart(context, events, paths)],
+            idempotency_key=idempotency_key,
+            source_holds_backlog=source_holds_backlog,
         )
 
-    def check_room(self, context: IntegrationContext) -> None:
-        """Refuse before reading a body when the integration's or tenant's queue is full."""
-        self.writer.queue.check_room(context.tenant_id, context.integration_id)
+    async def wait_for_room(self, context: IntegrationContext) -> None:
+        """Before reading a body: wait up to ``ONCALL_INGEST_QUEUE_WAIT_SECONDS`` while the
+        integration's or tenant's queue is full, then refuse."""
+        await self.writer.queue.wait_for_room(
+            context.tenant_id, context.integration_id, wait_seconds=self.room_wait_seconds
+        )
 
     async def ingest_parts(
         self,
         parts: Sequence[IngestPart],
         *,
         idempotency_key: str | None = None,
-        wait_for_room: bool = False,
+        source_holds_backlog: bool = False,
     ) -> list[IngestResult]:
         """Validate, route and store one call's events, all or nothing; one result per event, in order.
 
@@ -140,7 +147,8 @@ class IngestPipeline:
         one stores nothing of the call; the survivors of routing go to the writer as one request,
         which commits in one transaction or not at all. An idempotency key covers the whole call:
         each of several alerts is stored under ``<key>#<index>``. Over a queue limit the call is
-        refused whole, or with ``wait_for_room`` waits (fair_queue.py).
+        refused whole after waiting ``ONCALL_INGEST_QUEUE_WAIT_SECONDS`` for room; with
+        ``source_holds_backlog`` (the bus) it waits as long as it takes (fair_queue.py).
         """
         total = sum(len(part.events) for part in parts)
         key = validation.idempotency_key(idempotency_key, total)
@@ -190,7 +198,8 @@ class IngestPipeline:
                 )
                 results.append(None)
         # Triggers first, then the request's acknowledge/resolve events: "fired, then cleared".
-        stored = iter(await self.writer.submit(accepted, wait_for_room=wait_for_room))
+        wait = None if source_holds_backlog else self.room_wait_seconds
+        stored = iter(await self.writer.submit(accepted, room_wait_seconds=wait))
         acted = iter(await self._apply(source_events, now))
         final: list[IngestResult] = []
         events = ((part.context.type, event) for part in parts for event in part.events)

@@ -116,12 +116,13 @@ class GroupCommitWriter:
         self.next_commit.requests_waiting = self.queue.has_work()
 
     async def submit(
-        self, alerts: Sequence[PreparedAlert], *, wait_for_room: bool = False
+        self, alerts: Sequence[PreparedAlert], *, room_wait_seconds: float | None = 0.0
     ) -> list[IngestResult]:
         """Store alerts; returns after they are committed, one result per alert in order.
 
-        Over a queue limit the call is refused (ResourceExhausted, nothing stored), or with
-        ``wait_for_room`` waits until it fits: for a source that keeps its own backlog (the bus).
+        Over a queue limit the call waits up to ``room_wait_seconds`` for room (None: as long as it
+        takes, for a source that keeps its own backlog: the bus), then is refused whole
+        (ResourceExhausted, nothing stored).
         """
         if not alerts:
             return []
@@ -129,10 +130,7 @@ class GroupCommitWriter:
             raise Unavailable("the ingest writer is not running")
         future: asyncio.Future[list[IngestResult]] = asyncio.get_running_loop().create_future()
         request = QueuedRequest.of(alerts, future)
-        if wait_for_room:
-            await self.queue.put_when_room(request)
-        else:
-            self.queue.put(request)
+        await self.queue.put(request, wait_seconds=room_wait_seconds)
         self._queue_changed()
         return await future
 

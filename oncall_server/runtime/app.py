@@ -141,6 +141,7 @@ class App:
             DropLog(redis),
             clock,
             max_batch_alerts=settings.max_batch_alerts,
+            room_wait_seconds=settings.ingest_queue_wait_seconds,
         )
         app = cls(
             settings=settings,

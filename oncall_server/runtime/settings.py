@@ -90,6 +90,13 @@ class Settings(BaseSettings):
     ingest_queue_alerts: int = Field(
         default=50000, ge=1, description="Most alerts of all tenants waiting to be stored per process."
     )
+    ingest_queue_wait_seconds: float = Field(
+        default=5.0,
+        ge=0.0,
+        le=60.0,
+        description="How long a request over a queue limit waits for room before it is refused "
+        "(0: refuse at once). Waiting turns a flooding sender's retries into back-pressure.",
+    )
     ingest_fair_share_alerts: int = Field(
         default=100,
         ge=1,

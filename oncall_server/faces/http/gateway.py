@@ -206,7 +206,7 @@ async def ingest_webhook(request: web.Request) -> web.Response:
     # 401, or a full queue, before reading a body we would discard (the key is cached after).
     context = await app.integrations.resolve_key(key)
     try:
-        app.pipeline.check_room(context)
+        await app.pipeline.wait_for_room(context)
         body = await read_body(request)
         results = await app.pipeline.ingest_body(
             key,

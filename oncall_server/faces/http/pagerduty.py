@@ -268,7 +268,7 @@ def _pagerduty_error(error: OncallError) -> _Refused:
 async def _ingest(request: web.Request, event: NormalizedEvent, routing_key: str) -> IngestResult:
     app = request.app[gateway.APP_KEY]
     context = await app.integrations.resolve_key(routing_key)
-    app.pipeline.check_room(context)
+    await app.pipeline.wait_for_room(context)
     [result] = await app.pipeline.ingest_events(context, [event])
     return result
 
