@@ -5,7 +5,7 @@ gRPC and HTTP ports with SO_REUSEPORT, and the kernel spreads connections over t
 is a full replica running every enabled role — the kind of replica DESIGN.md already allows any
 number of: the scheduler's leases, the outbox's claims and the writer's upserts keep them from
 stepping on each other, and on SQLite a file lock queues their write transactions
-(``storage/engine.py``).
+(``storage/dialects.py``).
 
 The first process starts the embedded Redis (if no ``ONCALL_REDIS_URL``) and migrates the schema
 once, then starts the others with its settings in their environment and waits until they are
