@@ -222,6 +222,13 @@ async def test_over_the_limit_each_face_answers_retry_and_nothing_accepted_is_lo
     bystander = await bootstrap(server.app)
     url = webhook_url(server, tenant)
     async with aiohttp.ClientSession() as http:
+        async with http.get(f"{server.http_url}/metrics") as response:
+            rejected_before = _metric(
+                await response.text(),
+                "oncall_ingest_requests_rejected_total",
+                source="webhook",
+                error="ResourceExhausted",
+            )
         async with _WritesPaused(redis, server.app) as paused:
             first = asyncio.ensure_future(post_body(http, url, _alerts("first", 1)))
             await paused.queued(1)
@@ -269,6 +276,10 @@ async def test_over_the_limit_each_face_answers_retry_and_nothing_accepted_is_lo
         limit="integration",
     )
     assert refused_count == 2  # the webhook's alert and the gRPC one
+    rejected = _metric(
+        exposition, "oncall_ingest_requests_rejected_total", source="webhook", error="ResourceExhausted"
+    )
+    assert rejected - rejected_before == 2
 
 
 async def test_a_sender_that_retries_only_5xx_is_answered_503(limited: RunningServer, redis: Redis) -> None:

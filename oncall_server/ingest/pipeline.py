@@ -6,10 +6,11 @@ neither knows how alerts are stored.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -17,7 +18,7 @@ from prometheus_client import Counter
 
 from oncall_server import json_codec
 from oncall_server.clock import Clock
-from oncall_server.errors import InvalidArgument
+from oncall_server.errors import InvalidArgument, OncallError
 from oncall_server.hookspecs import AdapterContext
 from oncall_server.incidents.source_events import SourceEvent, SourceEvents
 from oncall_server.ingest import validation
@@ -31,6 +32,12 @@ from oncall_server.severity import DEFAULT_SEVERITY
 
 log = logging.getLogger(__name__)
 
+REQUESTS_REJECTED = Counter(
+    "oncall_ingest_requests_rejected_total",
+    "Ingest requests refused after their integration was known, by source and error "
+    "(InvalidArgument: a bad payload; ResourceExhausted: over a queue limit; ...).",
+    ["source", "error"],
+)
 ALERTS_INGESTED = Counter(
     "oncall_alerts_ingested_total",
     "Events accepted, by source, action (trigger, acknowledge, resolve, change) and outcome.",
@@ -83,9 +90,10 @@ class IngestPipeline:
     ) -> list[IngestResult]:
         """A raw JSON body from the webhook gateway, parsed by the integration's adapter."""
         context = await self.integrations.resolve_key(key)
-        text = json_codec.request_text(body, field="body")
-        payload = json_codec.loads_request(text, field="body")
-        events = self.normalize(context, payload, headers or {})
+        with _counting_rejections(context.type):
+            text = json_codec.request_text(body, field="body")
+            payload = json_codec.loads_request(text, field="body")
+            events = self.normalize(context, payload, headers or {})
         if len(events) == 1 and not events[0].raw_payload:
             events[0].raw_payload = text
         paths = ["body"] if len(events) == 1 else [f"body[{i}]" for i in range(len(events))]
@@ -130,9 +138,10 @@ class IngestPipeline:
     async def wait_for_room(self, context: IntegrationContext) -> None:
         """Before reading a body: wait up to ``ONCALL_INGEST_QUEUE_WAIT_SECONDS`` while the
         integration's or tenant's queue is full, then refuse."""
-        await self.writer.queue.wait_for_room(
-            context.tenant_id, context.integration_id, wait_seconds=self.room_wait_seconds
-        )
+        with _counting_rejections(context.type):
+            await self.writer.queue.wait_for_room(
+                context.tenant_id, context.integration_id, wait_seconds=self.room_wait_seconds
+            )
 
     async def ingest_parts(
         self,
@@ -150,6 +159,12 @@ class IngestPipeline:
         refused whole after waiting ``ONCALL_INGEST_QUEUE_WAIT_SECONDS`` for room; with
         ``source_holds_backlog`` (the bus) it waits as long as it takes (fair_queue.py).
         """
+        with _counting_rejections(parts[0].context.type if parts else "-"):
+            return await self._ingest_parts(parts, idempotency_key, source_holds_backlog)
+
+    async def _ingest_parts(
+        self, parts: Sequence[IngestPart], idempotency_key: str | None, source_holds_backlog: bool
+    ) -> list[IngestResult]:
         total = sum(len(part.events) for part in parts)
         key = validation.idempotency_key(idempotency_key, total)
         for part in parts:
@@ -221,6 +236,16 @@ class IngestPipeline:
                 source_event.context, source_event.event, Drop(-1, f"{action} event", reason), now
             )
         return results
+
+
+@contextlib.contextmanager
+def _counting_rejections(source: str) -> Iterator[None]:
+    """Count a request refused on the ingest path (the sender hears why; the operator sees how often)."""
+    try:
+        yield
+    except OncallError as exc:
+        REQUESTS_REJECTED.labels(source, type(exc).__name__).inc()
+        raise
 
 
 def _positions(count: int) -> list[str]:
