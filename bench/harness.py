@@ -176,6 +176,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run oncall-server from this source tree instead (e.g. `git archive HEAD` unpacked): A/B runs",
     )
     parser.add_argument(
+        "--sender-cost-ab",
+        default="",
+        metavar="SRC",
+        help="9: also measure a server running this source tree in every run (A/B of a change)",
+    )
+    parser.add_argument(
         "--server-env",
         action="append",
         default=[],
@@ -339,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
             "stream_messages": args.stream_messages,
             "server_src": args.server_src or "this checkout",
             "server_env": args.server_env,
+            "sender_cost_ab": args.sender_cost_ab,
             "growth_levels": args.growth_levels,
             "growth_duration": args.growth_duration,
             "growth_runs": args.growth_runs,

@@ -12,10 +12,13 @@ One fresh server per backend and run, one service, three integrations of it, eac
 * ``mapped webhook x100`` - a ``webhook`` integration with the field mapping :data:`MAPPING` (set
   with ``PUT /api/integrations/:id``), on a body only the mapping reads (format ``mapped``).
 
-The three are measured back to back on the same server process, in the order plain, Alertmanager,
+wrk runs with at most :data:`CONNECTIONS` connections (no refusals). The three are measured back
+to back on the same server process, in the order plain, Alertmanager,
 mapped on even runs and the reverse on odd ones. The figures: alerts/s and server CPU µs per alert
 of each, and per run the ratio of each sender's CPU per alert (and alerts/s) to the plain webhook's;
-the target (issue 20) is a CPU ratio of at most 1.2.
+the target (issue 20) is a CPU ratio of at most 1.2. ``--sender-cost-ab SRC`` measures a server
+running the source tree SRC as well (``oncall/<backend> @<dir>``), in the same runs: an A/B of a
+change to the hot path on one machine state.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import json
 import urllib.request
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from context import Context, log, new_server, start
@@ -35,6 +39,10 @@ PLAIN, AM, MAPPED = "plain webhook x100", "alertmanager x100", "mapped webhook x
 FORMATS = {PLAIN: "oncall", AM: "amwebhook", MAPPED: "mapped"}
 BATCH = 100
 QUICK_WINDOW = 2.0  # --quick: a 1 s wrk window holds too few 100-alert requests to mean anything
+CONNECTIONS = 16
+"""wrk connections at most: 1,600 alerts in flight keep the group commits full (500) and stay under the
+per-integration queue (``ONCALL_INGEST_INTEGRATION_QUEUE_ALERTS``, 5,000), so nothing is refused and
+the CPU per alert is that of stored alerts only (64 x 100 overflows it: 429s after a 5 s wait)."""
 
 # The mapped sender (wrk_ingest.lua format "mapped"): one real expression, six plain paths, two maps.
 MAPPING: dict[str, Any] = {
@@ -119,14 +127,23 @@ def run(ctx: Context) -> RunResult:
         return m, ratios
     order = [PLAIN, AM, MAPPED] if ctx.run % 2 == 0 else [MAPPED, AM, PLAIN]
     saved = ctx.load
+    ctx.load = replace(ctx.load, wrk_connections=min(ctx.load.wrk_connections, CONNECTIONS))
     if ctx.args.quick:
         ctx.load = replace(ctx.load, duration=max(ctx.load.duration, QUICK_WINDOW))
+    # --sender-cost-ab SRC: the same on a server running SRC (e.g. the commit before a change), in
+    # the same run, first on odd runs.
+    sources: list[str | None] = [None]
+    if ctx.args.sender_cost_ab:
+        sources = [None, ctx.args.sender_cost_ab] if ctx.run % 2 == 0 else [ctx.args.sender_cost_ab, None]
     try:
-        for backend in ctx.backends:
+        for backend, source in ((b, src) for b in ctx.backends for src in sources):
             # A fresh server, even with --reuse-servers (--quick): none of other scenarios' open alerts;
             # a reused one is stopped first (on PostgreSQL two live servers would share the Redis db).
             ctx.release(backend)
             server = new_server(ctx, backend)
+            if source is not None:
+                server.source = source
+                server.name += f" @{Path(source).name}"
             log(f"  starting {server.name} ...")
             start(server)
             try:
@@ -153,7 +170,8 @@ def note(ctx: Context, runs: int) -> str:
     return (
         f"One fresh server per backend and run; the three integrations of one service measured back to "
         f"back on it ({runs} run(s), order alternating: plain, Alertmanager, mapped, then reversed). "
-        f"{BATCH} alerts per request, every alert a new incident. Mapped: "
+        f"{BATCH} alerts per request x {min(ctx.load.wrk_connections, CONNECTIONS)} wrk connections, every "
+        "alert a new incident. Mapped: "
         + ", ".join(f"{k} = {v}" for k, v in MAPPING.items() if isinstance(v, str))
         + "; severity_map and status_map. Target: server µs/alert ÷ plain ≤ 1.2 (issue 20)."
     )
