@@ -1,7 +1,7 @@
 """A tenant's life: deactivated, activated again, deleted — and what each does to its credentials.
 
 Real servers on loopback, real SQL (SQLite and PostgreSQL), the admin CLI in its own process.
-A deactivated or deleted tenant's API token is refused on every one of the 49 token RPCs, its
+A deactivated or deleted tenant's API token is refused on every one of the 50 token RPCs, its
 integration key by the webhook and gRPC ingest (a key a server cached keeps working at most
 ``integrations.CACHE_SECONDS``), its escalations stop; deleting removes every row it owned.
 """
@@ -169,7 +169,7 @@ async def test_a_deactivated_tenant_is_refused_everywhere_until_activated(
 ) -> None:
     tenant = await bootstrap(server.app, tenant="acme")
     other = await bootstrap(server.app, tenant="globex")
-    assert len(TOKEN_RPCS) == 49
+    assert len(TOKEN_RPCS) == 50
     active = await statuses(server, TOKEN_RPCS, tenant.auth)
     assert "UNAUTHENTICATED" not in active.values(), active
 

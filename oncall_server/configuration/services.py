@@ -22,7 +22,7 @@ from oncall_server.configuration.escalation_policies import check_policy_referen
 from oncall_server.errors import FailedPrecondition, InvalidArgument, NotFound
 from oncall_server.ids import is_valid_id, uuid7
 from oncall_server.storage.engine import retrying_write
-from oncall_server.storage.models import Incident, Integration, MaintenanceWindow, Service
+from oncall_server.storage.models import Incident, Integration, MaintenanceWindow, Service, ServiceEvent
 
 CRITICALITIES = ("critical", "high", "medium", "low")
 GROUPINGS = ("none", "time")
@@ -235,6 +235,26 @@ async def list_maintenance_windows(
         if not include_past:
             query = query.where(MaintenanceWindow.end_at > clock.now())
         return list((await session.scalars(query.order_by(MaintenanceWindow.start_at))).all())
+
+
+async def list_service_events(
+    sessions: async_sessionmaker[AsyncSession],
+    tenant_id: str,
+    service_id: str,
+    page_size: int,
+    before: str | None,
+) -> list[ServiceEvent]:
+    """The service's change events, newest first, older than ``before`` (an event id); another
+    tenant's service answers NOT_FOUND."""
+    async with sessions() as session:
+        await get_service(session, tenant_id, service_id)
+        query = select(ServiceEvent).where(
+            ServiceEvent.tenant_id == tenant_id, ServiceEvent.service_id == service_id
+        )
+        if before is not None:
+            query = query.where(ServiceEvent.id < before)
+        query = query.order_by(ServiceEvent.id.desc()).limit(page_size)
+        return list((await session.scalars(query)).all())
 
 
 async def delete_maintenance_window(

@@ -408,3 +408,61 @@ class DeleteMaintenanceWindowResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteMaintenanceWindowResponse: _TypeAlias = DeleteMaintenanceWindowResponse  # noqa: Y015
+
+@_typing.final
+class ListServiceEventsRequest(_message.Message):
+    """Request of ListServiceEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    service_id: _builtins.str
+    """Service ID."""
+    page_size: _builtins.int
+    """Maximum number to return (default 100, at most 1000)."""
+    page_token: _builtins.str
+    """Token from a previous response."""
+    def __init__(
+        self,
+        *,
+        service_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "service_id", b"service_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListServiceEventsRequest: _TypeAlias = ListServiceEventsRequest  # noqa: Y015
+
+@_typing.final
+class ListServiceEventsResponse(_message.Message):
+    """Response of ListServiceEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_EVENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def service_events(self) -> _containers.RepeatedCompositeFieldContainer[_service_pb2.ServiceEvent]:
+        """The page of change events, newest first."""
+
+    def __init__(
+        self,
+        *,
+        service_events: _abc.Iterable[_service_pb2.ServiceEvent] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "service_events", b"service_events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListServiceEventsResponse: _TypeAlias = ListServiceEventsResponse  # noqa: Y015

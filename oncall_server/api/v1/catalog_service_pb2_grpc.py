@@ -77,6 +77,11 @@ class CatalogServiceStub:
                 request_serializer=oncall_dot_v1_dot_catalog__service__pb2.DeleteMaintenanceWindowRequest.SerializeToString,
                 response_deserializer=oncall_dot_v1_dot_catalog__service__pb2.DeleteMaintenanceWindowResponse.FromString,
                 _registered_method=True)
+        self.ListServiceEvents = channel.unary_unary(
+                '/oncall.v1.CatalogService/ListServiceEvents',
+                request_serializer=oncall_dot_v1_dot_catalog__service__pb2.ListServiceEventsRequest.SerializeToString,
+                response_deserializer=oncall_dot_v1_dot_catalog__service__pb2.ListServiceEventsResponse.FromString,
+                _registered_method=True)
 
 
 class CatalogServiceServicer:
@@ -140,6 +145,13 @@ class CatalogServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListServiceEvents(self, request, context):
+        """Lists a service's change events (deploys, configuration changes), newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CatalogServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -182,6 +194,11 @@ def add_CatalogServiceServicer_to_server(servicer, server):
                     servicer.DeleteMaintenanceWindow,
                     request_deserializer=oncall_dot_v1_dot_catalog__service__pb2.DeleteMaintenanceWindowRequest.FromString,
                     response_serializer=oncall_dot_v1_dot_catalog__service__pb2.DeleteMaintenanceWindowResponse.SerializeToString,
+            ),
+            'ListServiceEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListServiceEvents,
+                    request_deserializer=oncall_dot_v1_dot_catalog__service__pb2.ListServiceEventsRequest.FromString,
+                    response_serializer=oncall_dot_v1_dot_catalog__service__pb2.ListServiceEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -402,6 +419,33 @@ class CatalogService:
             '/oncall.v1.CatalogService/DeleteMaintenanceWindow',
             oncall_dot_v1_dot_catalog__service__pb2.DeleteMaintenanceWindowRequest.SerializeToString,
             oncall_dot_v1_dot_catalog__service__pb2.DeleteMaintenanceWindowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListServiceEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oncall.v1.CatalogService/ListServiceEvents',
+            oncall_dot_v1_dot_catalog__service__pb2.ListServiceEventsRequest.SerializeToString,
+            oncall_dot_v1_dot_catalog__service__pb2.ListServiceEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,6 +52,8 @@ class CatalogServiceStub:
     """Lists a service's maintenance windows, soonest first."""
     DeleteMaintenanceWindow: _grpc.UnaryUnaryMultiCallable[_catalog_service_pb2.DeleteMaintenanceWindowRequest, _catalog_service_pb2.DeleteMaintenanceWindowResponse]
     """Deletes a maintenance window; alerts are no longer suppressed by it."""
+    ListServiceEvents: _grpc.UnaryUnaryMultiCallable[_catalog_service_pb2.ListServiceEventsRequest, _catalog_service_pb2.ListServiceEventsResponse]
+    """Lists a service's change events (deploys, configuration changes), newest first."""
 
 @_typing.type_check_only
 class CatalogServiceAsyncStub(CatalogServiceStub):
@@ -76,6 +78,8 @@ class CatalogServiceAsyncStub(CatalogServiceStub):
     """Lists a service's maintenance windows, soonest first."""
     DeleteMaintenanceWindow: _aio.UnaryUnaryMultiCallable[_catalog_service_pb2.DeleteMaintenanceWindowRequest, _catalog_service_pb2.DeleteMaintenanceWindowResponse]  # type: ignore[assignment]
     """Deletes a maintenance window; alerts are no longer suppressed by it."""
+    ListServiceEvents: _aio.UnaryUnaryMultiCallable[_catalog_service_pb2.ListServiceEventsRequest, _catalog_service_pb2.ListServiceEventsResponse]  # type: ignore[assignment]
+    """Lists a service's change events (deploys, configuration changes), newest first."""
 
 class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
     """Manages services (the paging targets) and their maintenance windows.
@@ -145,5 +149,13 @@ class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_catalog_service_pb2.DeleteMaintenanceWindowResponse, _abc.Awaitable[_catalog_service_pb2.DeleteMaintenanceWindowResponse]]:
         """Deletes a maintenance window; alerts are no longer suppressed by it."""
+
+    @_abc_1.abstractmethod
+    def ListServiceEvents(
+        self,
+        request: _catalog_service_pb2.ListServiceEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_catalog_service_pb2.ListServiceEventsResponse, _abc.Awaitable[_catalog_service_pb2.ListServiceEventsResponse]]:
+        """Lists a service's change events (deploys, configuration changes), newest first."""
 
 def add_CatalogServiceServicer_to_server(servicer: CatalogServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

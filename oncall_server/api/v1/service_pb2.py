@@ -27,19 +27,25 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17oncall/v1/service.proto\x12\toncall.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb0\x04\n\x07Service\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12+\n\x0b\x63riticality\x18\x04 \x01(\x0e\x32\x16.oncall.v1.Criticality\x12\x1c\n\x14\x65scalation_policy_id\x18\x05 \x01(\t\x12\x30\n\x0e\x61lert_grouping\x18\x06 \x01(\x0e\x32\x18.oncall.v1.AlertGrouping\x12&\n\x1e\x61lert_grouping_timeout_minutes\x18\x07 \x01(\r\x12\x37\n\x14\x61uto_resolve_timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12:\n\x17\x61\x63knowledgement_timeout\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12 \n\x13resolve_from_source\x18\x0c \x01(\x08H\x00\x88\x01\x01\x12$\n\x17\x61\x63knowledge_from_source\x18\r \x01(\x08H\x01\x88\x01\x01\x42\x16\n\x14_resolve_from_sourceB\x1a\n\x18_acknowledge_from_source\"\xd2\x01\n\x11MaintenanceWindow\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nservice_id\x18\x02 \x01(\t\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x87\x01\n\x0b\x43riticality\x12\x1b\n\x17\x43RITICALITY_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43RITICALITY_CRITICAL\x10\x01\x12\x14\n\x10\x43RITICALITY_HIGH\x10\x02\x12\x16\n\x12\x43RITICALITY_MEDIUM\x10\x03\x12\x13\n\x0f\x43RITICALITY_LOW\x10\x04*a\n\rAlertGrouping\x12\x1e\n\x1a\x41LERT_GROUPING_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41LERT_GROUPING_NONE\x10\x01\x12\x17\n\x13\x41LERT_GROUPING_TIME\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17oncall/v1/service.proto\x12\toncall.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb0\x04\n\x07Service\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12+\n\x0b\x63riticality\x18\x04 \x01(\x0e\x32\x16.oncall.v1.Criticality\x12\x1c\n\x14\x65scalation_policy_id\x18\x05 \x01(\t\x12\x30\n\x0e\x61lert_grouping\x18\x06 \x01(\x0e\x32\x18.oncall.v1.AlertGrouping\x12&\n\x1e\x61lert_grouping_timeout_minutes\x18\x07 \x01(\r\x12\x37\n\x14\x61uto_resolve_timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12:\n\x17\x61\x63knowledgement_timeout\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12 \n\x13resolve_from_source\x18\x0c \x01(\x08H\x00\x88\x01\x01\x12$\n\x17\x61\x63knowledge_from_source\x18\r \x01(\x08H\x01\x88\x01\x01\x42\x16\n\x14_resolve_from_sourceB\x1a\n\x18_acknowledge_from_source\"\xd2\x01\n\x11MaintenanceWindow\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nservice_id\x18\x02 \x01(\t\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb2\x02\n\x0cServiceEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nservice_id\x18\x02 \x01(\t\x12\x16\n\x0eintegration_id\x18\x03 \x01(\t\x12\x0f\n\x07summary\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x35\n\x07\x64\x65tails\x18\x06 \x03(\x0b\x32$.oncall.v1.ServiceEvent.DetailsEntry\x12\x31\n\roccurred_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\x87\x01\n\x0b\x43riticality\x12\x1b\n\x17\x43RITICALITY_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43RITICALITY_CRITICAL\x10\x01\x12\x14\n\x10\x43RITICALITY_HIGH\x10\x02\x12\x16\n\x12\x43RITICALITY_MEDIUM\x10\x03\x12\x13\n\x0f\x43RITICALITY_LOW\x10\x04*a\n\rAlertGrouping\x12\x1e\n\x1a\x41LERT_GROUPING_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41LERT_GROUPING_NONE\x10\x01\x12\x17\n\x13\x41LERT_GROUPING_TIME\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'oncall.v1.service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CRITICALITY']._serialized_start=880
-  _globals['_CRITICALITY']._serialized_end=1015
-  _globals['_ALERTGROUPING']._serialized_start=1017
-  _globals['_ALERTGROUPING']._serialized_end=1114
+  _globals['_SERVICEEVENT_DETAILSENTRY']._loaded_options = None
+  _globals['_SERVICEEVENT_DETAILSENTRY']._serialized_options = b'8\001'
+  _globals['_CRITICALITY']._serialized_start=1189
+  _globals['_CRITICALITY']._serialized_end=1324
+  _globals['_ALERTGROUPING']._serialized_start=1326
+  _globals['_ALERTGROUPING']._serialized_end=1423
   _globals['_SERVICE']._serialized_start=104
   _globals['_SERVICE']._serialized_end=664
   _globals['_MAINTENANCEWINDOW']._serialized_start=667
   _globals['_MAINTENANCEWINDOW']._serialized_end=877
+  _globals['_SERVICEEVENT']._serialized_start=880
+  _globals['_SERVICEEVENT']._serialized_end=1186
+  _globals['_SERVICEEVENT_DETAILSENTRY']._serialized_start=1140
+  _globals['_SERVICEEVENT_DETAILSENTRY']._serialized_end=1186
 # @@protoc_insertion_point(module_scope)

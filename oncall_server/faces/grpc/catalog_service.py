@@ -108,6 +108,23 @@ class CatalogServicer(cat_grpc.CatalogServiceServicer):
         )
         return cat_pb.DeleteMaintenanceWindowResponse(maintenance_window_id=request.maintenance_window_id)
 
+    async def ListServiceEvents(
+        self, request: cat_pb.ListServiceEventsRequest, context: Context
+    ) -> cat_pb.ListServiceEventsResponse:
+        who = caller(context)
+        size = clamp_page_size(request.page_size, 100, 1000)
+        rows = await services.list_service_events(
+            self.app.sessions,
+            who.tenant_id,
+            request.service_id,
+            size + 1,
+            decode_page_token(request.page_token),
+        )
+        page, token = page_of(rows, size)
+        return cat_pb.ListServiceEventsResponse(
+            service_events=[convert.service_event(r) for r in page], next_page_token=token
+        )
+
 
 def _window(row: Any) -> Any:
     return service_pb2.MaintenanceWindow(

@@ -8,6 +8,7 @@ from typing import Any, Protocol, TypeVar
 from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.descriptor import EnumDescriptor
 
+from oncall_server import json_codec
 from oncall_server.api.v1 import alert_pb2, incident_pb2, integration_pb2, service_pb2
 from oncall_server.configuration import services
 from oncall_server.errors import InvalidArgument
@@ -205,6 +206,24 @@ def service(row: models.Service) -> service_pb2.Service:
         resolve_from_source=row.resolve_from_source,
         acknowledge_from_source=row.acknowledge_from_source,
     )
+
+
+def service_event(row: models.ServiceEvent) -> service_pb2.ServiceEvent:
+    return service_pb2.ServiceEvent(
+        id=row.id,
+        service_id=row.service_id,
+        integration_id=row.integration_id,
+        summary=row.summary,
+        source=row.source,
+        details=string_details(row.details),
+        occurred_time=timestamp(row.occurred_at),
+        create_time=timestamp(row.created_at),
+    )
+
+
+def string_details(details: dict[str, Any] | None) -> dict[str, str]:
+    """Stored details as a ``map<string, string>``: strings as they are, other values as JSON text."""
+    return {str(k): v if isinstance(v, str) else json_codec.dumps(v) for k, v in (details or {}).items()}
 
 
 # Settings that are on unless a create says otherwise (proto3 optional: unset is not false).
