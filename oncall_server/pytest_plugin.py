@@ -141,3 +141,22 @@ if find_spec("pytest_asyncio") is not None:  # without it, there are no async fi
         settings = server_settings(tmp_path, database_url, redis_url)
         async with running_server(settings, clock=clock) as running:
             yield running
+
+    @pytest_asyncio.fixture
+    async def paging_server(
+        tmp_path: Path,
+        database_url: str,
+        redis_url: str,
+        redis: Redis,
+        clock: FakeClock,
+        capture_channel: CaptureChannel,
+    ) -> AsyncIterator[tuple[RunningServer, CaptureChannel]]:
+        """A server on ``clock`` without its scheduler and dispatcher loops (the test runs them with
+        ``settle``), its pages going to ``capture_channel`` (contact methods of type ``capture``)."""
+        from oncall_server.testing import CapturePlugin, running_server, server_settings
+
+        settings = server_settings(tmp_path, database_url, redis_url, roles=("grpc", "gateway"))
+        async with running_server(settings, clock=clock) as running:
+            running.app.plugins.register(CapturePlugin(capture_channel), "capture-test")
+            await running.app.escalator.rebuild()
+            yield running, capture_channel

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from oncall_server.testing import CaptureChannel, RunningServer
 from tests.helpers import WebhookReceiver
 
 
@@ -23,3 +24,11 @@ async def webhook_receiver() -> AsyncIterator[WebhookReceiver]:
         yield receiver
     finally:
         await receiver.stop()
+
+
+@pytest.fixture
+def paging(
+    paging_server: tuple[RunningServer, CaptureChannel],
+) -> tuple[RunningServer, CaptureChannel]:
+    """The plugin's ``paging_server``: a server whose scheduler and dispatcher the test drives."""
+    return paging_server

@@ -16,22 +16,17 @@ from typing import Any
 import aiohttp
 import pytest
 from oncall_adapters.alertmanager import label_fingerprint
-from redis.asyncio import Redis
 from sqlalchemy import select
 
-from oncall_server.clock import FakeClock
 from oncall_server.severity import Severity
 from oncall_server.storage.models import Alert, Incident
 from oncall_server.testing import (
     CaptureChannel,
-    CapturePlugin,
     RunningServer,
     Tenant,
     add_policy,
     add_user,
     bootstrap,
-    running_server,
-    server_settings,
     settle,
     wait_for,
 )
@@ -121,22 +116,6 @@ async def alertmanager(directory: Path, receiver_url: str) -> AsyncIterator[str]
                 process.kill()
                 await process.wait()
         log.close()
-
-
-@pytest.fixture
-async def paging(
-    tmp_path: Path,
-    database_url: str,
-    redis_url: str,
-    redis: Redis,
-    clock: FakeClock,
-    capture_channel: CaptureChannel,
-) -> AsyncIterator[tuple[RunningServer, CaptureChannel]]:
-    settings = server_settings(tmp_path, database_url, redis_url, roles=("grpc", "gateway"))
-    async with running_server(settings, clock=clock) as running:
-        running.app.plugins.register(CapturePlugin(capture_channel), "capture-alertmanager")
-        await running.app.escalator.rebuild()
-        yield running, capture_channel
 
 
 async def post_alert(http: aiohttp.ClientSession, api: str, **times: str) -> None:

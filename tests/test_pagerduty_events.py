@@ -25,7 +25,6 @@ from oncall_server.severity import Severity
 from oncall_server.storage.models import Alert, Incident, ServiceEvent
 from oncall_server.testing import (
     CaptureChannel,
-    CapturePlugin,
     RunningServer,
     Tenant,
     add_policy,
@@ -38,22 +37,6 @@ from oncall_server.testing import (
 )
 
 SUCCESS = {"status": "success", "message": "Event processed"}
-
-
-@pytest.fixture
-async def paging(
-    tmp_path: Path,
-    database_url: str,
-    redis_url: str,
-    redis: Redis,
-    clock: FakeClock,
-    capture_channel: CaptureChannel,
-) -> AsyncIterator[tuple[RunningServer, CaptureChannel]]:
-    settings_ = server_settings(tmp_path, database_url, redis_url, roles=("grpc", "gateway"))
-    async with running_server(settings_, clock=clock) as running:
-        running.app.plugins.register(CapturePlugin(capture_channel), "capture-test")
-        await running.app.escalator.rebuild()
-        yield running, capture_channel
 
 
 async def paged_tenant(server: RunningServer, **service: Any) -> Tenant:

@@ -9,11 +9,10 @@ runs the real loops.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 
-import pytest
 from redis.asyncio import Redis
 from sqlalchemy import func, select, update
 
@@ -36,24 +35,6 @@ from oncall_server.testing import (
 from tests.helpers import post_json
 
 MINUTE = 60
-
-
-@pytest.fixture
-async def paging(
-    tmp_path: Path,
-    database_url: str,
-    redis_url: str,
-    redis: Redis,
-    clock: FakeClock,
-    capture_channel: CaptureChannel,
-) -> AsyncIterator[tuple[RunningServer, CaptureChannel]]:
-    """A server without its scheduler/notifier loops (the test drives them) and a capture channel."""
-    settings = server_settings(tmp_path, database_url, redis_url, roles=("grpc", "gateway"))
-    async with running_server(settings, clock=clock) as running:
-        channel = capture_channel
-        running.app.plugins.register(CapturePlugin(channel), "capture-test")
-        await running.app.escalator.rebuild()
-        yield running, channel
 
 
 async def advance(app: App, clock: FakeClock, seconds: float) -> None:

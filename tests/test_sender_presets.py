@@ -16,12 +16,10 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy import select
 
-from oncall_server.clock import FakeClock
 from oncall_server.runtime.app import App
 from oncall_server.storage.models import Incident
 from oncall_server.testing import (
     CaptureChannel,
-    CapturePlugin,
     RunningServer,
     Tenant,
     add_policy,
@@ -56,22 +54,6 @@ SEQUENCES = {
     "uptime_kuma": (sample("uptime_kuma", "down"), None, sample("uptime_kuma", "up")),
     "datadog": (sample("datadog", "triggered"), datadog_renotify(), sample("datadog", "recovered")),
 }
-
-
-@pytest.fixture
-async def paging(
-    tmp_path: Path,
-    database_url: str,
-    redis_url: str,
-    redis: Redis,
-    clock: FakeClock,
-    capture_channel: CaptureChannel,
-) -> AsyncIterator[tuple[RunningServer, CaptureChannel]]:
-    settings = server_settings(tmp_path, database_url, redis_url, roles=("grpc", "gateway"))
-    async with running_server(settings, clock=clock) as running:
-        running.app.plugins.register(CapturePlugin(capture_channel), "capture-presets")
-        await running.app.escalator.rebuild()
-        yield running, capture_channel
 
 
 async def paged_tenant(server: RunningServer, integration_type: str) -> Tenant:

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import grpc
 import pytest
-from redis.asyncio import Redis
 from sqlalchemy import select
 
 from oncall_server.api.v1 import (
@@ -22,34 +18,15 @@ from oncall_server.clock import FakeClock
 from oncall_server.storage.models import Alert, Incident, ServiceEvent, TimelineEntry
 from oncall_server.testing import (
     CaptureChannel,
-    CapturePlugin,
     RunningServer,
     Tenant,
     add_policy,
     add_user,
     bootstrap,
-    running_server,
-    server_settings,
     settle,
 )
 
 Action = alert_pb2.EventAction
-
-
-@pytest.fixture
-async def paging(
-    tmp_path: Path,
-    database_url: str,
-    redis_url: str,
-    redis: Redis,
-    clock: FakeClock,
-    capture_channel: CaptureChannel,
-) -> AsyncIterator[tuple[RunningServer, CaptureChannel]]:
-    settings = server_settings(tmp_path, database_url, redis_url, roles=("grpc", "gateway"))
-    async with running_server(settings, clock=clock) as running:
-        running.app.plugins.register(CapturePlugin(capture_channel), "capture-test")
-        await running.app.escalator.rebuild()
-        yield running, capture_channel
 
 
 async def paged_tenant(server: RunningServer, **service: object) -> Tenant:

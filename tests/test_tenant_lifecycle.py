@@ -22,7 +22,6 @@ import aiohttp
 import grpc
 import pytest
 from google.protobuf import message_factory
-from redis.asyncio import Redis
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
@@ -47,13 +46,10 @@ from oncall_server.storage.models import (
 )
 from oncall_server.testing import (
     CaptureChannel,
-    CapturePlugin,
     RunningServer,
     add_policy,
     add_user,
     bootstrap,
-    running_server,
-    server_settings,
     settle,
     wait_for,
 )
@@ -251,19 +247,6 @@ async def test_defend_and_bus_routing_refuse_a_deactivated_tenant(server: Runnin
 
 
 # --- paging ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def paging(
-    tmp_path: Path, database_url: str, redis_url: str, redis: Redis, clock: FakeClock
-) -> AsyncIterator[tuple[RunningServer, CaptureChannel]]:
-    """A server whose scheduler and dispatcher the test runs by hand, with a capture channel."""
-    settings = server_settings(tmp_path, database_url, redis_url, roles=("grpc", "gateway"))
-    async with running_server(settings, clock=clock) as running:
-        channel = CaptureChannel()
-        running.app.plugins.register(CapturePlugin(channel), "capture-test")
-        await running.app.escalator.rebuild()
-        yield running, channel
 
 
 async def test_deactivation_stops_escalations_and_activation_does_not_restart_them(

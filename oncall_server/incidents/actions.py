@@ -180,6 +180,11 @@ class Incidents:
             allowed=(IncidentStatus.TRIGGERED, IncidentStatus.ACKNOWLEDGED),
             summary=summary,
         )
+        await self.release_resolved(incident)
+        return incident
+
+    async def release_resolved(self, incident: Incident) -> None:
+        """After a resolve commits: free its alerts' dedup keys and its grouping window in Redis."""
         async with self.sessions() as session:
             keys = (
                 await session.scalars(
@@ -189,7 +194,6 @@ class Incidents:
                 )
             ).all()
         await self.coordinator.release(incident.service_id, incident.id, [k for k in keys if k])
-        return incident
 
     async def _transition(
         self,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -47,6 +48,17 @@ class _Applied:
     released_keys: list[tuple[str, str, str]] = field(default_factory=list)  # service, incident, key
 
 
+class _Hit(NamedTuple):
+    """An acknowledge or resolve event and the open alert it found, locked with its incident."""
+
+    session: AsyncSession
+    source_event: SourceEvent
+    alert: Alert
+    incident: Incident
+    service: Service | None
+    now: datetime
+
+
 def actor_of(context: IntegrationContext) -> str:
     """Who the timeline says acted: the integration, so a technician sees which tool closed it."""
     return f"source:{context.name}"
@@ -77,15 +89,7 @@ class SourceEvents:
         for incident in [*applied.resolved_incidents.values(), *applied.acknowledged_incidents.values()]:
             await self.incidents.timers.schedule(incident)
         for incident in applied.resolved_incidents.values():
-            async with self.sessions() as session:
-                keys = (
-                    await session.scalars(
-                        select(Alert.dedup_key).where(
-                            Alert.incident_id == incident.id, Alert.dedup_key.is_not(None)
-                        )
-                    )
-                ).all()
-            await self.coordinator.release(incident.service_id, incident.id, [k for k in keys if k])
+            await self.incidents.release_resolved(incident)
         for service_id, incident_id, key in applied.released_keys:
             if incident_id not in applied.resolved_incidents:
                 await self.coordinator.release_keys(service_id, incident_id, [key])
@@ -113,22 +117,15 @@ class SourceEvents:
             incident = await self.incidents.locked(session, alert.tenant_id, alert.incident_id)
             service = await session.get(Service, incident.service_id)
             session.add(AlertDelivery(alert_id=alert.id, received_at=now, raw_payload=event.raw_payload))
+            hit = _Hit(session, source_event, alert, incident, service, now)
             if event.action is EventAction.RESOLVE:
-                await self._resolve(session, source_event, alert, incident, service, now, applied)
+                await self._resolve(hit, applied)
             else:
-                await self._acknowledge(session, source_event, alert, incident, service, now, applied)
+                await self._acknowledge(hit, applied)
         return applied
 
-    async def _resolve(
-        self,
-        session: AsyncSession,
-        source_event: SourceEvent,
-        alert: Alert,
-        incident: Incident,
-        service: Service | None,
-        now: datetime,
-        applied: _Applied,
-    ) -> None:
+    async def _resolve(self, hit: _Hit, applied: _Applied) -> None:
+        session, source_event, alert, incident, service, now = hit
         actor = actor_of(source_event.context)
         key = alert.open_dedup_key or ""
         alert.state, alert.open_dedup_key, alert.resolved_at, alert.last_seen_at = (
@@ -166,16 +163,8 @@ class SourceEvents:
         applied.entries.append((incident, entry))
         applied.resolved_incidents[incident.id] = incident
 
-    async def _acknowledge(
-        self,
-        session: AsyncSession,
-        source_event: SourceEvent,
-        alert: Alert,
-        incident: Incident,
-        service: Service | None,
-        now: datetime,
-        applied: _Applied,
-    ) -> None:
+    async def _acknowledge(self, hit: _Hit, applied: _Applied) -> None:
+        session, source_event, alert, incident, service, now = hit
         key = alert.open_dedup_key or ""
         if not (service and service.acknowledge_from_source):
             applied.results.append(IngestResult(Outcome.NO_OP, alert.id, incident.id, key))
