@@ -56,6 +56,11 @@ class Steady:
     rate: float
     prefix: str
     local_addr: str = ""  # the connections' source address ("": the system's choice)
+    # AcknowledgeIncident calls/s on this tenant's already-paged incidents (0: none), over gRPC
+    ack_rate: float = 0.0
+    grpc_target: str = ""
+    api_token: str = ""
+    records_url: str = ""  # the page receiver's /records (which incidents have paged)
 
 
 @dataclass
@@ -129,6 +134,10 @@ def run_phase(
                 f"--duration={duration}",
                 f"--call-timeout={call_timeout}",
                 f"--local-addr={steady.local_addr}",
+                f"--ack-rate={steady.ack_rate}",
+                f"--grpc-target={steady.grpc_target}",
+                f"--api-token={steady.api_token}",
+                f"--records-url={steady.records_url}",
                 f"--out={steady_out}",
             ]
             procs = start_load([cmd], f"webhook load process did not reach {steady.url}")

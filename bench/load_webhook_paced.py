@@ -14,6 +14,14 @@ seconds; write JSON to ``--out``: per request sent inside the measured window ``
 time (s), answer time (ms) or null, HTTP status or 0 (no answer)]``, and for the warm-up the count
 sent and answered 2xx (their pages are drained too), how late the pacer ran, and this process's CPU
 during the window.
+
+With ``--ack-rate`` (scenario 8: 2/s) the same process also acknowledges this tenant's incidents through
+gRPC ``AcknowledgeIncident`` (``--grpc-target``, ``--api-token``), open loop on its own schedule from
+``t0``: each call takes the oldest incident that has already paged the receiver (``--records-url``,
+polled every 0.2 s; only titles of this run's ``--prefix``) and is not yet acknowledged, so every
+call does real work (triggered -> acknowledged, its escalation stopped) and no measured page is
+cancelled by it. Per call sent in the window: ``[send wall time (s), answer time (ms) or null, gRPC
+status name]``; a due call with no paged incident left is counted as ``ack_skipped``, not sent.
 """
 
 from __future__ import annotations
@@ -25,7 +33,10 @@ import time
 from typing import Any
 
 import aiohttp
+import grpc
 from child_process import own_cpu_seconds, ready_then_go, run_loop, write_result
+
+from oncall_server.api.v1 import incident_service_pb2, incident_service_pb2_grpc
 
 BODY = "CPU sustained at 98% for 5 minutes. Host: client-server-01."
 
@@ -53,6 +64,12 @@ class Pacer:
         self.error_sample = ""
         self.late_ms: list[float] = []  # how far behind its schedule each measured request started
         self.tasks: set[asyncio.Task[None]] = set()
+        self.paged: list[str] = []  # incident ids that paged the receiver, oldest first, not yet acked
+        self.seen: set[str] = set()
+        self.ack_window: list[list[Any]] = []  # [sent wall s, answer ms | None, gRPC status name]
+        self.ack_warmup_sent = 0
+        self.ack_skipped = 0
+        self.ack_error_sample = ""
 
     async def post(self, session: aiohttp.ClientSession, serial: int, record: list[Any] | None) -> None:
         a = self.args
@@ -77,6 +94,76 @@ class Pacer:
         if not 200 <= status < 300 and not self.error_sample:
             self.error_sample = f"HTTP {status}"
 
+    async def poll_pages(self, session: aiohttp.ClientSession, end: float) -> None:
+        """Learn which of this run's incidents have paged (the receiver's records, incrementally)."""
+        since = 0
+        mine = f"{self.args.prefix}-"
+        while time.monotonic() < end:
+            try:
+                async with session.get(f"{self.args.records_url}?since={since}") as response:
+                    got = await response.json()
+            except (aiohttp.ClientError, TimeoutError):
+                await asyncio.sleep(0.2)
+                continue
+            since += len(got["records"])
+            for _at, title, _nid, incident_id in got["records"]:
+                if title.startswith(mine) and incident_id and incident_id not in self.seen:
+                    self.seen.add(incident_id)
+                    self.paged.append(incident_id)
+            await asyncio.sleep(0.2)
+
+    async def ack(self, stub: Any, incident_id: str, record: list[Any] | None) -> None:
+        a = self.args
+        request = incident_service_pb2.AcknowledgeIncidentRequest(incident_id=incident_id)
+        metadata = [("authorization", f"Bearer {a.api_token}")]
+        began = time.monotonic()
+        if record is not None:
+            record[0] = time.time()
+        try:
+            await stub.AcknowledgeIncident(request, metadata=metadata, timeout=a.call_timeout)
+            status = "OK"
+        except grpc.aio.AioRpcError as exc:
+            status = exc.code().name
+            self.ack_error_sample = self.ack_error_sample or f"{status}: {exc.details()}"[:300]
+        if record is not None:
+            record[2] = status
+            if status == "OK" or status not in ("DEADLINE_EXCEEDED", "UNAVAILABLE", "CANCELLED"):
+                record[1] = round((time.monotonic() - began) * 1000, 3)
+
+    async def acks(self, session: aiohttp.ClientSession, t0: float, start: float, end: float) -> None:
+        """Open loop: ``--ack-rate`` AcknowledgeIncident calls per second from ``t0``."""
+        a = self.args
+        async with grpc.aio.insecure_channel(a.grpc_target) as channel:
+            await asyncio.wait_for(channel.channel_ready(), 30)
+            stub = incident_service_pb2_grpc.IncidentServiceStub(channel)
+            poller = asyncio.create_task(self.poll_pages(session, end))
+            interval = 1.0 / a.ack_rate
+            serial = 0
+            calls: set[asyncio.Task[None]] = set()
+            while True:
+                due = t0 + (serial + 0.5) * interval  # half a step after B's first alert
+                if due >= end:
+                    break
+                serial += 1
+                now = time.monotonic()
+                if due > now:
+                    await asyncio.sleep(due - now)
+                if not self.paged:
+                    self.ack_skipped += due >= start
+                    continue
+                record = None
+                if due >= start:
+                    record = [0.0, None, ""]
+                    self.ack_window.append(record)
+                else:
+                    self.ack_warmup_sent += 1
+                task = asyncio.create_task(self.ack(stub, self.paged.pop(0), record))
+                calls.add(task)
+                task.add_done_callback(calls.discard)
+            if calls:
+                await asyncio.wait(set(calls), timeout=a.call_timeout + 5)
+            poller.cancel()
+
     async def run(self) -> dict[str, Any]:
         a = self.args
         timeout = aiohttp.ClientTimeout(total=a.call_timeout)
@@ -93,6 +180,7 @@ class Pacer:
             interval = 1.0 / a.rate
             serial = 0
             cpu_start = None
+            acker = asyncio.create_task(self.acks(session, t0, start, end)) if a.ack_rate > 0 else None
             while True:
                 due = t0 + serial * interval
                 if due >= end:
@@ -117,6 +205,8 @@ class Pacer:
             cpu_end = own_cpu_seconds()
             if self.tasks:
                 await asyncio.wait(set(self.tasks), timeout=a.call_timeout + 5)
+            if acker is not None:
+                await acker  # its calls were sent before ``end``; it waits for their answers
         self.late_ms.sort()
         late = self.late_ms
         return {
@@ -129,6 +219,10 @@ class Pacer:
             "cpu_seconds": (cpu_end - cpu_start) if cpu_start is not None else 0.0,
             "pacer_late_ms_p50": late[len(late) // 2] if late else 0.0,
             "pacer_late_ms_max": late[-1] if late else 0.0,
+            "ack_window": self.ack_window,
+            "ack_warmup_sent": self.ack_warmup_sent,
+            "ack_skipped": self.ack_skipped,
+            "ack_error_sample": self.ack_error_sample,
         }
 
 
@@ -143,6 +237,12 @@ def main() -> None:
     parser.add_argument("--call-timeout", type=float, default=30.0)
     parser.add_argument(
         "--local-addr", default="", help="source address of the connections (e.g. 127.0.0.2: another client)"
+    )
+    parser.add_argument("--ack-rate", type=float, default=0.0, help="AcknowledgeIncident calls/s (0: none)")
+    parser.add_argument("--grpc-target", default="", help="the server's gRPC address (with --ack-rate)")
+    parser.add_argument("--api-token", default="", help="the tenant's API token (with --ack-rate)")
+    parser.add_argument(
+        "--records-url", default="", help="the page receiver's /records URL (with --ack-rate)"
     )
     parser.add_argument("--out", required=True, help="file for the JSON result")
     args = parser.parse_args()

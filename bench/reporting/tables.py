@@ -171,7 +171,8 @@ def _fair(summary: dict[str, Any], note: str) -> list[str]:
     of each phase (same run) in its row; the stored-alert counts below."""
     headers = [
         "target, phase", "B sent", "B ingest p50 ms", "B ingest p99 ms", "B ingest->page p99 ms",
-        "B refused (non-2xx / no answer)", "B p99 ÷ B alone", "B page p99 ÷ B alone", "A accepted alerts/s",
+        "B refused (non-2xx / no answer)", "B p99 ÷ B alone", "B page p99 ÷ B alone", "B acks (errors)",
+        "B ack p50 / p99 ms", "B ack p99 ÷ B alone", "A accepted alerts/s",
         "A refused 429 / 503 / other (+socket)", "A with B ÷ A alone", "server % core", "Redis %", "DB %",
         "generator %",
     ]  # fmt: skip
@@ -206,6 +207,13 @@ def _fair(summary: dict[str, Any], note: str) -> list[str]:
                 f"{median(t, 'b_refused')} / {median(t, 'b_no_answer')}" if b else "-",
                 ratio(label, "B ingest p99 / B alone") if b and a else "-",
                 ratio(label, "B ingest->page p99 / B alone") if b and a else "-",
+                f"{median(t, 'b_ack_sent')} ({median(t, 'b_ack_errors')})"
+                if b and "b_ack_sent" in t
+                else "-",
+                f"{median(t, 'b_ack_p50_ms', ',.1f')} / {median(t, 'b_ack_p99_ms', ',.1f')}"
+                if b and "b_ack_sent" in t
+                else "-",
+                ratio(label, "B ack p99 / B alone") if b and a else "-",
                 spread_cell(t["a_alerts_per_s"]) if a else "-",
                 refused_a if a else "-",
                 ratio(label, "A accepted with B / A alone") if b and a else "-",

@@ -12,6 +12,10 @@ status). Phases, each ``--warmup`` + ``--duration`` with both loads started toge
 * per flood of ``--fair-floods`` (alerts per request x connections; 1x64, 100x64, 100x256):
   ``A <flood> + B`` (B keeps sending) and then ``A <flood> alone`` (B quiet), back to back.
 
+While B sends, the same process acknowledges B's incidents through gRPC ``AcknowledgeIncident`` with
+B's API token, ``ACK_RATE`` (2) calls/s open loop, each on the oldest incident of B that has already
+paged the receiver (so no measured page is cancelled by it): B's ack latency per phase.
+
 B connects from 127.0.0.2 and A's wrk from 127.0.0.1 (the server listens on 127.0.0.1): two clients,
 each with its own per-address connection budget, as two tenants' senders would be.
 
@@ -53,8 +57,12 @@ B_SOURCE = "127.0.0.2"
 B_P99_RATIO = "B ingest p99 / B alone"
 B_PAGE_RATIO = "B ingest->page p99 / B alone"
 B_REFUSED = "B refused"
+B_ACK_RATIO = "B ack p99 / B alone"
 A_RATIO = "A accepted with B / A alone"
 DEFAULT_FLOODS = "1x64,100x64,100x256"
+# B's acknowledgements (issue 19: acknowledgements are never queued behind another tenant's backlog):
+# AcknowledgeIncident over gRPC with B's API token, open loop, on B's incidents that already paged.
+ACK_RATE = 2.0
 QUICK_FLOODS = "100x8"  # the smoke pass (CI): one flood, so the scenario stays near 20 s
 
 
@@ -84,8 +92,11 @@ def note(ctx: Context, runs: int) -> str:
         f"warm-up + {a.duration:g} s measured, both loads started together; B's figures are of the requests "
         "sent in the window, A's of the answers that arrived in it. B ingest = send -> HTTP answer (2xx; "
         "no answer = inf), B page = arrival at the receiver - send (no page, also for a refused alert, "
-        f"after {a.page_drain:g} s = inf). B refused = non-2xx / no answer. A accepted = 2xx answers x "
-        "alerts per request / window; A refused = 429 / 503 / other non-2xx (+ socket errors); wrk "
+        f"after {a.page_drain:g} s = inf). B refused = non-2xx / no answer. B ack = gRPC AcknowledgeIncident "
+        f"with B's API token, {ACK_RATE:g}/s open loop from the same process, each on the oldest of B's "
+        "incidents that already paged: send -> answer (OK; no answer = inf), errors = non-OK. "
+        "A accepted = 2xx answers x alerts per request / window; "
+        "A refused = 429 / 503 / other non-2xx (+ socket errors); wrk "
         "ignores Retry-After and sends the next request at once (a worst-case sender). "
         "Ratios are within the run: B's p99 over B alone's, A's alerts/s with B over A alone (same flood, "
         "measured right after). B connects from 127.0.0.2, A from 127.0.0.1 (two clients for the server's "
@@ -163,6 +174,7 @@ def measure_backend(
         figures[f"{both_label}: {B_P99_RATIO}"] = _over(both["p99_ms"], quiet["p99_ms"])
         figures[f"{both_label}: {B_PAGE_RATIO}"] = _over(both["b_page_p99_ms"], quiet["b_page_p99_ms"])
         figures[f"{both_label}: {B_REFUSED}"] = both["b_refused"] + both["b_no_answer"]
+        figures[f"{both_label}: {B_ACK_RATIO}"] = _over(both["b_ack_p99_ms"], quiet["b_ack_p99_ms"])
         figures[f"{both_label}: {A_RATIO}"] = _over(both["a_alerts_per_s"], alone["a_alerts_per_s"])
     figures[f"{name} {QUIET}: {B_REFUSED}"] = quiet["b_refused"] + quiet["b_no_answer"]
     waited = wait_idle(lambda: server.watched(), timeout=ctx.args.settle_timeout, interval=0.5)
@@ -216,7 +228,17 @@ def phase(
     prefix = ctx.prefix()
     watch = lambda: paging.watched_with_receiver(server, receiver)  # noqa: E731
     result = run_phase(
-        steady=Steady(server.http_url, server.key, ctx.args.fair_rate, f"{prefix}-b", B_SOURCE)
+        steady=Steady(
+            server.http_url,
+            server.key,
+            ctx.args.fair_rate,
+            f"{prefix}-b",
+            B_SOURCE,
+            ack_rate=ACK_RATE,
+            grpc_target=server.grpc_target,
+            api_token=server.creds["api_token"],
+            records_url=receiver.http("/records"),
+        )
         if steady
         else None,
         flooding=Flooding(
@@ -257,6 +279,10 @@ def phase(
     if server.proc is None or server.proc.poll() is not None:
         raise LoadError(f"{label}: the server process died:\n{tail(server.log)}")
     # Refusals are figures (B's must be 0); only a set-up that never worked fails the measurement.
+    if steady and m["b_ack_errors"]:
+        ctx.note(
+            f"scenario 8, {label}: {m['b_ack_errors']} acknowledgement(s) failed ({m['b_ack_error_sample']})"
+        )
     if steady and not m["b_ok"]:
         if flood is None:
             raise LoadError(f"{label}: no alert of tenant B was accepted ({m['b_error_sample']})")
@@ -274,7 +300,7 @@ def _steady_figures(
     """B: ingest latency (2xx; no answer = inf), refusals, and each window alert's page latency."""
     nan = float("nan")
     if steady is None:
-        return {"p50_ms": nan, "p99_ms": nan}
+        return {"p50_ms": nan, "p99_ms": nan, "b_ack_p99_ms": nan}
     window = steady["window"]
     ok = [row for row in window if 200 <= row[3] < 300]
     no_answer = sum(1 for row in window if row[2] is None)
@@ -288,6 +314,10 @@ def _steady_figures(
     missing = len(window) - len(page_ms)  # refused alerts too: they never page
     ingest_ms = sorted(row[2] for row in ok) + [math.inf] * no_answer
     pages = paging.latencies(page_ms, missing)
+    acks = steady["ack_window"]
+    ack_ok = sorted(row[1] for row in acks if row[2] == "OK")
+    ack_no_answer = sum(1 for row in acks if row[1] is None)
+    ack_ms = ack_ok + [math.inf] * ack_no_answer  # an unanswered ack is infinitely late
     started = window[0][1] if window else 0.0
     worst = [((arrival[t] - sent) * 1000, sent - started) for t, sent, _ms, _st in window if t in arrival]
     return {
@@ -309,6 +339,16 @@ def _steady_figures(
         "b_duplicate_pages": got["duplicates"],
         "b_pacer_late_ms_max": steady["pacer_late_ms_max"],
         "b_warmup_sent": steady["warmup_sent"],
+        "b_ack_sent": len(acks),
+        "b_ack_ok": len(ack_ok),
+        "b_ack_errors": len(acks) - len(ack_ok),
+        "b_ack_no_answer": ack_no_answer,
+        "b_ack_skipped": steady["ack_skipped"],
+        "b_ack_statuses": sorted({row[2] for row in acks}),
+        "b_ack_error_sample": steady["ack_error_sample"],
+        "b_ack_p50_ms": percentile(ack_ms, 50),
+        "b_ack_p99_ms": percentile(ack_ms, 99),
+        "b_ack_max_ms": ack_ms[-1] if ack_ms else nan,
     }
 
 
@@ -346,7 +386,9 @@ def _log(label: str, m: dict[str, Any]) -> None:
         parts.append(
             f"B ingest p50 {m['p50_ms']:6.1f} p99 {m['p99_ms']:7.1f} ms, "
             f"page p99 {m['b_page_p99_ms']:7.1f} ms, "
-            f"refused {m['b_refused']}/{m['b_no_answer']} of {m['b_sent']};"
+            f"refused {m['b_refused']}/{m['b_no_answer']} of {m['b_sent']}; "
+            f"ack p50 {m['b_ack_p50_ms']:6.1f} p99 {m['b_ack_p99_ms']:7.1f} ms, "
+            f"errors {m['b_ack_errors']} of {m['b_ack_sent']} (skipped {m['b_ack_skipped']});"
         )
     if "a_alerts_per_s" in m:
         parts.append(
