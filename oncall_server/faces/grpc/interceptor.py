@@ -28,6 +28,9 @@ from oncall_server.errors import InvalidArgument, OncallError, ResourceExhausted
 from oncall_server.faces.grpc import request_checks
 
 log = logging.getLogger(__name__)
+ONCALL_PATH_PREFIX = "/oncall."
+"""The call paths this interceptor maps and checks; any other service (``grpc.health.v1``,
+``grpc.reflection``) is handed on untouched."""
 UNAVAILABLE_RETRY_SECONDS = 5.0
 """``RetryInfo`` of an ``UNAVAILABLE``: the database or Redis is unreachable, a quick retry would fail too."""
 
@@ -148,9 +151,11 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
         method = str(handler_call_details.method)
+        if handler is None or not method.startswith(ONCALL_PATH_PREFIX):
+            # gRPC's own services (health, reflection) keep their handlers as written: Health/Watch
+            # is a coroutine writing with ``context.write``, which the stream wrapper cannot iterate.
+            return handler
         serial = {
             "request_deserializer": _deserializer(handler.request_deserializer),
             "response_serializer": handler.response_serializer,
