@@ -15,6 +15,7 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from oncall_server.clock import to_millis
+from oncall_server.paging.outcomes import count_when_committed
 from oncall_server.storage.models import Incident, Notification
 
 #: The step an acknowledged incident waits on when its service has an acknowledgement timeout.
@@ -65,4 +66,7 @@ async def cancel_unsent(session: AsyncSession, incident_id: str, *, pages_only: 
     )
     if pages_only:
         query = query.where(Notification.kind == "page")
-    await session.execute(query.values(status="cancelled", last_error=reason))
+    cancelled = await session.execute(
+        query.values(status="cancelled", last_error=reason).returning(Notification.channel)
+    )
+    count_when_committed(session, "cancelled", (channel for (channel,) in cancelled))

@@ -44,6 +44,7 @@ class StepOutcome:
     writes: list[tuple[Any, list[dict[str, Any]]]] = field(default_factory=list)
     claimed: list[OutboxRow] = field(default_factory=list)  # written claimed: this process sends them
     enqueued: bool = False  # rows left pending for a dispatcher to claim
+    lags: list[float] = field(default_factory=list)  # seconds from each step run's due time to its run
 
     def hand_over(self, dispatcher: LocalDispatcher) -> None:
         """After the commit: this process's dispatcher sends the claimed rows, and looks for the rest."""
@@ -189,10 +190,13 @@ class EscalationSteps:
                     or incident.due_at is None
                 ):
                     continue  # fenced: an ack, a resolve or another replica got here first
+                lag = max(0.0, (now - incident.due_at).total_seconds())
                 if step == state.ACK_TIMEOUT_STEP:
                     if incident.status == IncidentStatus.ACKNOWLEDGED.value:
+                        outcome.lags.append(lag)
                         await self._retrigger(session, incident_id, now, outcome)
                 elif incident.status == IncidentStatus.TRIGGERED.value:
+                    outcome.lags.append(lag)
                     to_page.append(incident)
             if to_page:
                 await self._start([i for i in to_page if i.snapshot is None], session, now, outcome)

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
+from prometheus_client import Histogram
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from oncall_server.clock import Clock, to_millis
@@ -32,6 +33,13 @@ from oncall_server.storage.bulk import Executor
 from oncall_server.storage.models import Incident
 
 log = logging.getLogger(__name__)
+
+ESCALATION_LAG = Histogram(
+    "oncall_escalation_step_lag_seconds",
+    "From an escalation step's due time to the scheduler running it (paging a tier, or re-triggering "
+    "after an acknowledgement timeout); observed once the step's transaction commits.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+)
 
 
 class EscalationTimers:
@@ -180,6 +188,8 @@ class Escalator:
                 await self._run_steps({member: step})
             return
         self.steps_run += len(steps)
+        for lag in outcome.lags:
+            ESCALATION_LAG.observe(lag)
         outcome.hand_over(self.dispatcher)
         await self.due.finish(list(steps), outcome.following)
         self.changes.publish(outcome.changes)

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from oncall_server.incidents.model import IncidentStatus
 from oncall_server.paging.outbox import DELIVERING, OUTBOX_COLUMNS, PAGE, SENDING, UNKNOWN, OutboxRow
-from oncall_server.paging.outcomes import Outcomes, UnknownOutcome
+from oncall_server.paging.outcomes import Outcomes, UnknownOutcome, count_when_committed
 from oncall_server.paging.send_outcomes import note_outcome
 from oncall_server.storage import bulk
 from oncall_server.storage.models import Incident, Notification, TimelineEntry, User
@@ -55,12 +55,14 @@ async def claim_due_rows(
     the outcomes of abandoned sends (None: there were none) to announce once it commits."""
     unknown = await _abandon_unknown(session, now)
     # Rows their incident no longer wants (acknowledged, resolved, a newer run) are cancelled.
-    await session.execute(
+    cancelled = await session.execute(
         update(Notification)
         .where(_claimable(now), ~_deliverable())
         .values(status="cancelled", last_error="the incident no longer escalates")
+        .returning(Notification.channel)
         .execution_options(synchronize_session=False)
     )
+    count_when_committed(session, "cancelled", (channel for (channel,) in cancelled))
     candidates = (
         select(Notification.id)
         .where(_claimable(now), _deliverable())

@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from prometheus_client import Counter
-from sqlalchemy import Table, bindparam, or_, update
+from prometheus_client import Counter, Histogram
+from sqlalchemy import Table, bindparam, event, or_, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -38,6 +39,34 @@ PAGES_OUTCOME_UNKNOWN = Counter(
     "(the sender died, or the channel could not tell); recorded as unknown, not sent again.",
     ["channel"],
 )
+NOTIFICATIONS = Counter(
+    "oncall_notifications_total",
+    "Notification outcomes once committed, by channel and outcome: sent, retrying, failed, unknown "
+    "(at-most-once send whose outcome never came back), cancelled (the incident stopped wanting it).",
+    ["channel", "outcome"],
+)
+SEND_LAG = Histogram(
+    "oncall_notification_send_lag_seconds",
+    "From the time a notification's attempt fell due (its next_attempt_at) to its successful send.",
+    ["channel"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+
+
+def count_when_committed(session: AsyncSession, outcome: str, channels: Iterable[str]) -> None:
+    """Count ``outcome`` for each channel once the session's transaction commits (never on a
+    rollback, so a retried transaction counts once)."""
+    counts: dict[str, int] = {}
+    for channel in channels:
+        counts[channel] = counts.get(channel, 0) + 1
+    if not counts:
+        return
+
+    def committed(_session: object) -> None:
+        for channel, n in counts.items():
+            NOTIFICATIONS.labels(channel, outcome).inc(n)
+
+    event.listen(session.sync_session, "after_commit", committed, once=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +77,7 @@ class Outcomes:
     entries: list[dict[str, Any]]
     changes: list[Change]
     unknown: list[UnknownOutcome] = field(default_factory=list)  # told to the operator once committed
+    sent_lags: list[tuple[str, float]] = field(default_factory=list)  # (channel, seconds due -> sent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +226,11 @@ class OutcomeRecorder:
         """What committed outcomes tell others: the change feed, and the operator about unknowns."""
         self.changes.publish(c for o in committed for c in o.changes)
         for outcomes in committed:
+            for entry in outcomes.entries:  # one notification timeline entry per outcome
+                details = entry["details"]
+                NOTIFICATIONS.labels(details["channel"], details["status"]).inc()
+            for channel, seconds in outcomes.sent_lags:
+                SEND_LAG.labels(channel).observe(seconds)
             for unknown in outcomes.unknown:
                 unknown.report()
 

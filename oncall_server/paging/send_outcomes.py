@@ -93,6 +93,7 @@ def decide_outcomes(
         }
         if not delivery.error:
             outcome["sent_at"] = now
+            outcomes.sent_lags.append((row.channel, max(0.0, (now - row.next_attempt_at).total_seconds())))
             message = f"Notified {who} via {row.channel}"
         elif delivery.unknown and delivery.at_most_once:
             unknown = UnknownOutcome(row.id, row.incident_id, row.channel, who, delivery.error)
