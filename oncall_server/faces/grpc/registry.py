@@ -1,6 +1,8 @@
 """Every ``oncall.v1`` service this server runs, named once: its descriptor, servicer and
 generated add-function. The server registers, reflects and health-checks from this list, the
-auth interceptor reads the descriptors' methods, and another face can walk the same data."""
+auth interceptor reads the descriptors' methods, and the Connect face
+(:mod:`oncall_server.faces.http.connect`) serves the same servicers through the same
+:func:`interceptors`."""
 
 from __future__ import annotations
 
@@ -28,11 +30,13 @@ from oncall_server.api.v1 import (
     user_service_pb2,
     user_service_pb2_grpc,
 )
+from oncall_server.faces.grpc.auth import AuthInterceptor
 from oncall_server.faces.grpc.catalog_service import CatalogServicer
 from oncall_server.faces.grpc.escalation_policy_service import EscalationPolicyServicer
 from oncall_server.faces.grpc.incident_service import IncidentServicer
 from oncall_server.faces.grpc.ingest_service import IngestServicer
 from oncall_server.faces.grpc.integration_service import IntegrationServicer
+from oncall_server.faces.grpc.interceptor import ErrorInterceptor
 from oncall_server.faces.grpc.schedule_service import ScheduleServicer
 from oncall_server.faces.grpc.user_service import UserServicer
 from oncall_server.runtime.app import App
@@ -78,3 +82,10 @@ def add_services(app: App, server: grpc.aio.Server) -> None:
     """Register every service's servicer on ``server``."""
     for entry in SERVICES:
         entry.add_to_server(entry.servicer(app), server)
+
+
+def interceptors(app: App) -> list[grpc.aio.ServerInterceptor]:
+    """What every call of these services goes through, outermost first: the error mapping, then
+    the auth check (inside it, so an outage during the token look-up is mapped like a handler's
+    error). The gRPC server installs this chain; the Connect face runs its calls through it."""
+    return [ErrorInterceptor(), AuthInterceptor(app.sessions, [entry.descriptor for entry in SERVICES])]
