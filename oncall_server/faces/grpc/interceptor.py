@@ -13,7 +13,9 @@ values, time ranges, JSON depth), and bytes that are not a valid message are
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -22,6 +24,7 @@ from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[import-untyped]
 from grpc_status import rpc_status
+from prometheus_client import Histogram
 
 from oncall_server import failures
 from oncall_server.errors import InvalidArgument, OncallError, ResourceExhausted, Unavailable
@@ -33,6 +36,25 @@ ONCALL_PATH_PREFIX = "/oncall."
 ``grpc.reflection``) is handed on untouched."""
 UNAVAILABLE_RETRY_SECONDS = 5.0
 """``RetryInfo`` of an ``UNAVAILABLE``: the database or Redis is unreachable, a quick retry would fail too."""
+RPC_SECONDS = Histogram(
+    "oncall_grpc_request_duration_seconds",
+    "gRPC calls of implemented methods, from the handler's start to its last message or its status, "
+    "by full method name and status code.",
+    ["method", "code"],
+)
+
+
+def _observe(method: str, context: grpc.aio.ServicerContext[Any, Any], started: float, ended: str) -> None:
+    """``ended``: the code when no status was set (``OK`` returned, ``CANCELLED`` by the client)."""
+    code_of = getattr(context, "code", None)  # absent from test doubles of the context
+    code = code_of() if code_of is not None else None  # set by an abort (ours or a servicer's), set_code
+    if code is None:
+        name = ended
+    elif isinstance(code, grpc.StatusCode):
+        name = code.name
+    else:  # an int, as some grpc.aio versions keep it
+        name = next((c.name for c in grpc.StatusCode if c.value[0] == code), str(code))
+    RPC_SECONDS.labels(method, name).observe(time.perf_counter() - started)
 
 
 def _retry_info(seconds: float) -> any_pb2.Any:
@@ -77,18 +99,11 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException
     await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
 
-class Undecodable:
-    """What a face hands on for a request it could not decode (the deserializer: bytes that are not
-    a valid message; the Connect face: JSON that is not the request message): the handler chain
-    raises :attr:`error` where it checks requests, so both faces refuse it at the same point."""
+class _Undecodable:
+    """What the deserializer hands on for bytes that are not a valid request message."""
 
-    def __init__(self, error: InvalidArgument) -> None:
-        self.error = error
-
-    @classmethod
-    def message(cls, message_name: str) -> Undecodable:
-        """Bytes that are not a valid ``message_name`` message."""
-        return cls(InvalidArgument.field("request", f"is not a valid {message_name} message"))
+    def __init__(self, message_name: str) -> None:
+        self.error = InvalidArgument.field("request", f"is not a valid {message_name} message")
 
 
 def _deserializer(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
@@ -101,13 +116,13 @@ def _deserializer(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes
         try:
             return deserialize(data)
         except DecodeError:
-            return Undecodable.message(name)
+            return _Undecodable(name)
 
     return parse
 
 
 def _checked(request: Any, path: str = "") -> Any:
-    if isinstance(request, Undecodable):
+    if isinstance(request, _Undecodable):
         raise request.error
     if hasattr(request, "DESCRIPTOR"):
         request_checks.check_request(request, path)
@@ -125,13 +140,21 @@ def _wrap_unary(
     behavior: Callable[..., Awaitable[Any]], method: str, *, streaming_request: bool = False
 ) -> Callable[..., Awaitable[Any]]:
     async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        started, ended = time.perf_counter(), "UNKNOWN"
         try:
             checked = _checked_stream(request) if streaming_request else _checked(request)
-            return await behavior(checked, context)
+            response = await behavior(checked, context)
+            ended = "OK"
+            return response
         except grpc.aio.AbortError:
+            raise
+        except asyncio.CancelledError:
+            ended = "CANCELLED"
             raise
         except Exception as exc:
             await _abort(context, exc, method)
+        finally:
+            _observe(method, context, started, ended)
 
     return call
 
@@ -140,13 +163,20 @@ def _wrap_stream(
     behavior: Callable[..., AsyncIterator[Any]], method: str
 ) -> Callable[..., AsyncIterator[Any]]:
     async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        started, ended = time.perf_counter(), "UNKNOWN"
         try:
             async for item in behavior(_checked(request), context):
                 yield item
+            ended = "OK"
         except grpc.aio.AbortError:
+            raise
+        except asyncio.CancelledError:
+            ended = "CANCELLED"
             raise
         except Exception as exc:
             await _abort(context, exc, method)
+        finally:
+            _observe(method, context, started, ended)
 
     return call
 

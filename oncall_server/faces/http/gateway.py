@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
 from sqlalchemy import text
 
 from oncall_server import failures, json_codec, security
@@ -34,20 +35,28 @@ from oncall_server.errors import (
     Unavailable,
 )
 from oncall_server.faces import auth
-from oncall_server.faces.http import connect, pagerduty
+from oncall_server.faces.http import pagerduty
 from oncall_server.faces.http.connections import CONNECTIONS_CLOSED, CONNECTIONS_KEY, Connections
 from oncall_server.ingest import defend
 from oncall_server.ingest.model import IngestResult
 from oncall_server.ingest.routing_rules import parse_rules, rules_to_json
 from oncall_server.paging.outbox import incident_url
 from oncall_server.runtime.app import App
+from oncall_server.runtime.metrics import ScrapedMetrics
 from oncall_server.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 APP_KEY = web.AppKey("oncall_app", App)
+SCRAPED_KEY = web.AppKey("oncall_scraped_metrics", ScrapedMetrics)
 UNAVAILABLE_RETRY_AFTER_SECONDS = 5
 """``Retry-After`` of a 503: the database or Redis is unreachable, so a quick retry would fail too."""
 _LOGGED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+HTTP_SECONDS = Histogram(
+    "oncall_http_request_duration_seconds",
+    "HTTP requests the gateway routed, from the handler chain's start to its answer, by method, "
+    "route template (never the path) and status.",
+    ["method", "route", "status"],
+)
 
 
 def error_body(error: OncallError) -> dict[str, Any]:
@@ -115,6 +124,26 @@ def _too_large(request: web.Request, settings: Settings) -> web.Response:
         "body", f"is larger than the {limit}-byte limit (ONCALL_MAX_BODY_BYTES)"
     )
     return error_response(too_large)
+
+
+@web.middleware
+async def metrics_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Each request's latency in ``oncall_http_request_duration_seconds`` (outermost middleware)."""
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        HTTP_SECONDS.labels(method_of(request), route_of(request), str(status)).observe(
+            time.perf_counter() - started
+        )
 
 
 @web.middleware
@@ -292,8 +321,10 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-async def metrics(_request: web.Request) -> web.Response:
-    response = web.Response(body=generate_latest())
+async def metrics(request: web.Request) -> web.Response:
+    scraped = request.app[SCRAPED_KEY]
+    await scraped.refresh()  # SQL and Redis gauges, cached for a few seconds
+    response = web.Response(body=generate_latest() + generate_latest(scraped.registry))
     response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
     return response
 
@@ -301,8 +332,9 @@ async def metrics(_request: web.Request) -> web.Response:
 def build_gateway(app: App) -> web.Application:
     # aiohttp refuses a body of client_max_size bytes or more; ONCALL_MAX_BODY_BYTES is the largest accepted.
     gateway = web.Application(
-        client_max_size=app.settings.max_body_bytes + 1, middlewares=[errors_middleware]
+        client_max_size=app.settings.max_body_bytes + 1, middlewares=[metrics_middleware, errors_middleware]
     )
+    gateway[SCRAPED_KEY] = ScrapedMetrics(app)
     gateway[APP_KEY] = app
     gateway[CONNECTIONS_KEY] = Connections(app.settings)
     gateway.router.add_post("/api/webhooks/ingest", ingest_webhook)
@@ -313,5 +345,4 @@ def build_gateway(app: App) -> web.Application:
     gateway.router.add_post("/v2/change/enqueue", pagerduty.change_enqueue)
     gateway.router.add_get("/healthz", healthz)
     gateway.router.add_get("/metrics", metrics)
-    connect.add_routes(gateway, app)  # every unary RPC as JSON over HTTP (Connect protocol)
     return gateway
