@@ -99,11 +99,18 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException
     await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
 
-class _Undecodable:
-    """What the deserializer hands on for bytes that are not a valid request message."""
+class Undecodable:
+    """What a face hands on for a request it could not decode (the deserializer: bytes that are not
+    a valid message; the Connect face: JSON that is not the request message): the handler chain
+    raises :attr:`error` where it checks requests, so both faces refuse it at the same point."""
 
-    def __init__(self, message_name: str) -> None:
-        self.error = InvalidArgument.field("request", f"is not a valid {message_name} message")
+    def __init__(self, error: InvalidArgument) -> None:
+        self.error = error
+
+    @classmethod
+    def message(cls, message_name: str) -> Undecodable:
+        """Bytes that are not a valid ``message_name`` message."""
+        return cls(InvalidArgument.field("request", f"is not a valid {message_name} message"))
 
 
 def _deserializer(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
@@ -116,13 +123,13 @@ def _deserializer(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes
         try:
             return deserialize(data)
         except DecodeError:
-            return _Undecodable(name)
+            return Undecodable.message(name)
 
     return parse
 
 
 def _checked(request: Any, path: str = "") -> Any:
-    if isinstance(request, _Undecodable):
+    if isinstance(request, Undecodable):
         raise request.error
     if hasattr(request, "DESCRIPTOR"):
         request_checks.check_request(request, path)

@@ -35,7 +35,7 @@ from oncall_server.errors import (
     Unavailable,
 )
 from oncall_server.faces import auth
-from oncall_server.faces.http import pagerduty
+from oncall_server.faces.http import connect, pagerduty
 from oncall_server.faces.http.connections import CONNECTIONS_CLOSED, CONNECTIONS_KEY, Connections
 from oncall_server.ingest import defend
 from oncall_server.ingest.model import IngestResult
@@ -345,4 +345,5 @@ def build_gateway(app: App) -> web.Application:
     gateway.router.add_post("/v2/change/enqueue", pagerduty.change_enqueue)
     gateway.router.add_get("/healthz", healthz)
     gateway.router.add_get("/metrics", metrics)
+    connect.add_routes(gateway, app)  # every unary RPC as JSON over HTTP (Connect protocol)
     return gateway
