@@ -1,6 +1,6 @@
 """Runs the enabled roles in one asyncio process and stops them in reverse order.
 
-SIGTERM/SIGINT: report NOT_SERVING, stop accepting, let in-flight requests
+SIGTERM/SIGINT: report NOT_SERVING (gRPC health, for good), stop accepting, let in-flight requests
 finish (up to ``drain_seconds``), flush the ingest writer, close.
 
 With ``ONCALL_TLS_CERT_FILE`` and ``ONCALL_TLS_KEY_FILE`` both listeners serve TLS
@@ -22,18 +22,19 @@ from typing import Any, Protocol
 
 import grpc
 from aiohttp import web
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from oncall_server.clock import Clock
 from oncall_server.faces.grpc.auth import AuthInterceptor
 from oncall_server.faces.grpc.interceptor import ErrorInterceptor
 from oncall_server.faces.grpc.registry import SERVICE_NAMES, SERVICES, add_services
+from oncall_server.faces.grpc.standard import HEALTH_SERVICE_NAME, HealthServicer, enable_server_reflection
 from oncall_server.faces.http import connections
 from oncall_server.faces.http.gateway import ScrubbingAccessLogger, build_gateway
 from oncall_server.ingest.bus import BusConsumer
 from oncall_server.runtime import workers
 from oncall_server.runtime.app import App
+from oncall_server.runtime.readiness import Readiness, Report
 from oncall_server.runtime.settings import Settings, split_host_port
 from oncall_server.runtime.tls import ServerTls
 
@@ -49,12 +50,18 @@ class Role(Protocol):
 
 
 class GrpcRole:
+    """The gRPC server; its health status ("" and every ``oncall.v1`` service) follows
+    :class:`Readiness`, checked every few seconds here and whenever ``/readyz`` asks."""
+
     name = "grpc"
 
-    def __init__(self, app: App, tls: ServerTls | None = None) -> None:
+    def __init__(self, app: App, tls: ServerTls | None = None, readiness: Readiness | None = None) -> None:
         self.app = app
         self.tls = tls
-        self.health = health.aio.HealthServicer()
+        self.readiness = readiness if readiness is not None else Readiness(app)
+        self.health = HealthServicer()
+        self._stopping = asyncio.Event()
+        self._checking: asyncio.Task[None] | None = None
         self.server = grpc.aio.server(
             # The first is outermost: errors from the auth check are mapped like the handler's.
             interceptors=[
@@ -69,9 +76,7 @@ class GrpcRole:
         )
         add_services(app, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            [*SERVICE_NAMES, reflection.SERVICE_NAME, health.SERVICE_NAME], self.server
-        )
+        enable_server_reflection([*SERVICE_NAMES, HEALTH_SERVICE_NAME], self.server)
         host, port = split_host_port(app.settings.grpc_listen)
         if tls is None:
             self.port = self.server.add_insecure_port(f"{host}:{port}")
@@ -81,12 +86,25 @@ class GrpcRole:
             raise RuntimeError(f"cannot listen for gRPC on {app.settings.grpc_listen}")
 
     async def start(self) -> None:
+        self.readiness.subscribe(self._mirror)
+        await self.readiness.check()  # the first status is known before the first call
         await self.server.start()
-        for name in ["", *SERVICE_NAMES]:
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._stopping.clear()
+        self._checking = asyncio.create_task(self.readiness.run_until(self._stopping), name="readiness")
         log.info("gRPC listening on port %d%s", self.port, " (TLS)" if self.tls else "")
 
+    async def _mirror(self, report: Report) -> None:
+        serving = health_pb2.HealthCheckResponse
+        status = serving.SERVING if report.ready else serving.NOT_SERVING
+        for name in ["", *SERVICE_NAMES]:
+            await self.health.set(name, status)  # ignored once shutting down (NOT_SERVING for good)
+
     async def stop(self) -> None:
+        self._stopping.set()
+        if self._checking is not None:
+            await self._checking  # a check in progress ends within its timeout
+            self._checking = None
+        self.readiness.unsubscribe(self._mirror)
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace=self.app.settings.drain_seconds)
 
@@ -94,11 +112,11 @@ class GrpcRole:
 class GatewayRole:
     name = "gateway"
 
-    def __init__(self, app: App, tls: ServerTls | None = None) -> None:
+    def __init__(self, app: App, tls: ServerTls | None = None, readiness: Readiness | None = None) -> None:
         self.app = app
         self.tls = tls
         self.runner = web.AppRunner(
-            build_gateway(app),
+            build_gateway(app, readiness=readiness),
             access_log_class=ScrubbingAccessLogger,
             access_log=logging.getLogger("oncall.access") if app.settings.access_log else None,
             shutdown_timeout=app.settings.drain_seconds,
@@ -164,10 +182,11 @@ class Server:
         app = await App.open(settings, clock=clock)
         roles: list[Role] = []
         try:
+            readiness = Readiness(app)  # one for /readyz and the gRPC health status
             if "grpc" in settings.roles:
-                roles.append(GrpcRole(app, tls))
+                roles.append(GrpcRole(app, tls, readiness))
             if "gateway" in settings.roles:
-                roles.append(GatewayRole(app, tls))
+                roles.append(GatewayRole(app, tls, readiness))
             if "bus" in settings.roles:
                 roles.append(BusConsumer(app))
             if "scheduler" in settings.roles:

@@ -43,11 +43,13 @@ from oncall_server.ingest.routing_rules import parse_rules, rules_to_json
 from oncall_server.paging.outbox import incident_url
 from oncall_server.runtime.app import App
 from oncall_server.runtime.metrics import ScrapedMetrics
+from oncall_server.runtime.readiness import Readiness
 from oncall_server.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 APP_KEY = web.AppKey("oncall_app", App)
 SCRAPED_KEY = web.AppKey("oncall_scraped_metrics", ScrapedMetrics)
+READINESS_KEY = web.AppKey("oncall_readiness", Readiness)
 UNAVAILABLE_RETRY_AFTER_SECONDS = 5
 """``Retry-After`` of a 503: the database or Redis is unreachable, so a quick retry would fail too."""
 _LOGGED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -321,6 +323,14 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+async def readyz(request: web.Request) -> web.Response:
+    """200 ``{"status": "ready", "checks": {...}}`` when the database and Redis answer and the schema
+    is at this code's head revision, else 503 naming the failing checks; checked now, and the gRPC
+    health status follows the answer (:mod:`oncall_server.runtime.readiness`)."""
+    report = await request.app[READINESS_KEY].check()
+    return web.json_response(report.body(), status=200 if report.ready else 503)
+
+
 async def metrics(request: web.Request) -> web.Response:
     scraped = request.app[SCRAPED_KEY]
     await scraped.refresh()  # SQL and Redis gauges, cached for a few seconds
@@ -329,7 +339,7 @@ async def metrics(request: web.Request) -> web.Response:
     return response
 
 
-def build_gateway(app: App) -> web.Application:
+def build_gateway(app: App, *, readiness: Readiness | None = None) -> web.Application:
     # aiohttp refuses a body of client_max_size bytes or more; ONCALL_MAX_BODY_BYTES is the largest accepted.
     gateway = web.Application(
         client_max_size=app.settings.max_body_bytes + 1, middlewares=[metrics_middleware, errors_middleware]
@@ -337,6 +347,7 @@ def build_gateway(app: App) -> web.Application:
     gateway[SCRAPED_KEY] = ScrapedMetrics(app)
     gateway[APP_KEY] = app
     gateway[CONNECTIONS_KEY] = Connections(app.settings)
+    gateway[READINESS_KEY] = readiness if readiness is not None else Readiness(app)
     gateway.router.add_post("/api/webhooks/ingest", ingest_webhook)
     gateway.router.add_post("/api/internal/escalations/create", create_escalation)
     gateway.router.add_put("/api/integrations/{integration_id}", update_integration)
@@ -344,6 +355,7 @@ def build_gateway(app: App) -> web.Application:
     gateway.router.add_post("/v2/enqueue", pagerduty.enqueue)  # PagerDuty Events API v2
     gateway.router.add_post("/v2/change/enqueue", pagerduty.change_enqueue)
     gateway.router.add_get("/healthz", healthz)
+    gateway.router.add_get("/readyz", readyz)
     gateway.router.add_get("/metrics", metrics)
     connect.add_routes(gateway, app)  # every unary RPC as JSON over HTTP (Connect protocol)
     return gateway
