@@ -70,7 +70,7 @@ async def test_serve_on_embedded_defaults_then_sigterm_exits_cleanly() -> None:
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         _, said = await refused.communicate()
-        assert refused.returncode == 1  # the server's answer in one line, not a traceback
+        assert refused.returncode == 3  # auth (docs/cli.md): the server's answer in one line, no traceback
         assert said.decode().strip() == (
             "error: UNAUTHENTICATED: a valid API token is required (authorization: Bearer <token>)"
         )

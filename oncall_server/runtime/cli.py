@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
+if sys.argv[1:2] == ["incidents"]:
+    # Before gRPC is imported: its core's own log lines (a failed TLS handshake is logged at INFO)
+    # would break the API commands' one-line errors. GRPC_VERBOSITY set by the caller wins.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
 import argparse
 import asyncio
-import sys
 from collections.abc import Awaitable
+from typing import Any
 
 import grpc
 
 from oncall_server import __version__
-from oncall_server.configuration import services
 from oncall_server.errors import OncallError
-from oncall_server.ingest.integrations import CACHE_SECONDS
-from oncall_server.runtime.commands import api, bus, catalog, server, tenants
+from oncall_server.runtime.commands import api, incidents
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Imported here, not above: `incidents ...` (main() builds only its parser) starts faster.
+    from oncall_server.configuration import services
+    from oncall_server.ingest.integrations import CACHE_SECONDS
+    from oncall_server.runtime.commands import bus, catalog, server, tenants
+
     parser = argparse.ArgumentParser(prog="oncall-server", description=__doc__)
     parser.add_argument("--version", action="version", version=__version__)
     common = argparse.ArgumentParser(add_help=False)
@@ -115,16 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     integration_create.set_defaults(handler=catalog.create_integration)
 
-    incidents = sub.add_parser("incidents", help="incidents, via the gRPC API").add_subparsers(
-        dest="action", required=True
-    )
-    incidents_list = incidents.add_parser("list")
-    incidents_list.add_argument("--token", required=True, help="API token (from bootstrap)")
-    incidents_list.add_argument("--target", default="127.0.0.1:50051", help="gRPC address")
-    incidents_list.add_argument("--status", default="", choices=api.INCIDENT_STATUSES)
-    incidents_list.add_argument("--limit", type=int, default=20)
-    incidents_list.add_argument("--json", action="store_true")
-    incidents_list.set_defaults(handler=api.list_incidents)
+    _add_incident_commands(sub)
 
     sub.add_parser("plugins", help="list loaded plugins").set_defaults(handler=server.list_plugins)
 
@@ -144,18 +146,87 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_incident_commands(sub: Any) -> None:
+    """``incidents ...``: the night shift's commands through the gRPC API (docs/cli.md)."""
+    client = argparse.ArgumentParser(add_help=False)
+    api.add_client_arguments(client)
+    client.set_defaults(api_client=True)
+    actions = sub.add_parser(
+        "incidents", help="list, show, acknowledge, resolve, reassign, note and watch incidents (gRPC API)"
+    ).add_subparsers(dest="action", required=True)
+
+    listing = actions.add_parser("list", parents=[client], help="incidents, newest first")
+    listing.add_argument("--status", choices=incidents.INCIDENT_STATUSES)
+    listing.add_argument("--service", help="service id")
+    listing.add_argument("--severity", choices=incidents.SEVERITIES)
+    listing.add_argument("--source", help="source system of the first alert (e.g. defend)")
+    listing.add_argument("--limit", type=int, default=20, help="most incidents to print (default 20)")
+    listing.set_defaults(handler=incidents.list_incidents)
+
+    show = actions.add_parser("show", parents=[client], help="one incident, its alerts and timeline")
+    show.add_argument("id", help="incident id")
+    show.add_argument("--alerts", action="store_true", help="its alerts")
+    show.add_argument("--raw", action="store_true", help="its alerts with their raw JSON payloads")
+    show.add_argument("--timeline", action="store_true", help="its timeline, oldest first")
+    show.set_defaults(handler=incidents.show)
+
+    for name, handler, what in (
+        ("ack", incidents.acknowledge, "acknowledge: escalation stops"),
+        ("unack", incidents.unacknowledge, "withdraw the acknowledgement: escalation restarts"),
+    ):
+        act = actions.add_parser(name, parents=[client], help=what)
+        act.add_argument("id", help="incident id")
+        act.set_defaults(handler=handler)
+    resolve = actions.add_parser("resolve", parents=[client], help="resolve the incident and its alerts")
+    resolve.add_argument("id", help="incident id")
+    resolve.add_argument("--summary", help="resolution summary")
+    resolve.set_defaults(handler=incidents.resolve)
+    reassign = actions.add_parser("reassign", parents=[client], help="assign to a user, who is paged")
+    reassign.add_argument("id", help="incident id")
+    reassign.add_argument("--to", required=True, metavar="USER", help="user id or email")
+    reassign.set_defaults(handler=incidents.reassign)
+    note = actions.add_parser("note", parents=[client], help="add a note to the timeline")
+    note.add_argument("id", help="incident id")
+    note.add_argument("text", help="the note")
+    note.set_defaults(handler=incidents.note)
+    watch = actions.add_parser("watch", parents=[client], help="one line per change, until Ctrl-C")
+    watch.add_argument("--service", help="only this service's incidents")
+    watch.set_defaults(handler=incidents.watch)
+
+
+def build_incidents_parser() -> argparse.ArgumentParser:
+    """Only ``incidents ...``, for a quick start: the other commands' modules load the database layer."""
+    parser = argparse.ArgumentParser(prog="oncall-server", description=__doc__)
+    _add_incident_commands(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_incidents_parser() if argv[:1] == ["incidents"] else build_parser()
+    args = parser.parse_args(argv)
     try:
         return _run(args.handler(args))
     except OncallError as error:
         print(f"error: {error.message}", file=sys.stderr)
         return 2
+    except api.CliError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
     except grpc.aio.AioRpcError as error:  # the server's answer to an API command, said plainly
-        print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
-        return 1
+        print(f"error: {api.describe(error)}", file=sys.stderr)
+        return api.exit_code_of(error)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `... | head`: the reader has what it wanted
+        sys.stderr.close()
+        return 0
+    except Exception as error:
+        if not getattr(args, "api_client", False):
+            raise
+        # An API command says what went wrong in one line, never with a traceback.
+        print(f"error: {type(error).__name__}: {' '.join(str(error).split())}", file=sys.stderr)
+        return api.EXIT_OTHER
 
 
 def _run(coro: Awaitable[int]) -> int:
