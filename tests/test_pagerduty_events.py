@@ -166,7 +166,8 @@ async def test_the_event_is_stored_as_on_call_fields_without_its_routing_key(
     assert (await post(server, trigger_event(tenant.integration_key)))[0] == 202
     [alert] = await alerts_of(server, tenant)
     assert alert.title == "DISK at 99% on machine prod-datapipe03.example.com"
-    assert (alert.severity, alert.dedup_key, alert.source) == (Severity.CRITICAL, "srv01/mysql", "pagerduty")
+    assert (alert.severity, alert.source) == (Severity.CRITICAL, "pagerduty")
+    assert alert.dedup_key == f"{tenant.integration_id}:srv01/mysql"  # scoped to its routing key
     assert alert.details == {
         "source": "prod-datapipe03.example.com",
         "component": "mysql",
@@ -216,7 +217,11 @@ async def test_keyless_triggers_get_distinct_generated_keys_that_resolve_them(
     assert await post(server, action_event(key, "resolve", first)) == (202, {**SUCCESS, "dedup_key": first})
     statuses = {i.id: i.status for i in await incidents_of(server, tenant)}
     by_key = {a.dedup_key: a.incident_id for a in await alerts_of(server, tenant)}
-    assert (statuses[by_key[first]], statuses[by_key[second]]) == ("resolved", "triggered")
+    scope = tenant.integration_id
+    assert (statuses[by_key[f"{scope}:{first}"]], statuses[by_key[f"{scope}:{second}"]]) == (
+        "resolved",
+        "triggered",
+    )
 
 
 @pytest.mark.parametrize("action", ["acknowledge", "resolve"])
@@ -230,7 +235,7 @@ async def test_acknowledge_or_resolve_of_an_unknown_key_is_accepted_and_recorded
     assert await stored_rows(server) == (0, 0, 0) and channel.sent == []
     drops, _ = await server.app.pipeline.drops.latest(tenant.integration_id, 10)
     assert [(d.rule, d.reason) for d in drops] == [
-        (f"{action} event", "no open alert with dedup key 'never-fired'")
+        (f"{action} event", f"no open alert with dedup key '{tenant.integration_id}:never-fired'")
     ]
 
 
@@ -465,7 +470,7 @@ async def test_over_the_queue_limit_the_event_is_refused_with_429_and_retry_afte
         assert (await held)[:2] == (202, {**SUCCESS, "dedup_key": "held"})
         async with server.app.sessions() as session:
             keys = (await session.scalars(select(Alert.dedup_key))).all()
-        assert keys == ["held"]
+        assert keys == [f"{tenant.integration_id}:held"]
 
 
 # -- nothing a client sends earns a 5xx --------------------------------------------------------------
@@ -571,11 +576,6 @@ async def _session() -> aiohttp.ClientSession:
     return aiohttp.ClientSession()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="source events find the open alert by (service, dedup key), not by integration: a resolve "
-    "through another routing key of the same service resolves it, where PagerDuty drops it",
-)
 async def test_a_resolve_through_another_key_of_the_same_service_is_dropped(
     paging: tuple[RunningServer, CaptureChannel],
 ) -> None:

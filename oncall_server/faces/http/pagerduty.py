@@ -20,6 +20,7 @@ pipeline as every face (routing rules, maintenance, dedup, grouping, escalation)
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -28,6 +29,8 @@ from aiohttp import web
 from oncall_server import json_codec
 from oncall_server.errors import InvalidArgument, OncallError, ResourceExhausted, Unauthenticated, Unavailable
 from oncall_server.faces.http import gateway
+from oncall_server.ingest.extraction import normalize_dedup_key
+from oncall_server.ingest.integrations import IntegrationContext
 from oncall_server.ingest.model import EventAction, IngestResult, NormalizedEvent
 from oncall_server.severity import Severity
 
@@ -269,8 +272,18 @@ async def _ingest(request: web.Request, event: NormalizedEvent, routing_key: str
     app = request.app[gateway.APP_KEY]
     context = await app.integrations.resolve_key(routing_key)
     await app.pipeline.wait_for_room(context)
-    [result] = await app.pipeline.ingest_events(context, [event])
+    [result] = await app.pipeline.ingest_events(context, [scoped_to_routing_key(event, context)])
     return result
+
+
+def scoped_to_routing_key(event: NormalizedEvent, context: IntegrationContext) -> NormalizedEvent:
+    """The event with its dedup key scoped to its routing key: in PagerDuty, events on another
+    routing key never touch an alert, while On-Call deduplicates per service, so two integrations of
+    one service would otherwise share keys. Stored as ``<integration id>:<key>``; the sender's own key
+    is what the answer returns."""
+    if not event.dedup_key:
+        return event
+    return replace(event, dedup_key=normalize_dedup_key(f"{context.integration_id}:{event.dedup_key}"))
 
 
 async def _answer(request: web.Request, parse: Any, message: str) -> web.Response:
