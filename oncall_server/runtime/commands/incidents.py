@@ -13,7 +13,7 @@ import json
 import signal
 import sys
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -256,50 +256,49 @@ async def _act(args: argparse.Namespace, method: str, request: Message) -> Messa
         return result
 
 
-async def acknowledge(args: argparse.Namespace) -> int:
-    request = incident_service_pb2.AcknowledgeIncidentRequest(incident_id=args.id)
-    response = await _act(args, "AcknowledgeIncident", request)
-    assert isinstance(response, incident_service_pb2.AcknowledgeIncidentResponse)
+async def _change(
+    args: argparse.Namespace,
+    method: str,
+    request: Message,
+    verb: str,
+    extra: Callable[[incident_pb2.Incident], str],
+) -> int:
+    """Call an RPC whose answer is the changed incident; print it as JSON or as one line."""
+    response = await _act(args, method, request)
     if args.json:
         print_json(to_dict(response))
     else:
-        print(incident_line("acknowledged", response.incident, f" by {response.incident.acknowledged_by}"))
+        incident = getattr(response, "incident")  # noqa: B009 - every changing RPC answers with it
+        print(incident_line(verb, incident, extra(incident)))
     return EXIT_OK
+
+
+async def acknowledge(args: argparse.Namespace) -> int:
+    request = incident_service_pb2.AcknowledgeIncidentRequest(incident_id=args.id)
+    return await _change(
+        args, "AcknowledgeIncident", request, "acknowledged", lambda i: f" by {i.acknowledged_by}"
+    )
 
 
 async def unacknowledge(args: argparse.Namespace) -> int:
     request = incident_service_pb2.UnacknowledgeIncidentRequest(incident_id=args.id)
-    response = await _act(args, "UnacknowledgeIncident", request)
-    assert isinstance(response, incident_service_pb2.UnacknowledgeIncidentResponse)
-    if args.json:
-        print_json(to_dict(response))
-    else:
-        print(incident_line("unacknowledged", response.incident, ", escalation restarted"))
-    return EXIT_OK
+    return await _change(
+        args, "UnacknowledgeIncident", request, "unacknowledged", lambda _: ", escalation restarted"
+    )
 
 
 async def resolve(args: argparse.Namespace) -> int:
     request = incident_service_pb2.ResolveIncidentRequest(
         incident_id=args.id, resolution_summary=args.summary or ""
     )
-    response = await _act(args, "ResolveIncident", request)
-    assert isinstance(response, incident_service_pb2.ResolveIncidentResponse)
-    if args.json:
-        print_json(to_dict(response))
-    else:
-        print(incident_line("resolved", response.incident, f" by {response.incident.resolved_by}"))
-    return EXIT_OK
+    return await _change(args, "ResolveIncident", request, "resolved", lambda i: f" by {i.resolved_by}")
 
 
 async def reassign(args: argparse.Namespace) -> int:
     request = incident_service_pb2.ReassignIncidentRequest(incident_id=args.id, assigned_to=args.to)
-    response = await _act(args, "ReassignIncident", request)
-    assert isinstance(response, incident_service_pb2.ReassignIncidentResponse)
-    if args.json:
-        print_json(to_dict(response))
-    else:
-        print(incident_line("reassigned", response.incident, f" to user {response.incident.assigned_to}"))
-    return EXIT_OK
+    return await _change(
+        args, "ReassignIncident", request, "reassigned", lambda i: f" to user {i.assigned_to}"
+    )
 
 
 async def note(args: argparse.Namespace) -> int:
